@@ -1,0 +1,304 @@
+"""A Vision Transformer whose state_dict keys follow timm's layout, with an explicit interface for objectives.
+
+The model knows nothing of data, optimizers or configs. Objectives and evaluators use only the interface:
+
+    patches = vit.embed_patches(images)          # (B, N, D): patch projection, nothing added yet
+    tokens = vit.add_position_embedding(patches)  # (B, prefix + N, D): [class] token prepended, positions added
+    feats = vit.encode(tokens)                    # (B, prefix + N, D): blocks, then the final norm
+    vit.forward_features(images)                  # the three above in one call
+    vit.forward_intermediates(images, layers, return_attention=True)   # for analysis
+
+Masked patch prediction corrupts `patches` between the first two calls (after the projection, before the
+position embeddings), which is why the split exists.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from torch.utils.checkpoint import checkpoint
+
+from .pos_embed import resample_pos_embed, sincos_2d
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that determines the architecture; saved next to exported weights as JSON."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: Literal["token", "avg"] = "token"
+    pos_embed: Literal["learn", "sincos"] = "learn"
+    num_classes: int = 0
+    drop_path_rate: float = 0.0
+    norm_eps: float = 1e-6
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping P×P patches projected to D channels by a strided convolution (timm: `patch_embed.proj`)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.patch_size = patch_size
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.proj(images)  # (B, D, H/P, W/P)
+        return rearrange(x, "b d gh gw -> b (gh gw) d")  # (B, N, D), row-major over the grid
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection; SDPA (flash / memory-efficient kernels) by default."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        qkv = rearrange(self.qkv(x), "b t (three h hd) -> three b h t hd", three=3, h=self.num_heads)
+        q, k, v = qkv.unbind(0)  # each (B, H, T, hd)
+        if return_attention:
+            # The explicit path, for analysis only: SDPA does not hand back its weights.
+            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+            attn = attn.softmax(dim=-1)
+            out = attn @ v  # (B, H, T, hd)
+        else:
+            attn = None
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
+        out = self.proj(rearrange(out, "b h t hd -> b t (h hd)"))  # (B, T, D)
+        return (out, attn) if return_attention else out
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample, rescale the survivors."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)  # (B, 1, 1)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        if return_attention:
+            out, attn = self.attn(self.norm1(x), return_attention=True)
+            x = x + self.drop_path(out)
+            return x + self.drop_path(self.mlp(self.norm2(x))), attn
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT (Dosovitskiy et al. 2021) with timm-compatible parameter names.
+
+    Inputs are float images already normalised (the objectives and evaluators own preprocessing).
+    With `global_pool="avg"` the final `norm` is applied before averaging (timm's `fc_norm=False`).
+    """
+
+    def __init__(self, config: ViTConfig | None = None, **overrides):
+        super().__init__()
+        cfg = ViTConfig(**{**(config.to_dict() if config else {}), **overrides})
+        self.config = cfg
+        self.embed_dim = cfg.embed_dim
+        self.num_prefix_tokens = 1 if cfg.class_token else 0
+        self.global_pool = cfg.global_pool
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim)) if cfg.class_token else None
+        num_tokens = self.num_prefix_tokens + self.patch_embed.num_patches
+        # Learned 1D table by default (the paper's choice); sin-cos is a frozen parameter so the key stays.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, cfg.embed_dim), requires_grad=cfg.pos_embed == "learn")
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, dpr[i], cfg.norm_eps) for i in range(cfg.depth)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------------- init
+    def reset_parameters(self) -> None:
+        """JAX-ViT style init: xavier-uniform linears, lecun-normal patch projection, zero head (the paper's)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        fan_in = self.patch_embed.proj.in_channels * self.patch_embed.patch_size**2
+        nn.init.trunc_normal_(self.patch_embed.proj.weight, std=(1.0 / fan_in) ** 0.5)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        with torch.no_grad():
+            if self.config.pos_embed == "sincos":
+                self.pos_embed.zero_()
+                self.pos_embed[0, self.num_prefix_tokens :] = sincos_2d(self.embed_dim, self.patch_embed.grid_size)
+            else:
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a zero-initialised linear layer (the paper's fine-tuning head)."""
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        self.config = ViTConfig(**{**self.config.to_dict(), "num_classes": num_classes})
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass: activations O(depth) smaller, ~30% more compute."""
+        self.grad_checkpointing = enable
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    def no_weight_decay_keys(self) -> set[str]:
+        """Parameters that optimizers should not decay besides norms and biases (timm's `no_weight_decay`)."""
+        return {"pos_embed", "cls_token"}
+
+    # ------------------------------------------------------------------------------------ interface
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised float images -> (B, N, D) patch embeddings, before position embeddings."""
+        return self.patch_embed(images)
+
+    def add_position_embedding(self, patches: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, N, D) patch embeddings -> (B, prefix + N, D): [class] token prepended, position embeddings added.
+
+        An input whose patch grid differs from the built one gets the table resampled in 2D on the fly.
+        """
+        pos_embed = self.pos_embed
+        if patches.shape[1] != self.patch_embed.num_patches:
+            if grid_size is None:
+                side = int(patches.shape[1] ** 0.5)
+                grid_size = (side, side)
+            pos_embed = resample_pos_embed(pos_embed, grid_size, self.num_prefix_tokens, old_grid=self.grid_size)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(patches.shape[0], -1, -1)  # (B, 1, D)
+            patches = torch.cat([cls, patches], dim=1)  # (B, 1 + N, D)
+        return patches + pos_embed
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D): all blocks, then the final norm."""
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens = checkpoint(block, tokens, use_reentrant=False)
+            else:
+                tokens = block(tokens)
+        return self.norm(tokens)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, prefix + N, D) normalised tokens."""
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        return self.encode(self.add_position_embedding(self.embed_patches(images), grid))
+
+    def forward_intermediates(
+        self, images: torch.Tensor, layers: Sequence[int] | None = None, return_attention: bool = False, norm: bool = False
+    ) -> dict[str, list[torch.Tensor]]:
+        """Per-block outputs (B, T, D) for the listed block indices (negative counts from the end; all when None),
+        and, when asked, every block's attention weights (B, heads, T, T). `norm` applies the final norm to each."""
+        depth = len(self.blocks)
+        wanted = set(range(depth)) if layers is None else {i % depth for i in layers}
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        x = self.add_position_embedding(self.embed_patches(images), grid)
+        outputs, attentions = [], []
+        for i, block in enumerate(self.blocks):
+            if return_attention:
+                x, attn = block(x, return_attention=True)
+                attentions.append(attn)
+            else:
+                x = block(x)
+            if i in wanted:
+                outputs.append(self.norm(x) if norm else x)
+        return {"layers": outputs, "attentions": attentions}
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, D): the [class] token, or the mean of the patch tokens."""
+        if self.global_pool == "avg" or self.cls_token is None:
+            return features[:, self.num_prefix_tokens :].mean(dim=1)
+        return features[:, 0]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = self.pool(features)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    # ----------------------------------------------------------------------------------- accounting
+    def forward_flops(self, img_size: int | None = None) -> float:
+        """Analytic forward FLOPs per image (2 × multiply-adds of the matmuls; norms and softmax ignored).
+
+        ViT-B/16 at 224px gives ~35 GFLOPs, the paper's figure; a training step is about 3× that.
+        """
+        cfg = self.config
+        side = (img_size or cfg.img_size) // cfg.patch_size
+        n = side * side
+        t = n + self.num_prefix_tokens
+        d = cfg.embed_dim
+        hidden = int(d * cfg.mlp_ratio)
+        patch = n * d * cfg.in_chans * cfg.patch_size**2
+        per_block = t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * hidden
+        head = d * cfg.num_classes
+        return 2.0 * (patch + cfg.depth * per_block + head)
