@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Anything raised as a `UserError` reaches the user as one line (`error: ...`) and exit code 2 from the
+command line, with no traceback unless `--debug` is given. The message names the file, key, shard or
+sample at fault and says what to do.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input (recipe, data, checkpoint), not a bug in ssl_vit."""
+
+
+class ConfigError(UserError):
+    """A recipe or command-line override is invalid."""
+
+
+class DataError(UserError):
+    """Shards, images or data specs are missing, unreadable or inconsistent."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
