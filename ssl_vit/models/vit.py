@@ -13,6 +13,7 @@ position embeddings), which is why the split exists.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal, Sequence
 
@@ -196,8 +197,10 @@ class VisionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a zero-initialised linear layer (the paper's fine-tuning head)."""
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
+        like = self.norm.weight  # the new head lives where the model already is (device and dtype)
+        self.head = nn.Identity()
+        if num_classes > 0:
+            self.head = nn.Linear(self.embed_dim, num_classes, device=like.device, dtype=like.dtype)
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         self.config = ViTConfig(**{**self.config.to_dict(), "num_classes": num_classes})
@@ -229,10 +232,13 @@ class VisionTransformer(nn.Module):
         An input whose patch grid differs from the built one gets the table resampled in 2D on the fly.
         """
         pos_embed = self.pos_embed
-        if patches.shape[1] != self.patch_embed.num_patches:
-            if grid_size is None:
-                side = int(patches.shape[1] ** 0.5)
-                grid_size = (side, side)
+        n = patches.shape[1]
+        if grid_size is None:
+            side = math.isqrt(n)
+            if n != self.patch_embed.num_patches and side * side != n:
+                raise ValueError(f"{n} patches do not form a square grid; pass grid_size=(rows, cols)")
+            grid_size = self.grid_size if n == self.patch_embed.num_patches else (side, side)
+        if tuple(grid_size) != tuple(self.grid_size):  # e.g. 4×16 has as many patches as 8×8, but other positions
             pos_embed = resample_pos_embed(pos_embed, grid_size, self.num_prefix_tokens, old_grid=self.grid_size)
         if self.cls_token is not None:
             cls = self.cls_token.expand(patches.shape[0], -1, -1)  # (B, 1, D)

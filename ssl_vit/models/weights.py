@@ -1,0 +1,501 @@
+"""Saving and loading backbone weights: one save function, one load function, one filter per foreign source.
+
+    save_backbone(model, "vit_b16.safetensors")   # + vit_b16.json holding the ViTConfig
+    model = load_backbone("vit_b16.safetensors")  # rebuilds the model from the JSON
+    model = load_backbone("timm_or_hf.pth", create_model("vit_base_patch16", img_size=384, num_classes=10))
+
+`load_backbone` accepts our exports, timm-layout state dicts (.safetensors / .pth / .bin), checkpoints that
+hold the weights under `"model"` or `"backbone"` (the trainer's), and Hugging Face `ViTModel` /
+`ViTForImageClassification` weights, in the Hub layout (`encoder.layer.{i}.attention.attention.query`, what
+`save_pretrained` writes) or the in-memory layout of transformers >= 5 (`layers.{i}.attention.q_proj`).
+Foreign keys pass through `filter_hf` (renaming) and then `filter_timm`, which fits the weights to the model:
+it resamples `pos_embed` in 2D when the patch grid differs and drops a head whose class count differs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Literal, Mapping
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from .pos_embed import resample_pos_embed, sincos_2d
+from .registry import MODEL_CONFIGS, create_model
+from .vit import ViTConfig, VisionTransformer
+
+FORMAT = "ssl_vit.backbone"
+StateDict = dict[str, torch.Tensor]
+
+# Wrappers add these to every key: torch.compile (`_orig_mod.`), DDP / Accelerate / DataParallel (`module.`).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+_TIMM_PREFIXES = ("patch_embed.", "blocks.")
+_HF_PREFIXES = ("embeddings.", "encoder.layer.", "layers.")
+
+# Hugging Face ViT names in two layouts. "hub": checkpoint files, what `save_pretrained` writes in transformers
+# 4 and 5, blocks under `encoder.layer.{i}.`; "module": transformers >= 5's modules, blocks under `layers.{i}.`.
+_HF_BLOCK_PREFIX = {"hub": "encoder.layer", "module": "layers"}
+_HF_QKV_NAMES = {
+    "hub": ("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+    "module": ("attention.q_proj", "attention.k_proj", "attention.v_proj"),
+}
+_HF_BLOCK_NAMES = {  # ours -> HF, inside a block
+    "hub": {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+            "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"},
+    "module": {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+               "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"},
+}
+# Reading accepts either layout: HF name inside a block -> q/k/v index, or -> our name.
+_HF_QKV = {name: i for names in _HF_QKV_NAMES.values() for i, name in enumerate(names)}
+_HF_BLOCK = {hf: ours for names in _HF_BLOCK_NAMES.values() for ours, hf in names.items()}
+_HF_TOP = {  # HF prefix -> ours
+    "embeddings.cls_token": "cls_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
+    "layernorm.": "norm.",
+    "classifier.": "head.",
+}
+_HF_DROPPED = ("pooler.", "embeddings.mask_token")  # HF-only extras with no counterpart in a ViT backbone
+_HF_BLOCK_KEY = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+_BLOCK_INDEX = re.compile(r"^blocks\.(\d+)\.")
+
+
+# ------------------------------------------------------------------------------------------- unwrapping
+def unwrap_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Strip the key prefixes that torch.compile (`_orig_mod.`) and DDP / Accelerate (`module.`) add.
+
+    The one place that knows about wrappers: saving a wrapped model and loading a checkpoint written from one
+    both go through here, so no other code strips prefixes.
+    """
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        name = key.replace("._orig_mod.", ".")  # a compiled submodule, e.g. `backbone._orig_mod.blocks.0...`
+        while name.startswith(_WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        if name in out:
+            raise CheckpointError(f"state dict holds both '{key}' and another key that unwraps to '{name}'")
+        out[name] = value
+    return out
+
+
+def _unwrap_module(model: nn.Module) -> nn.Module:
+    """The model inside DDP / Accelerate (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        inner = [getattr(model, a) for a in ("module", "_orig_mod") if isinstance(getattr(model, a, None), nn.Module)]
+        if not inner:
+            return model
+        model = inner[0]
+
+
+# ------------------------------------------------------------------------------------------------- saving
+def save_backbone(model: nn.Module, path: str | Path, *, metadata: Mapping | None = None) -> Path:
+    """Write `path` (.safetensors, timm-layout keys) and `path` with a `.json` suffix holding the config.
+
+    The JSON is `{**metadata, "format": "ssl_vit.backbone", "version": 1, "model": <ViTConfig fields>,
+    "model_name": <registered name or null>, "num_params": ...}`; the config is also stored in the
+    safetensors header, so a lone .safetensors file still loads. Call it on the main process only.
+    Returns `path`.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: backbones are exported as .safetensors; use {path.with_suffix('.safetensors')}")
+    inner = _unwrap_module(model)
+    config = getattr(inner, "config", None)
+    if not isinstance(config, ViTConfig):
+        raise TypeError(f"save_backbone expects an ssl_vit VisionTransformer, got {type(inner).__name__}")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap_state_dict(model.state_dict()).items()}
+    info = {
+        **(metadata or {}),  # first: the caller's extras never overwrite the fields below
+        "format": FORMAT,
+        "version": 1,
+        "model": config.to_dict(),
+        "model_name": suggest_model_name(config),
+        "num_params": sum(t.numel() for t in tensors.values()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write-then-rename: an interrupted save never leaves a truncated file under the final name.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": json.dumps(config.to_dict())})
+    os.replace(tmp, path)
+    json_path = path.with_suffix(".json")
+    json_path.with_name(json_path.name + ".tmp").write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(json_path.with_name(json_path.name + ".tmp"), json_path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _config_from_dict(fields: Mapping, where: str) -> ViTConfig:
+    try:
+        return ViTConfig(**fields)
+    except TypeError as err:
+        raise CheckpointError(f"{where}: the model config does not fit this version of ssl_vit ({err})") from None
+
+
+def _read_file(path: Path) -> tuple[Mapping, ViTConfig | None]:
+    """The object stored in `path` and the config saved next to it (sidecar JSON or safetensors header), if any."""
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file; give an exported .safetensors, a .pth/.bin state dict or a checkpoint"
+        )
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+        listing = ", ".join(found) or "none found"
+        raise CheckpointError(f"{path} is a directory; pass one weights file inside it ({listing})")
+    config = None
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                state = {key: f.get_tensor(key) for key in f.keys()}
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is it complete?") from None
+        if header.get("format") == FORMAT and "config" in header:
+            config = _config_from_dict(json.loads(header["config"]), str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            needs = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if needs is None:
+                raise CheckpointError(f"{path}: not a readable PyTorch file; is it complete?") from None
+            raise CheckpointError(
+                f"{path}: refusing to load: unpickling it would run code ({needs[1]}), and only tensors and plain "
+                "containers are loaded (torch.load(weights_only=True)). If you trust the file, re-save just its "
+                "weights: torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable PyTorch file ({err}); is it complete?") from None
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            info = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{sidecar}: not valid JSON ({err}); remove or repair it") from None
+        if isinstance(info, dict) and info.get("format") == FORMAT:
+            config = _config_from_dict(info.get("model", {}), str(sidecar))
+    return state, config
+
+
+def _extract(obj: object, source: str) -> StateDict:
+    """The backbone's tensors from a bare state dict or a checkpoint, unwrapped, `backbone.` prefix removed.
+
+    Checkpoints hold the weights under `"backbone"`, `"model"` or `"state_dict"`; a `"model"` entry may be a
+    whole objective's state dict, whose backbone keys start with `backbone.`.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict or a checkpoint dict, found {type(obj).__name__}")
+    for key in ("backbone", "model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:10]))
+        raise CheckpointError(f"{source}: holds no weights (top-level keys: {keys}); expected a state dict, or one "
+                              "under 'model' or 'backbone'")
+    state = unwrap_state_dict(tensors)
+    if not any(k.removeprefix("vit.").startswith(_TIMM_PREFIXES + _HF_PREFIXES) for k in state):
+        nested = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        if nested:
+            state = nested
+    return state
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> Literal["timm", "hf"]:
+    """'hf' for Hugging Face ViT keys (either layout, optionally under `vit.`), 'timm' for ours / timm's."""
+    keys = [k.removeprefix("vit.") for k in state_dict]
+    if any(k.startswith(_HF_PREFIXES) for k in keys):
+        return "hf"
+    if any(k.startswith(_TIMM_PREFIXES) for k in keys):
+        return "timm"
+    raise CheckpointError(
+        f"{source}: not a ViT state dict in timm or Hugging Face layout (first keys: {', '.join(keys[:6])})"
+    )
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face
+def hf_to_timm(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> StateDict:
+    """Rename Hugging Face ViT keys to timm's and concatenate query/key/value into the fused `qkv`.
+
+    Unknown keys are kept under their own names, so strict loading reports them. `pooler.*` and
+    `embeddings.mask_token` are dropped: neither exists in the backbone.
+    """
+    out: StateDict = {}
+    # (block index, "weight" | "bias") -> {0: query, 1: key, 2: value}
+    qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    for key, value in state_dict.items():
+        name = key.removeprefix("vit.")
+        if name.startswith(_HF_DROPPED):
+            continue
+        block = _HF_BLOCK_KEY.match(name)
+        if block and block[2] in _HF_QKV:
+            qkv[(block[1], block[3])][_HF_QKV[block[2]]] = value
+        elif block and block[2] in _HF_BLOCK:
+            out[f"blocks.{block[1]}.{_HF_BLOCK[block[2]]}.{block[3]}"] = value
+        else:
+            prefix = next((p for p in _HF_TOP if name.startswith(p)), None)
+            out[_HF_TOP[prefix] + name[len(prefix):] if prefix else key] = value
+    for (index, param), parts in sorted(qkv.items()):
+        if len(parts) != 3:
+            missing = [("query", "key", "value")[i] for i in range(3) if i not in parts]
+            raise CheckpointError(f"{source}: block {index} lacks the attention {'/'.join(missing)} {param}")
+        # Each (D, D) or (D,); HF and timm both order output features as (head, head_dim), so concatenation suffices.
+        out[f"blocks.{index}.attn.qkv.{param}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)  # (3D, D) / (3D,)
+    return out
+
+
+def filter_hf(
+    state_dict: Mapping[str, torch.Tensor], model: VisionTransformer, source: str = "state dict"
+) -> StateDict:
+    """Hugging Face ViT weights -> weights that load into `model` (renamed, then fitted by `filter_timm`)."""
+    return filter_timm(hf_to_timm(state_dict, source), model, source)
+
+
+def to_hf_state_dict(
+    model: VisionTransformer, *, layout: Literal["hub", "module"] = "hub", classification: bool = False
+) -> StateDict:
+    """Our weights in Hugging Face ViT names.
+
+    `layout="hub"` gives the names of Hub files (what `save_pretrained` writes and `from_pretrained` reads in
+    transformers 4 and 5); `"module"` gives transformers >= 5's in-memory names, for `load_state_dict`.
+    `classification=True` gives `ViTForImageClassification` keys (`vit.` prefix, our head as `classifier`),
+    otherwise `ViTModel` keys (built with `add_pooling_layer=False`). HF's ViT always has a [class] token.
+    """
+    if layout not in _HF_BLOCK_PREFIX:
+        raise ValueError(f"layout must be 'hub' or 'module', got {layout!r}")
+    model = _unwrap_module(model)
+    cfg = model.config
+    if not cfg.class_token:
+        raise CheckpointError("Hugging Face's ViT always has a [class] token; this model has class_token=False")
+    if classification and (cfg.num_classes == 0 or cfg.global_pool != "token"):
+        raise CheckpointError("ViTForImageClassification classifies the [class] token: build with num_classes > 0 "
+                              "and global_pool='token'")
+    block_prefix, qkv_names, block_names = _HF_BLOCK_PREFIX[layout], _HF_QKV_NAMES[layout], _HF_BLOCK_NAMES[layout]
+    top_names = {ours: hf for hf, ours in _HF_TOP.items()}
+    out: StateDict = {}
+    for key, value in unwrap_state_dict(model.state_dict()).items():
+        value = value.detach()
+        block = re.match(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if block and block[2] == "attn.qkv":
+            for name, part in zip(qkv_names, value.chunk(3, dim=0)):  # (3D, D) -> 3 × (D, D)
+                out[f"{block_prefix}.{block[1]}.{name}.{block[3]}"] = part.contiguous()
+        elif block:
+            out[f"{block_prefix}.{block[1]}.{block_names[block[2]]}.{block[3]}"] = value
+        elif key.startswith("head.") and not classification:
+            continue
+        else:
+            ours = next(p for p in top_names if key.startswith(p))
+            out[top_names[ours] + key[len(ours):]] = value
+    if classification:
+        out = {(k if k.startswith("classifier.") else f"vit.{k}"): v for k, v in out.items()}
+    return out
+
+
+def to_hf_config(config: ViTConfig) -> dict:
+    """Keyword arguments for `transformers.ViTConfig` describing the same network (exact erf GELU, our eps)."""
+    return dict(
+        hidden_size=config.embed_dim,
+        num_hidden_layers=config.depth,
+        num_attention_heads=config.num_heads,
+        intermediate_size=int(config.embed_dim * config.mlp_ratio),
+        image_size=config.img_size,
+        patch_size=config.patch_size,
+        num_channels=config.in_chans,
+        qkv_bias=config.qkv_bias,
+        layer_norm_eps=config.norm_eps,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+
+
+# ------------------------------------------------------------------------------------ inferring the size
+def _block_count(state_dict: Mapping[str, torch.Tensor]) -> int:
+    indices = {int(m[1]) for k in state_dict if (m := _BLOCK_INDEX.match(k))}
+    return max(indices) + 1 if indices else 0
+
+
+def suggest_model_name(config: ViTConfig) -> str | None:
+    """The registered name with this width, depth and patch size (the weights' shape), if there is one."""
+    for name, registered in sorted(MODEL_CONFIGS.items()):
+        if (registered.embed_dim, registered.depth, registered.patch_size) == (
+            config.embed_dim, config.depth, config.patch_size
+        ):
+            return name
+    return None
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], *, num_heads: int | None = None) -> ViTConfig:
+    """Build the ViTConfig a bare timm- or HF-layout state dict was trained with.
+
+    Shapes give width and patch size (`patch_embed.proj.weight`: (D, C, P, P)), the image size
+    (`pos_embed`'s grid × P), depth (block count), MLP ratio, qkv bias, [class] token and head size; a
+    `pos_embed` equal to the 2D sin-cos formula marks a sin-cos model, and timm's `fc_norm` marks
+    average pooling. The number of heads leaves no trace in the weights (any split of D gives the same
+    shapes), so it is `num_heads` when given, else the head count of the registered sizes of that width
+    (64-dim heads for Ti/S/B/L, 80 for H, 32 for the test sizes); an unregistered width needs `num_heads` or
+    the exported JSON.
+    """
+    state = unwrap_state_dict(state_dict)
+    if detect_format(state) == "hf":
+        state = hf_to_timm(state)
+    if "patch_embed.proj.weight" not in state or "pos_embed" not in state:
+        raise CheckpointError("cannot infer the model: the state dict lacks patch_embed.proj.weight or pos_embed")
+    embed_dim, in_chans, patch_size, _ = state["patch_embed.proj.weight"].shape
+    class_token = "cls_token" in state
+    grid_tokens = state["pos_embed"].shape[1] - int(class_token)
+    side = math.isqrt(grid_tokens)
+    if side * side != grid_tokens:
+        raise CheckpointError(f"cannot infer the image size: pos_embed has {grid_tokens} grid tokens, not a square")
+    depth = _block_count(state)
+    if depth == 0 or "blocks.0.mlp.fc1.weight" not in state:
+        raise CheckpointError("cannot infer the model: the state dict has no transformer blocks (blocks.0.*)")
+    if num_heads is None:
+        widths = {c.embed_dim: c.num_heads for c in MODEL_CONFIGS.values()}
+        if embed_dim not in widths:
+            raise CheckpointError(
+                f"cannot infer the number of attention heads for width {embed_dim} (weights do not record it); "
+                f"pass a model built with the right num_heads, or the exported .json next to the weights"
+            )
+        num_heads = widths[embed_dim]
+    table = state["pos_embed"][0, int(class_token):].float()  # (N, D)
+    is_sincos = embed_dim % 4 == 0 and torch.allclose(table, sincos_2d(embed_dim, (side, side)), atol=1e-5)
+    has_fc_norm = "fc_norm.weight" in state and "norm.weight" not in state
+    return ViTConfig(
+        img_size=side * patch_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        qkv_bias="blocks.0.attn.qkv.bias" in state,
+        class_token=class_token,
+        global_pool="avg" if has_fc_norm or not class_token else "token",
+        pos_embed="sincos" if is_sincos else "learn",
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+    )
+
+
+def _size_hint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A sentence for error messages: the checkpoint's size, and the registered name that builds it if any."""
+    try:
+        config = infer_config(state_dict, num_heads=1)  # heads do not affect shapes
+    except (CheckpointError, ValueError):
+        return ""
+    shape = f"width {config.embed_dim}, depth {config.depth}, patch {config.patch_size}, {config.img_size}px"
+    name = suggest_model_name(config)
+    if name is None:
+        return f" The checkpoint's model has {shape}."
+    return f" The checkpoint's model has {shape}: build it with create_model('{name}') or pass model='{name}'."
+
+
+# ------------------------------------------------------------------------------------------------ timm
+def filter_timm(
+    state_dict: Mapping[str, torch.Tensor], model: VisionTransformer, source: str = "state dict"
+) -> StateDict:
+    """Fit timm-layout weights to `model`: resample `pos_embed`, drop a mismatched head or timm's `fc_norm`.
+
+    A different width, depth, patch size or MLP size cannot be fitted and raises CheckpointError naming the
+    key, both shapes and the registered model the checkpoint fits. Keys `model` lacks are passed through,
+    for the caller's strictness check.
+    """
+    state = unwrap_state_dict(state_dict)
+    expected = model.state_dict()
+    if "fc_norm.weight" in state:
+        if "norm.weight" in state:
+            warnings.warn(f"{source}: dropping timm's fc_norm (the model applies its final norm before pooling)",
+                          stacklevel=3)
+            state = {k: v for k, v in state.items() if not k.startswith("fc_norm.")}
+        else:
+            warnings.warn(f"{source}: using timm's fc_norm as the final norm; ssl_vit applies it to every token "
+                          "before pooling rather than after, so pooled features differ slightly", stacklevel=3)
+            state = {(f"norm.{k[8:]}" if k.startswith("fc_norm.") else k): v for k, v in state.items()}
+    depth = _block_count(state)
+    if depth and depth != len(model.blocks):
+        raise CheckpointError(f"{source} has {depth} blocks but the model has {len(model.blocks)}.{_size_hint(state)}")
+    if ("cls_token" in state) != (model.cls_token is not None):
+        has = "has" if "cls_token" in state else "has no"
+        raise CheckpointError(f"{source} {has} a [class] token (cls_token) but the model was built with "
+                              f"class_token={model.cls_token is not None}; build it with the other setting")
+    for key in expected:  # in the model's order, so the first mismatch named is the most telling one
+        fitted_later = key == "pos_embed" or key.startswith("head.")
+        if key in state and not fitted_later and state[key].shape != expected[key].shape:
+            raise CheckpointError(
+                f"{source}: key '{key}' has shape {tuple(state[key].shape)} in the checkpoint but "
+                f"{tuple(expected[key].shape)} in the model.{_size_hint(state)}"
+            )
+    if "pos_embed" in state and state["pos_embed"].shape != expected["pos_embed"].shape:
+        state["pos_embed"] = _fit_pos_embed(state["pos_embed"], model, source)
+    head = state.get("head.weight")
+    if head is not None and (head.shape != getattr(expected.get("head.weight"), "shape", None)):
+        warnings.warn(f"{source}: dropping its {head.shape[0]}-class head; the model has num_classes="
+                      f"{model.config.num_classes} and keeps its own (zero-initialised) head", stacklevel=3)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    return state
+
+
+def _fit_pos_embed(pos_embed: torch.Tensor, model: VisionTransformer, source: str) -> torch.Tensor:
+    """(1, prefix + n, D) -> (1, prefix + N, D) for the model's grid; the [class] position is kept as it is."""
+    prefix = model.num_prefix_tokens
+    grid_tokens = pos_embed.shape[1] - prefix
+    side = math.isqrt(grid_tokens)
+    if side * side != grid_tokens or pos_embed.shape[-1] != model.embed_dim:
+        raise CheckpointError(f"{source}: pos_embed of shape {tuple(pos_embed.shape)} cannot be resampled to "
+                              f"{tuple(model.pos_embed.shape)}")
+    if model.config.pos_embed == "sincos":
+        # A fixed function of the grid: compute it afresh rather than interpolate the old one.
+        table = torch.cat([pos_embed[:, :prefix], sincos_2d(model.embed_dim, model.grid_size)[None]], dim=1)
+        return table.to(pos_embed.dtype)  # (1, prefix + N, D)
+    return resample_pos_embed(pos_embed, model.grid_size, prefix, old_grid=(side, side))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_backbone(
+    path_or_state_dict: str | Path | Mapping,
+    model: VisionTransformer | str | None = None,
+    *,
+    strict: bool = True,
+) -> VisionTransformer:
+    """Load weights into `model` (built from the saved config when None; a registered name builds that) and return it.
+
+    `strict` refuses keys the model lacks and missing keys, except the head: a model with a classifier keeps its
+    zero-initialised head when the checkpoint has none or one of another size (fine-tuning replaces it).
+    A model built on the `meta` device gets the checkpoint's tensors assigned, never allocated twice.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        source = str(path_or_state_dict)
+        raw, config = _read_file(Path(path_or_state_dict))
+    else:
+        source, raw, config = "state dict", path_or_state_dict, None
+    state = _extract(raw, source)
+    fmt = detect_format(state, source)
+    if model is None:
+        model = VisionTransformer(config or infer_config(state))
+    elif isinstance(model, str):
+        model = create_model(model)
+    fitted = filter_hf(state, model, source) if fmt == "hf" else filter_timm(state, model, source)
+    on_meta = any(p.is_meta for p in model.parameters())
+    missing, unexpected = model.load_state_dict(fitted, strict=False, assign=on_meta)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        problems = "; ".join(
+            f"{label}: {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''} ({len(keys)})"
+            for label, keys in (("missing from the checkpoint", missing), ("not in the model", unexpected))
+            if keys
+        )
+        if strict:
+            raise CheckpointError(f"{source} does not fit the model: {problems}.{_size_hint(state)} "
+                                  "Pass strict=False to load what fits.")
+        warnings.warn(f"{source}: loaded what fits; {problems}", stacklevel=2)
+    return model
