@@ -6,6 +6,8 @@ backward propagate shapes only (no memory, no compute).
 from __future__ import annotations
 
 import pytest
+
+from ssl_vit.errors import ConfigError
 import torch
 
 from ssl_vit.models import create_model, list_models, model_config
@@ -78,7 +80,7 @@ def test_overrides_and_unknown_names() -> None:
         model = create_model("vit_base_patch16", img_size=384, global_pool="avg")
     assert model.grid_size == (24, 24) and model.pos_embed.shape == (1, 577, 768)
     assert model.config.global_pool == "avg" and model.config.embed_dim == 768
-    with pytest.raises(KeyError, match="vit_base_patch16"):
+    with pytest.raises(ConfigError, match="vit_base_patch16"):
         create_model("vit_bse_patch16")
-    with pytest.raises(TypeError, match="drop_path_rate"):
+    with pytest.raises(ConfigError, match="drop_path_rate"):
         create_model("vit_nano_patch4", drop_path=0.1)

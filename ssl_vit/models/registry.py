@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 
+from ..errors import ConfigError
 from .vit import ViTConfig, VisionTransformer
 
 # width, depth, heads: the paper's Table 1, plus Ti/S from DeiT.
@@ -37,13 +38,13 @@ def model_config(name: str, **overrides) -> ViTConfig:
     if name not in MODEL_CONFIGS:
         close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown model '{name}'.{hint} Registered: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model '{name}'.{hint} Registered: {', '.join(list_models())}")
     fields = ViTConfig.__dataclass_fields__
     for key in overrides:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise TypeError(f"unknown model option '{key}'{hint}; options: {', '.join(fields)}")
+            raise ConfigError(f"unknown model option '{key}'{hint}; options: {', '.join(fields)}")
     return ViTConfig(**{**MODEL_CONFIGS[name].to_dict(), **overrides})
 
 

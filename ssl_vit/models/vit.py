@@ -45,6 +45,12 @@ class ViTConfig:
     drop_path_rate: float = 0.0
     norm_eps: float = 1e-6
 
+    def __post_init__(self):
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.pos_embed not in ("learn", "sincos"):
+            raise ValueError(f"pos_embed must be 'learn' or 'sincos', got {self.pos_embed!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
