@@ -1,0 +1,6 @@
+"""Image folders and file lists → WebDataset tar shards with `_info.json`, and their verification.
+
+Light on purpose: Pillow, tqdm and the standard library only (no torch, no ssl_vit), so shards can be
+built on any machine. Entry points: `data_tools.build.build_split`, `data_tools.verify.verify_out`, and
+the `ssl-vit-shards build|verify` command (`data_tools.cli`).
+"""

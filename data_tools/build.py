@@ -1,0 +1,270 @@
+"""Build one split: inputs → shuffled order → samples (in parallel, in order) → shards → _info.json.
+
+The output is a pure function of the input files and the options: the walk is sorted, the order is a
+seeded shuffle, each sample's bytes are decided on their own (pass-through or deterministic
+re-encoding), and the packer closes a shard exactly when the next sample would push it past
+`shard_size` or `max_count`. So `--workers` cannot change a byte, a rebuild is byte-identical, and an
+interrupted build resumes from its last finished shard to the same result (see progress.py).
+
+One environment variable exists only for the tests of that last property:
+`DATA_TOOLS_TEST_HANG_AFTER_SHARDS=K` makes a build stop once K shards are finished in this run and the
+next one is partly written, say so on stderr and sleep until it is killed — a deterministic point for a
+test to SIGKILL it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import DataToolsError
+from .info import read_info, set_split, split_entry
+from .layout import clear_split, remove_stale, shard_name, skipped_path, split_files, write_skipped
+from .options import BuildOptions, describe_differences, parse_size
+from .parallel import batched, ordered_map
+from .progress import Progress, ShardRecord, intact_prefix, load_progress, progress_path, save_progress
+from .samples import Sample, Skipped, make_samples
+from .sources import Inputs, Source, collect, is_list_file, shuffled
+from .tarwriter import ShardWriter, archive_size, sample_size
+
+BATCH = 32  # files per worker task: amortises the inter-process round trip over many small files
+
+
+@dataclass
+class BuildSummary:
+    split: str
+    out: Path
+    written: int  # samples in the split's shards
+    skipped: int  # inputs listed in NAME_skipped.tsv
+    shards: int
+    bytes: int  # total size of the split's shards
+    seconds: float  # wall time of this call
+    resumed_shards: int = 0  # finished shards an interrupted build left and this call kept
+    up_to_date: bool = False  # the split was already complete: nothing was done
+    reencoded: int = 0  # samples re-encoded in this call (the rest were passed through byte for byte)
+
+    @property
+    def skipped_file(self) -> Path:
+        return skipped_path(self.out, self.split)
+
+    def line(self) -> str:
+        if self.up_to_date:
+            return (f"{self.split}: already complete in {self.out} ({self.written} samples, {self.shards} shards); "
+                    "nothing to do (--overwrite rebuilds it, `ssl-vit-shards verify` checks it)")
+        skipped = f"{self.skipped} skipped" + (f" (listed in {self.skipped_file})" if self.skipped else "")
+        resumed = f", resumed after {self.resumed_shards} finished shards" if self.resumed_shards else ""
+        return (f"{self.split}: {self.written} written, {skipped}, {self.shards} shards, "
+                f"{self.bytes / 1e6:.1f} MB, {self.seconds:.1f} s{resumed}")
+
+
+def build_split(
+    src: str | Path | None,
+    out: str | Path,
+    split: str,
+    *,
+    labels: str = "folder",
+    list_file: str | Path | None = None,
+    seed: int = 0,
+    shard_size: int | str = 256_000_000,
+    max_count: int | None = None,
+    resize_shorter: int | None = None,
+    quality: int = 95,
+    workers: int = 1,
+    overwrite: bool = False,
+    follow_symlinks: bool = False,
+    check: str = "full",
+    progress: bool = True,
+) -> BuildSummary:
+    """Write `out/<split>-NNNNNN.tar` shards and the split's `_info.json` entry from a folder or file list.
+
+    `src` is an image folder (`labels="folder"`: `src/<class>/.../<image>`; `"none"`: any tree, cls -1)
+    or a .csv/.tsv list with `path` and `label` columns; `list_file` is the other way to give the list
+    (then `src` is None). Raises `DataToolsError` for anything the user must fix.
+
+    `workers > 1` starts processes with the "spawn" method, which re-imports the calling script: call
+    this from under `if __name__ == "__main__":` in scripts.
+    """
+    started = time.perf_counter()
+    src = _source_path(src, list_file)
+    out = Path(out)
+    opts = BuildOptions(
+        split=split, source="list" if src.is_file() else "folder", labels=labels, seed=seed,
+        shard_size=parse_size(shard_size), max_count=max_count, resize_shorter=resize_shorter,
+        quality=quality, check=check, follow_symlinks=follow_symlinks)
+    opts.validate()
+    if workers < 1:
+        raise DataToolsError(f"--workers must be at least 1, got {workers}")
+    if out.exists() and not out.is_dir():
+        raise DataToolsError(f"OUT {out} exists and is not a folder; give a folder for the shards")
+    if opts.source == "folder" and out.resolve().is_relative_to(src.resolve()):
+        raise DataToolsError(f"OUT {out} is inside SRC {src}; the shards would become inputs. Choose another OUT")
+    inputs = collect(src, labels=labels, follow_symlinks=follow_symlinks)
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_split(out, split)
+
+    record = _resume_record(out, src, opts, inputs)
+    if record.complete:
+        entry = _entry(opts, record, inputs)
+        if read_info(out)["splits"].get(split) != entry:  # e.g. _info.json deleted since: restore the entry
+            set_split(out, entry)
+        return _summary(opts, out, record, inputs, started, up_to_date=True)
+    kept = len(record.shards)
+    remove_stale(out, split, keep=kept)
+    if kept and progress:
+        tqdm.write(f"{split}: resuming after {kept} finished shards "
+                   f"({sum(s.count for s in record.shards)} samples)", file=sys.stderr)
+
+    reencoded = _write_shards(out, opts, record, shuffled(inputs.sources, seed), workers, progress)
+    write_skipped(out, split, inputs.skipped + [(rel, reason) for _, rel, reason in record.skipped])
+    if not record.shards:
+        progress_path(out, split).unlink(missing_ok=True)
+        raise DataToolsError(f"no usable image in {src}: all {len(inputs.skipped) + len(record.skipped)} files "
+                             f"were skipped; the reasons are in {skipped_path(out, split)}")
+    set_split(out, _entry(opts, record, inputs))
+    record.complete = True
+    save_progress(out, split, record)
+    summary = _summary(opts, out, record, inputs, started, up_to_date=False)
+    summary.resumed_shards, summary.reencoded = kept, reencoded
+    return summary
+
+
+def _source_path(src: str | Path | None, list_file: str | Path | None) -> Path:
+    if list_file is not None:
+        if src is not None:
+            raise DataToolsError("give the file list either as SRC or with --list, not both")
+        list_file = Path(list_file)
+        if not is_list_file(list_file):
+            raise DataToolsError(f"--list {list_file} is not an existing .csv or .tsv file")
+        return list_file
+    if src is None:
+        raise DataToolsError("no input: give SRC (an image folder or a .csv/.tsv list) or --list FILE")
+    return Path(src)
+
+
+def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> Progress:
+    """The progress to continue from: fresh, a resumable prefix, or complete (refusing any mismatch)."""
+    split = opts.split
+    record = load_progress(out, split)
+    if record is None:
+        if split_files(out, split) or split in read_info(out)["splits"]:
+            raise DataToolsError(
+                f"{out} already holds split '{split}' from a build without a progress record "
+                f"({progress_path(out, split).name}); rerun with --overwrite to replace it")
+        return Progress(options=opts.record(), inputs=inputs.digest)
+    if record.options != opts.record():
+        raise DataToolsError(
+            f"split '{split}' in {out} was {'built' if record.complete else 'started'} with different options "
+            f"({describe_differences(record.options, opts.record())}); rerun with the same options to resume "
+            "it, or add --overwrite to rebuild it from scratch")
+    if record.inputs != inputs.digest:
+        raise DataToolsError(
+            f"the files in {src} changed since split '{split}' was started in {out}; "
+            "rerun with --overwrite to rebuild it from scratch")
+    if record.complete and intact_prefix(out, record.shards, hash_files=False) == len(record.shards):
+        return record
+    # Finished shards are trusted only if their bytes still hash to what was recorded.
+    record.shards = record.shards[:intact_prefix(out, record.shards, hash_files=True)]
+    record.complete = False
+    start = record.shards[-1].next_input if record.shards else 0
+    record.skipped = [s for s in record.skipped if s[0] < start]
+    return record
+
+
+def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[Source], workers: int,
+                  progress: bool) -> int:
+    """Pack the inputs after the record's last shard into new shards; returns how many were re-encoded."""
+    start = record.shards[-1].next_input if record.shards else 0
+    hooks = _TestHooks()
+    reencoded = read_bytes = 0
+    clock = time.perf_counter()
+    writer: ShardWriter | None = None
+    bar = tqdm(total=len(order), initial=start, unit="file", desc=opts.split, disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    work = functools.partial(make_samples, opts=opts)
+    results = ordered_map(work, batched(order[start:], BATCH), workers)
+    try:
+        for index, result in enumerate(results, start):
+            read_bytes += result.read_bytes
+            if isinstance(result, Skipped):
+                record.skipped.append((index, result.rel, result.reason))
+            else:
+                if writer is not None and _full(writer, result, opts):
+                    _close(writer, out, record, next_input=index)
+                    writer = None
+                    hooks.shard_finished()
+                if writer is None:
+                    writer = ShardWriter(out / shard_name(opts.split, len(record.shards)))
+                writer.add(result)
+                reencoded += result.reencoded is not None
+                hooks.sample_written(writer)
+            bar.update(1)
+            if index % BATCH == 0:
+                rate = read_bytes / 1e6 / max(time.perf_counter() - clock, 1e-9)
+                bar.set_postfix_str(f"{rate:.1f} MB/s", refresh=False)
+        if writer is not None:
+            _close(writer, out, record, next_input=len(order))
+            writer = None
+    except BrokenProcessPool:
+        raise DataToolsError(
+            f"a worker process died (out of memory, or a crash inside an image decoder) after {len(record.shards)} "
+            "finished shards; rerun the same command to resume, with --workers 1 to see the file at fault") from None
+    finally:
+        results.close()  # stops the worker pool now, not whenever the generator is collected
+        if writer is not None:  # interrupted (Ctrl-C, error): finished shards stay, the partial one goes
+            writer.abort()
+        bar.close()
+    return reencoded
+
+
+def _full(writer: ShardWriter, sample: Sample, opts: BuildOptions) -> bool:
+    """Would adding `sample` break a bound? (A shard always takes at least one sample.)"""
+    if opts.max_count is not None and writer.count >= opts.max_count:
+        return True
+    return archive_size(writer.payload + sample_size(sample)) > opts.shard_size
+
+
+def _close(writer: ShardWriter, out: Path, record: Progress, next_input: int) -> None:
+    sha, size = writer.finish()
+    record.shards.append(ShardRecord(writer.final.name, sha, size, writer.count, next_input))
+    save_progress(out, record.options["split"], record)
+
+
+def _entry(opts: BuildOptions, record: Progress, inputs: Inputs) -> dict:
+    shards = record.shards
+    return split_entry(opts.split, [s.filename for s in shards], [s.count for s in shards],
+                       [s.sha256 for s in shards], [s.bytes for s in shards], inputs.class_names)
+
+
+def _summary(opts: BuildOptions, out: Path, record: Progress, inputs: Inputs, started: float, *,
+             up_to_date: bool) -> BuildSummary:
+    return BuildSummary(
+        split=opts.split, out=out, written=sum(s.count for s in record.shards),
+        skipped=len(inputs.skipped) + len(record.skipped), shards=len(record.shards),
+        bytes=sum(s.bytes for s in record.shards), seconds=time.perf_counter() - started,
+        up_to_date=up_to_date)
+
+
+class _TestHooks:
+    """See the module docstring: a deterministic point for the tests to SIGKILL a build."""
+
+    def __init__(self) -> None:
+        hang = os.environ.get("DATA_TOOLS_TEST_HANG_AFTER_SHARDS")
+        self.hang_after = int(hang) if hang else None
+        self.finished = 0
+
+    def shard_finished(self) -> None:
+        self.finished += 1
+
+    def sample_written(self, writer: ShardWriter) -> None:
+        if self.hang_after is not None and self.finished >= self.hang_after:
+            writer.flush()  # leave a real partial `.tar.tmp` behind, as a kill mid-write would
+            print(f"data_tools test hook: hanging in {writer.tmp.name}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(60)
