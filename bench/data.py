@@ -1,0 +1,265 @@
+"""Data pipeline throughput: our train stream against the straightforward webdataset pipeline, and the shard
+build's pass-through speed against `tar cf`.
+
+    .venv/bin/python bench/data.py                      # defaults: 2,000 images, ~60-90 s on 2 cores
+    .venv/bin/python bench/data.py --quick --json /tmp/data.json
+
+Data: 500×375 photo-like JPEGs (smooth random fields and gradients plus sensor-like noise, quality 90; about
+the size and entropy of an ImageNet JPEG), generated once and cached under bench/.cache/ (git-ignored).
+
+Headline: images/s on one core (num_workers=0, everything in this process) of
+  ours      build_train_stream(image_size=224, default scale/ratio, shuffle buffer 1000) → uint8 batches
+  baseline  webdataset.WebDataset(urls, shardshuffle=False).decode("pil"), a plain PIL random-resized crop
+            and flip, float tensor normalised on the CPU, batches of 64
+in steady state (after one warm-up batch), interleaved (A B A B ...), median of the repetitions.
+`ratio` = ours ÷ baseline (goal ≥ 1.3).
+Then both with 1 and 2 DataLoader workers (scaling), and `data_tools.build.build_split` (pass-through,
+workers=1) against `tar cf` of the same files (goal ≥ 0.5× tar's speed).
+Results print as a table and are appended to docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from shardgen import Sample, write_shards  # noqa: E402  (tests/shardgen.py: shards without data_tools)
+
+from ssl_vit.data import build_train_stream, resolve_spec  # noqa: E402
+
+CACHE = ROOT / "bench" / ".cache"
+WIDTH, HEIGHT, QUALITY, CLASSES, SHARD_SIZE = 500, 375, 90, 10, 250
+IMAGE_SIZE, BATCH = 224, 64
+MEAN = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+STD = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+def photo_like(rng: np.random.Generator, noise: np.ndarray) -> Image.Image:
+    """A smooth random colour field (bicubic-upsampled 6×8 grid) + a gradient + noise: a photo's spectrum."""
+    field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((WIDTH, HEIGHT), Image.BICUBIC)
+    ramp = np.linspace(-40, 40, WIDTH)[None, :, None] * rng.uniform(-1, 1, 3)  # (1, W, 3)
+    shift = rng.integers(0, noise.shape[0] - HEIGHT)
+    pixels = np.asarray(field, dtype=np.float32) + ramp + noise[shift : shift + HEIGHT]  # (H, W, 3)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_dataset(count: int) -> tuple[Path, Path]:
+    """(image folder, shard directory) of `count` images; reused from bench/.cache when already complete."""
+    root = CACHE / f"data-{count}"
+    images, shards = root / "images", root / "shards"
+    if (root / "complete").exists():
+        return images, shards
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 5, (HEIGHT * 2, WIDTH, 3)).astype(np.float32)  # a bank of noise rows, sliced per image
+    samples = []
+    for i in tqdm(range(count), desc="generating bench images", unit="img"):
+        label = i % CLASSES
+        path = images / f"class{label}" / f"img{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        photo_like(rng, noise).save(path, format="JPEG", quality=QUALITY)
+        samples.append(Sample(f"img{i:06d}", path.read_bytes(), label, "jpg", (WIDTH, HEIGHT)))
+    names = [f"class{k}" for k in range(CLASSES)]
+    write_shards(shards, samples, split="train", shard_size=SHARD_SIZE, class_names=names)
+    (root / "complete").touch()
+    return images, shards
+
+
+# --- the two pipelines ----------------------------------------------------------------------------------------
+
+def plain_transform(img: Image.Image, rng: random.Random) -> torch.Tensor:
+    """Random-resized crop + flip written plainly with PIL, then float and normalise on the CPU."""
+    width, height = img.size
+    for _ in range(10):
+        area = width * height * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = rng.randint(0, width - w), rng.randint(0, height - h)
+            img = img.crop((left, top, left + w, top + h))
+            break
+    img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+    if rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    chw = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    return (chw.float() / 255 - MEAN) / STD
+
+
+def baseline_loader(urls: list[str], workers: int) -> torch.utils.data.DataLoader:
+    rng = random.Random(0)
+    dataset = (
+        wds.WebDataset(urls, shardshuffle=False, nodesplitter=wds.single_node_only, empty_check=False)
+        .repeat()
+        .decode("pil")
+        .to_tuple("jpg", "cls")
+        .map_tuple(lambda img: plain_transform(img, rng), int)
+        .batched(BATCH)
+    )
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+
+
+def images_per_s(batches, count: int) -> float:
+    """Steady-state images/s over `count` images, after one warm-up batch (worker start-up, shuffle-buffer
+    fill: paid once per run, not per image)."""
+    iterator = iter(batches)
+    next(iterator)
+    start, seen = time.perf_counter(), 0
+    while seen < count:
+        batch = next(iterator)
+        seen += len(batch["label"] if isinstance(batch, dict) else batch[1])
+    elapsed = time.perf_counter() - start
+    close = getattr(batches, "close", None)
+    if close:
+        close()
+    del iterator
+    return seen / elapsed
+
+
+def ours(shards: Path, workers: int, seed: int):
+    return build_train_stream(str(shards), batch_size=BATCH, image_size=IMAGE_SIZE, seed=seed, num_workers=workers)
+
+
+# --- the shard build -------------------------------------------------------------------------------------------
+
+def time_build(images: Path, reps: int) -> dict:
+    """Seconds of `build_split` (pass-through, 1 worker; default full decode check, and header-only check)
+    and of `tar cf` on the same folder, interleaved; median of `reps`."""
+    try:
+        from data_tools.build import build_split
+    except ImportError as exc:
+        return {"error": f"data_tools.build.build_split unavailable: {exc}"}
+    size = sum(p.stat().st_size for p in images.rglob("*.jpg")) / 1e6
+    times: dict[str, list[float]] = {"tar": [], "full": [], "header": []}
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        for _ in range(reps):
+            start = time.perf_counter()
+            subprocess.run(["tar", "cf", f"{tmp}/all.tar", "-C", str(images), "."], check=True)
+            times["tar"].append(time.perf_counter() - start)
+            for check in ("full", "header"):
+                extra = {} if check == "full" else {"check": "header"}
+                start = time.perf_counter()
+                try:
+                    build_split(images, Path(tmp) / check, "train", labels="folder", seed=0, workers=1,
+                                overwrite=True, progress=False, **extra)
+                except TypeError as exc:  # an older build_split without `check`
+                    times.pop(check, None)
+                    print(f"build_split(check={check!r}) not measured: {exc}")
+                    continue
+                times[check].append(time.perf_counter() - start)
+    result = {"mb": size, "tar_mb_per_s": size / statistics.median(times["tar"])}
+    for check in ("full", "header"):
+        if times.get(check):
+            seconds = statistics.median(times[check])
+            tar = statistics.median(times["tar"])
+            result[check] = {"seconds": seconds, "mb_per_s": size / seconds, "ratio": tar / seconds}
+    return result
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def table(r: dict) -> str:
+    rows = ["| pipeline | workers | images/s | ours ÷ baseline |", "|---|---|---|---|"]
+    ours_cell = f"{r['ours_images_per_s']:.0f} | **{r['ratio']:.2f}×** (goal ≥ 1.3)"
+    rows.append(f"| ours (uint8 out) | 0 (1 core) | {ours_cell} |")
+    rows.append(f"| baseline (wds + PIL + float) | 0 (1 core) | {r['baseline_images_per_s']:.0f} | |")
+    for w, (a, b) in r["workers"].items():
+        rows.append(f"| ours / baseline | {w} | {a:.0f} / {b:.0f} | {a / b:.2f}× |")
+    build = r["build"]
+    if "error" in build:
+        rows.append(f"\nShard build: {build['error']}")
+    for check in ("full", "header"):
+        if check in build:
+            b = build[check]
+            rows.append(
+                f"\nShard build of {build['mb']:.0f} MB, pass-through, 1 worker, check={check}: "
+                f"{b['mb_per_s']:.0f} MB/s "
+                f"vs `tar cf` {build['tar_mb_per_s']:.0f} MB/s: **{b['ratio']:.2f}×** tar's speed (goal ≥ 0.5)"
+            )
+    return "\n".join(rows)
+
+
+def append_markdown(r: dict) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    head = "" if path.exists() else "# Benchmarks\n\nAppended by the scripts in bench/; newest last.\n"
+    m = r["machine"]
+    section = (
+        f"\n## bench/data.py — {r['date']}\n\n`{r['command']}`  \n"
+        f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}, torch {m['torch']}, "
+        f"load average {m['load_average_1min']} at the end (other work on the machine slows both sides alike). "
+        f"{r['images']} images 500×375 JPEG q90, crops 224, batches of {BATCH}, "
+        f"{r['count']} images per measurement, median of {r['reps']} interleaved runs.\n\n{table(r)}\n"
+    )
+    with path.open("a") as f:
+        f.write(head + section)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=2000, help="images in the generated data set (cached)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 400 images, fewer and shorter measurements")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    n_images = 400 if args.quick else args.images
+    count, reps = (256, 1) if args.quick else (min(768, n_images), 3)
+    torch.set_num_threads(1)
+    images, shards = make_dataset(n_images)
+    urls = list(resolve_spec(str(shards)).urls)
+
+    ours_s, base_s = [], []
+    for rep in tqdm(range(reps), desc="1 core, interleaved", unit="rep"):
+        ours_s.append(images_per_s(ours(shards, 0, rep), count))
+        base_s.append(images_per_s(baseline_loader(urls, 0), count))
+    workers = {}
+    for w in (1, 2):
+        workers[w] = (images_per_s(ours(shards, w, 0), count), images_per_s(baseline_loader(urls, w), count))
+    result = {
+        "ratio": statistics.median(ours_s) / statistics.median(base_s),
+        "ours_images_per_s": statistics.median(ours_s),
+        "baseline_images_per_s": statistics.median(base_s),
+        "ours_runs": ours_s,
+        "baseline_runs": base_s,
+        "workers": workers,
+        "build": time_build(images, 1 if args.quick else 2),
+        "images": n_images,
+        "count": count,
+        "reps": reps,
+        "command": " ".join(["python", "bench/data.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+    }
+    print(table(result))
+    append_markdown(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Read one shard: open its URL (webdataset's openers), walk the tar, group files into samples, check the count.
+
+Decision on broken shards: a shard that cannot be opened, a tar that is truncated or corrupt, a `pipe:`
+command that fails, or a shard whose sample count disagrees with `_info.json` stops the stream with a
+`DataError` naming the shard. Skipping the rest of a shard would silently change what an epoch holds (and
+would break the eval stream's exactly-once promise); shards carry sha256 sums, so a broken one is fixed by
+rebuilding or re-downloading it, not trained around. Single bad *samples* are a different matter: they are
+skipped and counted downstream (`stages.BadSampleTally`).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from webdataset.gopen import gopen
+
+from ssl_vit.errors import DataError
+
+from .tarstream import iter_members
+
+REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from the data spec"
+
+
+def open_url(url: str) -> Any:
+    """A readable byte stream for a shard URL; webdataset 1.0.2 has no s3 opener, so s3 goes through the AWS CLI."""
+    if url.startswith("s3://"):
+        url = f"pipe:aws s3 cp {shlex.quote(url)} -"
+    return gopen(url)
+
+
+def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | None = None) -> Iterator[dict]:
+    """Samples (`__key__`, `__url__`, one entry per file extension) of `url` whose index % stride == offset.
+
+    `expected` is the shard's length from `_info.json`: a tar that ends early at a file boundary reads as a
+    valid shorter tar, and only the count reveals it.
+    """
+    try:
+        stream = open_url(url)
+    except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
+        raise DataError(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
+    count = 0
+    finished = False
+    try:
+        for sample in group_samples(iter_members(stream), url):
+            if count % stride == offset:
+                yield sample
+            count += 1
+        stream.close()  # a pipe: URL reports its command's exit status here
+        finished = True
+    except Exception as exc:  # noqa: BLE001 - tar, IO and pipe errors all mean a broken shard
+        what = f"{type(exc).__name__}: {exc}"
+        raise DataError(f"shard {url} is unreadable after {count} samples ({what}); {REBUILD}") from None
+    finally:
+        if not finished:
+            _close_quietly(stream)
+    if expected is not None and count != expected:
+        raise DataError(
+            f"shard {url} holds {count} samples but _info.json says {expected}; it is truncated or stale: {REBUILD}"
+        )
+
+
+# webdataset's conventions: the key is the path up to the first dot of the file name, the rest its extension;
+# names like __meta__ are archive metadata, not sample files.
+_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict]:
+    """Consecutive files with the same key → one sample {"__key__", "__url__", extension: bytes, ...}."""
+    current: dict | None = None
+    for name, data in members:
+        match = _KEY_EXT.match(name)
+        if match is None or _META.match(name):
+            continue
+        key, ext = match.group(1), match.group(2).lower()
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": url}
+        if ext in current:
+            raise ValueError(f"sample {key!r} has two {ext!r} files")
+        current[ext] = data
+    if current is not None:
+        yield current
+
+
+def _close_quietly(stream: Any) -> None:
+    """Close a stream abandoned mid-shard; a pipe's command then dies of SIGPIPE, which is no error."""
+    try:
+        stream.close()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,151 @@
+"""Data specs → shard URLs and counts.
+
+A data spec is one string (or a list of them) that says where the shards are:
+
+- a directory holding `_info.json` (written by `ssl-vit-shards`) plus a split name: `resolve_spec("/data/in1k",
+  "train")`. Two shorthands name the split inside the string: `"/data/in1k:train"`, and `"/data/in1k/_info.json"`
+  (split from the argument, or the only split the file has);
+- a brace-expanded URL list: `"/data/train-{000000..000099}.tar"`, `"pipe:curl -s https://host/x-{0..9}.tar"`,
+  `"https://host/x-{0..9}.tar"`, `"s3://bucket/x-{0..9}.tar"` (opened by webdataset's openers; s3 through the
+  AWS CLI). A URL list knows no sample count: pass `num_samples=` when the trainer needs an epoch length.
+
+Local shards are checked here, so a typo fails at once with the missing file's name rather than later inside
+a worker process. Remote URLs are checked when they are opened.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import braceexpand
+
+from ssl_vit.errors import DataError
+
+INFO_FILE = "_info.json"
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one split: URLs in order, and what `_info.json` knows about them (None when unknown)."""
+
+    urls: tuple[str, ...]
+    num_samples: int | None = None
+    shard_lengths: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.class_names is None else len(self.class_names)
+
+
+def resolve_spec(
+    spec: str | Sequence[str] | ShardSet, split: str | None = None, *, num_samples: int | None = None
+) -> ShardSet:
+    """Turn a data spec into a `ShardSet`.
+
+    `split` picks the split of a directory spec (a directory with one split needs none; a URL list ignores it);
+    `num_samples` gives a URL list its sample count (for a directory it must agree with `_info.json`, or be None).
+    """
+    if isinstance(spec, ShardSet):
+        return spec if num_samples is None else _with_count(spec, num_samples, "the ShardSet")
+    if not isinstance(spec, str):
+        return _url_list([u for s in spec for u in braceexpand.braceexpand(str(s))], num_samples, str(list(spec)))
+    directory, split = _directory_of(spec, split)
+    if directory is None:
+        return _url_list(list(braceexpand.braceexpand(spec)), num_samples, spec)
+    shards = _from_info(directory, split)
+    return shards if num_samples is None else _with_count(shards, num_samples, str(directory / INFO_FILE))
+
+
+def _is_local(url: str) -> bool:
+    """Plain paths and file: URLs are local; anything else with a scheme (pipe:, http:, s3:, ...) is not."""
+    return url.startswith("file:") or not _SCHEME.match(url)
+
+
+def _local_path(url: str) -> Path:
+    return Path(re.sub(r"^file://?", "/", url) if url.startswith("file:") else url)
+
+
+def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None]:
+    """(directory, split) for the directory forms of a spec; (None, split) for a URL list."""
+    if "{" in spec or "}" in spec:
+        return None, split
+    if Path(spec).is_dir():
+        return Path(spec), split
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and re.fullmatch(r"[\w.\-]+", tail) and Path(head).is_dir():
+        if split is not None and split != tail:
+            raise DataError(f"data spec {spec!r} names split {tail!r} but split={split!r} was also given; give one")
+        return Path(head), tail
+    if _is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
+        return Path(spec).parent, split
+    return None, split
+
+
+def _from_info(directory: Path, split: str | None) -> ShardSet:
+    info_path = directory / INFO_FILE
+    if not info_path.is_file():
+        raise DataError(
+            f"{directory} has no {INFO_FILE}: build shards there with `ssl-vit-shards`, or give a brace-expanded "
+            f"shard list such as '{directory}/train-{{000000..000009}}.tar'"
+        )
+    try:
+        splits = json.loads(info_path.read_text())["splits"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{info_path} is not a valid shard index ({exc!r}); rebuild it with `ssl-vit-shards`") from None
+    if split is None and len(splits) == 1:
+        split = next(iter(splits))
+    if split not in splits:
+        what = "no split given" if split is None else f"no split {split!r}"
+        raise DataError(f"{info_path}: {what}; available splits: {', '.join(sorted(splits)) or '(none)'}")
+    entry = splits[split]
+    try:
+        urls = tuple(_join(directory, f) for f in entry["filenames"])
+        lengths = tuple(int(n) for n in entry["shard_lengths"]) if entry.get("shard_lengths") is not None else None
+        count = int(entry["num_samples"]) if entry.get("num_samples") is not None else None
+        names = tuple(entry["class_names"]) if entry.get("class_names") is not None else None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{info_path}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
+        ) from None
+    if lengths is not None and len(lengths) != len(urls):
+        raise DataError(f"{info_path}: split {split!r} lists {len(urls)} files but {len(lengths)} shard_lengths")
+    if lengths is not None and count is not None and sum(lengths) != count:
+        raise DataError(f"{info_path}: split {split!r} num_samples {count} != sum of shard_lengths {sum(lengths)}")
+    _check_exist(urls, str(info_path))
+    return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names)
+
+
+def _join(directory: Path, filename: str) -> str:
+    return filename if not _is_local(filename) or os.path.isabs(filename) else str(directory / filename)
+
+
+def _url_list(urls: list[str], num_samples: int | None, spec: str) -> ShardSet:
+    if not urls or not all(urls):
+        raise DataError(f"data spec {spec!r} names no shards; give a directory with {INFO_FILE} or a list of .tar URLs")
+    if num_samples is not None and num_samples <= 0:
+        raise DataError(f"num_samples must be positive for data spec {spec!r}, got {num_samples}")
+    _check_exist(urls, f"data spec {spec!r}")
+    if len(urls) == 1 and _is_local(urls[0]) and _local_path(urls[0]).is_dir():
+        raise DataError(f"{urls[0]} is a directory without {INFO_FILE}: build shards there with `ssl-vit-shards`")
+    return ShardSet(tuple(urls), num_samples)
+
+
+def _check_exist(urls: Sequence[str], source: str) -> None:
+    missing = [u for u in urls if _is_local(u) and not _local_path(u).exists()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DataError(f"{len(missing)} of {len(urls)} shards of {source} do not exist: {shown}")
+
+
+def _with_count(shards: ShardSet, num_samples: int, source: str) -> ShardSet:
+    if shards.num_samples is not None and shards.num_samples != num_samples:
+        raise DataError(f"num_samples={num_samples} disagrees with {source}, which holds {shards.num_samples} samples")
+    if num_samples <= 0:
+        raise DataError(f"num_samples must be positive, got {num_samples}")
+    return ShardSet(shards.urls, num_samples, shards.shard_lengths, shards.class_names)

@@ -1,0 +1,175 @@
+"""The stages of the train and eval pipelines, each a generator over the previous one's output.
+
+raw samples (shards.read_shard) → shuffled → train_items / eval_items (decode + crop) → *_batches.
+All randomness comes from the `numpy.random.Generator`s passed in, never from global state.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+
+import numpy as np
+import torch
+
+from ssl_vit.errors import DataError
+
+from .crops import center_crop, random_resized_crop
+from .decode import decode_crop
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+TrainItem = tuple[np.ndarray, int]  # (S, S, 3) uint8 pixels, label
+EvalItem = tuple[np.ndarray, int, str]  # (S, S, 3) uint8 pixels, label, key
+
+
+def image_and_label(sample: dict) -> tuple[bytes, int]:
+    """The encoded image and the class index of a raw sample (-1 when it carries no `cls`)."""
+    data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    if data is None:
+        found = sorted(k for k in sample if not k.startswith("__"))
+        raise ValueError(f"no image entry (expected one of {'/'.join(IMAGE_KEYS)}, found {found})")
+    raw = sample.get("cls")
+    if raw is None:
+        return data, -1
+    try:
+        return data, int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"cls is not an integer: {raw[:20]!r}") from None
+
+
+class BadSampleTally:
+    """Counts good and skipped samples per shard for one reader; stops the stream when too many fail.
+
+    The check waits for `min_samples` samples, so one early bad sample cannot stop a run.
+    """
+
+    def __init__(self, max_bad_fraction: float, min_samples: int, reader: str) -> None:
+        self.max_bad_fraction = max_bad_fraction
+        self.min_samples = min_samples
+        self.reader = reader
+        self.seen = 0
+        self.bad = 0
+        self.unreported = 0  # skipped since the last batch
+        self.per_shard: dict[str, list] = {}  # url -> [seen, bad, first bad key, its error]
+
+    def good(self, url: str) -> None:
+        self.seen += 1
+        self.per_shard.setdefault(url, [0, 0, None, None])[0] += 1
+        self._check()
+
+    def skip(self, url: str, key: str, error: Exception) -> None:
+        self.seen += 1
+        self.bad += 1
+        self.unreported += 1
+        entry = self.per_shard.setdefault(url, [0, 0, None, None])
+        entry[0] += 1
+        entry[1] += 1
+        if entry[2] is None:
+            entry[2], entry[3] = key, f"{type(error).__name__}: {error}"
+        self._check()
+
+    def take_unreported(self) -> int:
+        n, self.unreported = self.unreported, 0
+        return n
+
+    def _check(self) -> None:
+        # All-bad stops even at max_bad_fraction=1: the stream would otherwise loop forever yielding nothing.
+        if self.seen < self.min_samples or (self.bad <= self.max_bad_fraction * self.seen and self.bad < self.seen):
+            return
+        shards = "; ".join(
+            f"{url}: {bad} of {seen} bad (first: {key!r}, {err})"
+            for url, (seen, bad, key, err) in self.per_shard.items()
+            if bad
+        )
+        raise DataError(
+            f"{self.bad} of {self.seen} samples read by {self.reader} failed to decode "
+            f"({self.bad / self.seen:.1%} > max_bad_fraction {self.max_bad_fraction:.1%}): {shards}. "
+            "Rebuild these shards with `ssl-vit-shards`, or raise max_bad_fraction"
+        )
+
+
+def shuffled(samples: Iterable[dict], bufsize: int, rng: np.random.Generator) -> Iterator[dict]:
+    """Reservoir-style shuffle: each new sample replaces a random one of `bufsize` held, which is yielded.
+
+    Holds encoded samples (before decode): an ImageNet JPEG is ~110 KB, about a fifth of its decoded pixels,
+    so a buffer of 1000 costs a worker ~110 MB.
+    """
+    if bufsize <= 1:
+        yield from samples
+        return
+    buffer: list[dict] = []
+    for sample in samples:
+        if len(buffer) < bufsize:
+            buffer.append(sample)
+            continue
+        i = int(rng.integers(len(buffer)))
+        yield buffer[i]
+        buffer[i] = sample
+    for i in rng.permutation(len(buffer)):
+        yield buffer[i]
+
+
+def train_items(
+    samples: Iterable[dict],
+    *,
+    rng: np.random.Generator,
+    image_size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    hflip: bool,
+    tally: BadSampleTally,
+) -> Iterator[TrainItem]:
+    """Random-resized crop (+ flip) of each sample; unreadable samples are skipped and tallied."""
+    for sample in samples:
+        try:
+            data, label = image_and_label(sample)
+            pixels = decode_crop(data, lambda w, h: random_resized_crop(w, h, rng, scale, ratio), image_size)
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample, counted and reported
+            tally.skip(sample["__url__"], sample["__key__"], exc)
+            continue
+        tally.good(sample["__url__"])
+        if hflip and rng.random() < 0.5:
+            pixels = pixels[:, ::-1]  # (S, S, 3), mirrored left-right
+        yield pixels, label
+
+
+def eval_items(samples: Iterable[dict], *, image_size: int, crop_pct: float) -> Iterator[EvalItem]:
+    """Centre crop of each sample. Evaluation needs every sample, so an unreadable one stops the stream."""
+    for sample in samples:
+        try:
+            data, label = image_and_label(sample)
+            pixels = decode_crop(data, lambda w, h: center_crop(w, h, crop_pct), image_size)
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(
+                f"sample {sample['__key__']!r} of shard {sample['__url__']} cannot be decoded "
+                f"({type(exc).__name__}: {exc}); evaluation needs every sample: rebuild the shard with `ssl-vit-shards`"
+            ) from None
+        yield pixels, label, sample["__key__"]
+
+
+def _stack(pixels: list[np.ndarray], size: int) -> torch.Tensor:
+    images = np.empty((len(pixels), 3, size, size), dtype=np.uint8)  # (B, 3, S, S)
+    for i, p in enumerate(pixels):
+        images[i] = p.transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S)
+    return torch.from_numpy(images)
+
+
+def train_batches(
+    items: Iterator[TrainItem], batch_size: int, image_size: int, tally: BadSampleTally
+) -> Iterator[dict]:
+    """Full batches only; `skipped` = samples this reader skipped since its previous batch."""
+    while len(group := list(islice(items, batch_size))) == batch_size:
+        yield {
+            "image": _stack([p for p, _ in group], image_size),
+            "label": torch.tensor([label for _, label in group], dtype=torch.int64),
+            "skipped": torch.tensor(tally.take_unreported(), dtype=torch.int64),
+        }
+
+
+def eval_batches(items: Iterator[EvalItem], batch_size: int, image_size: int) -> Iterator[dict]:
+    """Batches of up to `batch_size`; the last one of each reader may be smaller."""
+    while group := list(islice(items, batch_size)):
+        yield {
+            "image": _stack([p for p, _, _ in group], image_size),
+            "label": torch.tensor([label for _, label, _ in group], dtype=torch.int64),
+            "key": [key for _, _, key in group],
+        }

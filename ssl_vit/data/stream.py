@@ -1,0 +1,280 @@
+"""Train and eval streams: shards → uint8 batches, split by rank and by worker here, exactly once.
+
+    stream = build_train_stream("/data/in1k:train", batch_size=256, image_size=224, seed=0,
+                                rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                segment=step)
+    for batch in stream:            # {"image": uint8 (B, 3, S, S), "label": int64 (B,), "skipped": int64 ()}
+        images = batch["image"].to(accelerator.device, non_blocking=True)
+        ...
+    stream.close()                  # before the process group is destroyed
+
+Do NOT pass these streams (or their DataLoaders) through `accelerator.prepare()`: they already split the
+shards between ranks and workers (`split.reader_parts`); prepare() would shard or dispatch them a second
+time. Move batches to the device yourself; scale and normalise them there (`normalize.normalize_uint8`).
+
+Train stream: endless. Each reader (rank, worker) reads its own shards, in a fresh shuffled order every
+epoch, through a shuffle buffer, then decodes with a random-resized crop and flip. Its random numbers come
+from `numpy.random.SeedSequence([seed, rank, worker, segment])`, never from global state, so building the
+stream twice with the same arguments yields the same batches; the trainer passes `segment=step` when it
+(re)builds the streams at a checkpoint, so a resumed run continues with exactly the batches the original run
+would have seen after that checkpoint, without replaying anything. `num_workers=0` reads as one worker
+(worker 0): it yields the same batches as `num_workers=1`. Every rank runs `steps_per_epoch(...)` steps per
+epoch (ceil), whatever its shard count; the stream never runs dry.
+
+Eval stream: finite, deterministic (centre crop of crop_pct, no flip), every sample exactly once across all
+ranks and workers. Ranks may get different numbers of samples: gather with padding.
+
+Broken data: an undecodable sample is skipped, counted per shard, and reported in the next batch's `skipped`;
+above `max_bad_fraction` (once `min_samples_for_bad_fraction` samples were seen by a worker) the train stream
+raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. An unreadable,
+truncated or miscounted shard raises `DataError` naming it, in both streams (see `shards.py`).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ssl_vit.errors import ConfigError, DataError
+
+from .shards import read_shard
+from .spec import ShardSet, resolve_spec
+from .split import ShardPart, reader_parts
+from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
+
+Shards = ShardSet | str | Sequence[str]
+
+
+def steps_per_epoch(num_samples: int | None, global_batch: int) -> int:
+    """ceil(num_samples / global_batch): the epoch's last step takes a full batch from the endless stream.
+
+    `global_batch` is the per-rank batch size times the number of ranks (times gradient-accumulation steps).
+    """
+    if num_samples is None:
+        raise DataError(
+            "the number of samples is unknown: use a shard directory with _info.json, or pass num_samples with a URL list"
+        )
+    if num_samples <= 0 or global_batch <= 0:
+        raise ConfigError(f"num_samples and global_batch must be positive, got {num_samples} and {global_batch}")
+    return -(-num_samples // global_batch)
+
+
+class Stream:
+    """Batches from a DataLoader whose workers build them (batch_size=None). `close()` stops the workers.
+
+    Iterating again restarts from the first batch (and shuts down the previous iteration's workers).
+    """
+
+    def __init__(self, dataset: IterableDataset, shards: ShardSet, *, num_workers: int, pin_memory: bool) -> None:
+        self.shards = shards
+        # DataLoader draws its workers' base seed from this generator, so it never advances the global torch RNG.
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(0),
+        )
+        self._iterator: Iterator | None = None
+
+    def __iter__(self) -> Iterator[dict]:
+        self.close()
+        self._iterator = iter(self._loader)
+        return self._batches(self._iterator)
+
+    def _batches(self, iterator: Iterator) -> Iterator[dict]:
+        for batch in iterator:
+            if "error" in batch:
+                self.close()
+                raise DataError(batch["error"])
+            yield batch
+            if self._iterator is not iterator:  # closed (or restarted) while the caller held this generator
+                return
+        self.close()
+
+    def close(self) -> None:
+        """Shut the worker processes down; safe to call more than once."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_train_stream(
+    shards: Shards,
+    *,
+    batch_size: int,
+    image_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    segment: int = 0,
+    shuffle_buffer: int = 1000,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = True,
+    max_bad_fraction: float = 0.05,
+    min_samples_for_bad_fraction: int = 20,
+    pin_memory: bool = False,
+    split: str | None = None,
+) -> Stream:
+    """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec)."""
+    _check_common(batch_size, image_size, rank, world_size, num_workers)
+    if seed < 0 or segment < 0 or shuffle_buffer < 0:
+        raise ConfigError(f"seed, segment and shuffle_buffer must be >= 0, got {seed}, {segment}, {shuffle_buffer}")
+    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+        raise ConfigError(
+            f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got scale={scale}, ratio={ratio}"
+        )
+    if not 0 <= max_bad_fraction <= 1:
+        raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
+    resolved = resolve_spec(shards, split)
+    options = _TrainOptions(
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        segment=segment,
+        shuffle_buffer=shuffle_buffer,
+        scale=(float(scale[0]), float(scale[1])),
+        ratio=(float(ratio[0]), float(ratio[1])),
+        hflip=hflip,
+        max_bad_fraction=max_bad_fraction,
+        min_samples=min_samples_for_bad_fraction,
+    )
+    dataset = _TrainDataset(resolved, options)
+    return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def build_eval_stream(
+    shards: Shards,
+    *,
+    batch_size: int,
+    image_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 2,
+    crop_pct: float = 0.875,
+    pin_memory: bool = False,
+    split: str | None = None,
+) -> Stream:
+    """The finite evaluation stream of `shards`: each sample exactly once over all ranks and workers."""
+    _check_common(batch_size, image_size, rank, world_size, num_workers)
+    if not 0 < crop_pct <= 1:
+        raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    resolved = resolve_spec(shards, split)
+    dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct))
+    return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
+
+
+def _check_common(batch_size: int, image_size: int, rank: int, world_size: int, num_workers: int) -> None:
+    if batch_size < 1 or image_size < 1 or num_workers < 0:
+        raise ConfigError(
+            f"need batch_size >= 1, image_size >= 1, num_workers >= 0; got {batch_size}, {image_size}, {num_workers}"
+        )
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+
+
+def _worker() -> tuple[int, int]:
+    """(this worker's index, workers per rank); the main process counts as worker 0 of 1."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def _read(shards: ShardSet, part: ShardPart) -> Iterator[dict]:
+    expected = shards.shard_lengths[part.shard] if shards.shard_lengths is not None else None
+    return read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset, expected=expected)
+
+
+def _reported(batches: Iterator[dict]) -> Iterator[dict]:
+    """A DataError inside a worker becomes an {"error": message} item, which `Stream` raises in the main
+    process as the same one-line DataError (DataLoader would wrap it in the worker's traceback)."""
+    try:
+        yield from batches
+    except DataError as exc:
+        yield {"error": str(exc)}
+
+
+@dataclass(frozen=True)
+class _TrainOptions:
+    batch_size: int
+    image_size: int
+    seed: int
+    rank: int
+    world_size: int
+    segment: int
+    shuffle_buffer: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    hflip: bool
+    max_bad_fraction: float
+    min_samples: int
+
+
+class _TrainDataset(IterableDataset):
+    def __init__(self, shards: ShardSet, options: _TrainOptions) -> None:
+        self.shards = shards
+        self.o = options
+
+    def __iter__(self) -> Iterator[dict]:
+        o = self.o
+        worker, workers = _worker()
+        parts = reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+        seeds = np.random.SeedSequence([o.seed, o.rank, worker, o.segment]).spawn(3)
+        order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
+        reader = f"rank {o.rank} worker {worker}"
+        tally = BadSampleTally(o.max_bad_fraction, o.min_samples, reader)
+        raw = shuffled(self._epochs(parts, order_rng, reader), o.shuffle_buffer, buffer_rng)
+        items = train_items(
+            raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally
+        )
+        return _reported(train_batches(items, o.batch_size, o.image_size, tally))
+
+    def _epochs(self, parts: list[ShardPart], rng: np.random.Generator, reader: str) -> Iterator[dict]:
+        """Endless: every epoch reads all of this reader's shard parts, in a fresh random order."""
+        while True:
+            count = 0
+            for i in rng.permutation(len(parts)):
+                for sample in _read(self.shards, parts[i]):
+                    count += 1
+                    yield sample
+            if count == 0:
+                urls = ", ".join(self.shards.urls[p.shard] for p in parts)
+                raise DataError(
+                    f"{reader} found no samples in its part of {urls}: the shards hold fewer samples than "
+                    "ranks × workers; use fewer workers"
+                )
+
+
+@dataclass(frozen=True)
+class _EvalOptions:
+    batch_size: int
+    image_size: int
+    rank: int
+    world_size: int
+    crop_pct: float
+
+
+class _EvalDataset(IterableDataset):
+    def __init__(self, shards: ShardSet, options: _EvalOptions) -> None:
+        self.shards = shards
+        self.o = options
+
+    def __iter__(self) -> Iterator[dict]:
+        o = self.o
+        worker, workers = _worker()
+        parts = reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+        raw = (sample for part in parts for sample in _read(self.shards, part))
+        items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct)
+        return _reported(eval_batches(items, o.batch_size, o.image_size))
