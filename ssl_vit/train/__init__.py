@@ -1,0 +1,15 @@
+"""The objective-agnostic training loop: optimizer and schedule, checkpoints, metrics, preemption."""
+from .checkpoint import latest_checkpoint, list_checkpoints, read_state, resolve_resume
+from .trainer import Trainer, TrainResult, make_accelerator, parameter_checksum, resolve_precision
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "make_accelerator",
+    "parameter_checksum",
+    "read_state",
+    "resolve_precision",
+    "resolve_resume",
+]

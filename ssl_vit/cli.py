@@ -1,0 +1,68 @@
+"""`ssl-vit pretrain|export|eval|analyze|demo`: one table of subcommands, each a module imported only when used.
+
+A subcommand module has `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad recipe, data or
+checkpoint) reaches the user as one line, `error: …`, with exit status 2 and no traceback unless `--debug`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from types import ModuleType
+
+from .errors import UserError
+
+# name → (module, one-line help). Imported lazily: a command whose module is missing does not break the others.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("ssl_vit.commands.pretrain", "pretrain a ViT with masked patch prediction (under accelerate launch for several processes)"),
+    "export": ("ssl_vit.commands.export", "write a run's or checkpoint's backbone as timm-layout .safetensors + .json"),
+    "eval": ("ssl_vit.eval.command", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
+    "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
+    "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),
+}
+
+
+def _load(name: str) -> ModuleType:
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and module_name.startswith(err.name):
+            raise UserError(f"the '{name}' command is not available in this installation ({module_name} is missing)") from None
+        raise
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported and asked for its arguments."""
+    parser = argparse.ArgumentParser(prog="ssl-vit", description="Masked patch prediction pretraining for Vision Transformers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
+        if name == command:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        command = _command_in(argv)
+        args = build_parser(command).parse_args(argv)
+        debug = args.debug
+        return int(_load(args.command).run(args) or 0)
+    except UserError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,111 @@
+"""`ssl-vit pretrain --config RECIPE [key=value ...] [--resume auto|PATH] [--print-config]`.
+
+Wires a recipe to the trainer: data spec → train stream factory, model + objective, periodic evaluation.
+Launch several processes with `accelerate launch [--config_file recipes/accelerate/X.yaml] -m ssl_vit
+pretrain ...`; the global batch stays `train.global_batch` whatever the process count (accumulation fills in).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from ..config import PretrainConfig, accumulation_steps, load_config, model_overrides
+from ..errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="RECIPE", help="recipe YAML, e.g. recipes/pretrain/smoke.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-3 data.train=/data/in1k")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="auto: continue from output_dir's latest checkpoint (fresh start if none); PATH: from that checkpoint or run")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved recipe as YAML and exit")
+
+
+def total_steps(cfg: PretrainConfig, num_samples: int | None) -> int:
+    """`train.total_steps`, or `train.epochs` × steps per epoch (the sample count must be known)."""
+    if cfg.train.total_steps is not None:
+        return cfg.train.total_steps
+    from ..data import steps_per_epoch
+
+    if num_samples is None:
+        raise ConfigError(
+            f"train.epochs needs the sample count of {cfg.data.train}: set data.num_samples (URL lists do not know it) "
+            "or use train.total_steps"
+        )
+    return math.ceil(cfg.train.epochs * steps_per_epoch(num_samples, cfg.train.global_batch))
+
+
+def stream_factory(cfg: PretrainConfig, shards, rank: int, world_size: int, pin_memory: bool) -> Callable:
+    """`make_stream(segment)` for the trainer: this rank's endless train stream, a pure function of the segment."""
+    from ..data import build_train_stream
+
+    d = cfg.data
+
+    def make_stream(segment: int):
+        return build_train_stream(
+            shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=rank,
+            world_size=world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
+            scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
+            pin_memory=pin_memory,
+        )
+
+    return make_stream
+
+
+def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) -> Callable | None:
+    """`val_fn(step)` running `eval.evaluators` on the backbone, or None when `eval.every` is 0."""
+    if not cfg.eval.every:
+        return None
+    try:
+        from ..eval.periodic import check_periodic, evaluate_during_pretraining
+    except ModuleNotFoundError:
+        raise ConfigError("eval.every is set, but ssl_vit.eval.periodic is not installed; set eval.every=0") from None
+    check_periodic(cfg)  # unknown evaluators or unreadable data fail now, not after the first eval.every steps
+    return lambda step: evaluate_during_pretraining(objective.backbone, cfg, accelerator, step)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    if not cfg.data.train:
+        raise ConfigError(f"{args.config}: data.train is not set; pass data.train=/path/to/shards (a directory with "
+                          "_info.json) or a URL list such as data.train='/data/train-{000000..000099}.tar'")
+    from ..data import resolve_spec
+    from ..models import create_model
+    from ..objectives import build
+    from ..train import Trainer, make_accelerator
+
+    shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
+    steps = total_steps(cfg, shards.num_samples)
+    accelerator = make_accelerator(cfg.train, cfg.output_dir)
+    try:
+        # Before any model is built: the batch arithmetic depends on the process count, known only now.
+        accumulation_steps(cfg.train.global_batch, cfg.data.batch_size, accelerator.num_processes, where=args.config)
+        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+        backbone = create_model(cfg.model.name, **model_overrides(cfg))
+        objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
+        flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
+        trainer = Trainer(
+            objective,
+            stream_factory(cfg, shards, accelerator.process_index, accelerator.num_processes,
+                           pin_memory=accelerator.device.type == "cuda"),
+            accelerator=accelerator, train=cfg.train, optim=cfg.optim, per_device_batch=cfg.data.batch_size,
+            total_steps=steps, run_dir=cfg.output_dir, config=cfg.to_dict(), config_yaml=cfg.to_yaml(),
+            val_fn=periodic_eval(cfg, objective, accelerator), val_every=cfg.eval.every,
+            samples_per_epoch=shards.num_samples, flops_per_image=flops,
+        )
+        result = trainer.fit(args.resume)
+        if result.status == "finished":
+            accelerator.print(f"done: step {result.step}, checkpoint {result.checkpoint}; "
+                              f"export the backbone with: ssl-vit export {cfg.output_dir} backbone.safetensors")
+    finally:
+        accelerator.end_training()  # destroys the process group: every rank exits cleanly
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

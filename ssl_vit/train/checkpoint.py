@@ -1,0 +1,243 @@
+"""Atomic checkpoints that a resumed run continues from exactly.
+
+Layout of a run directory's `checkpoints/`:
+
+    step_0001000/state.pt        model (the objective's state_dict, unwrapped), optimizer, scheduler, step,
+                                 stream state ({"segment": step, "seed": …}), world size, the config
+    step_0001000/rng_rank{r}.pt  every rank's RNG states: python, numpy, torch CPU, CUDA when present
+    step_0001000/config.yaml     the resolved recipe, for people
+    latest                       a text file naming the newest complete checkpoint
+
+A checkpoint is written into `.tmp-step_…` and renamed when every rank has finished its part, and `latest` is
+replaced (write, then rename) only after that; a crash or kill at any moment leaves `latest` naming a complete
+checkpoint. Everything is stored in types that `torch.load(weights_only=True)` accepts, so loading a
+checkpoint never runs pickled code.
+
+Model and optimizer go through `torch.distributed.checkpoint.state_dict`, which gives full, unwrapped
+parameter names for plain, DDP and FSDP models alike.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from ..errors import CheckpointError
+from .signals import HostAgreement
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+STATE_FILE = "state.pt"
+_NAME = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (temporary directories are not complete)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The checkpoint `latest` names, if it is complete."""
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    return path if (path / STATE_FILE).is_file() else None
+
+
+def remove_stale_temporaries(root: Path) -> None:
+    """Delete half-written checkpoints a killed run left behind (main process, before training)."""
+    if root.is_dir():
+        for p in root.glob(".tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states in weights-only-safe types (numpy's key array becomes a tensor)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({
+        "bit_generator": n["bit_generator"],
+        "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+        "has_gauss": n["has_gauss"],
+        "gauss": n["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# -------------------------------------------------------------------------------------------------- save
+def _write(obj: Any, path: Path) -> None:
+    """One file of a checkpoint (a separate function so tests can make it fail half-way)."""
+    torch.save(obj, path)
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    meta: dict[str, Any],
+    config_yaml: str | None,
+    rank: int,
+    agreement: HostAgreement,
+    keep_last: int,
+) -> Path:
+    """Write checkpoint `step` on every rank (a collective call); returns its final path.
+
+    If any rank fails, nobody publishes it: the temporary directory is removed, `latest` keeps naming the
+    previous checkpoint, and every rank raises CheckpointError.
+    """
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{final.name}"
+    model_state, optim_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )  # collective under FSDP; the full state lands on rank 0
+    error: BaseException | None = None
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        _write(rng_state(), tmp / f"rng_rank{rank}.pt")
+        if rank == 0:
+            state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
+                     "step": step, **meta}
+            _write(state, tmp / STATE_FILE)
+            if config_yaml is not None:
+                (tmp / "config.yaml").write_text(config_yaml)
+    except Exception as err:  # noqa: BLE001 — any failure must reach the other ranks, not hang them
+        error = err
+    ok = agreement.all(error is None)
+    if rank == 0:
+        if ok:
+            _publish(tmp, final)
+            _prune(root, keep_last)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    agreement.all(True)  # nobody reads `latest` before it is written
+    if not ok:
+        previous = latest_checkpoint(root)
+        reason = f": {error}" if error is not None else " on another rank"
+        raise CheckpointError(
+            f"could not write checkpoint {final}{reason}. "
+            f"`latest` still names {previous or 'no checkpoint'}; free space or fix permissions and resume."
+        ) from error
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished directory into place, then point `latest` at it (each step atomic)."""
+    if final.exists():  # the same step saved again (e.g. a signal right at a checkpoint step)
+        old = final.with_name(f".old-{final.name}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    pointer = final.parent / LATEST
+    pointer_tmp = final.parent / f".{LATEST}.tmp"
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, pointer)
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    keep = latest_checkpoint(root)
+    for path in list_checkpoints(root)[:-keep_last]:
+        if path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -------------------------------------------------------------------------------------------------- load
+def resolve_resume(resume: str | None, root: Path) -> Path | None:
+    """`auto` → `root/latest` or None (start fresh); a path → that checkpoint (or a run directory's latest)."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if (path / STATE_FILE).is_file():
+        return path
+    for candidate_root in (path / CHECKPOINTS, path):
+        found = latest_checkpoint(candidate_root)
+        if found is not None:
+            return found
+    raise CheckpointError(
+        f"--resume {resume}: no checkpoint there (expected a directory with {STATE_FILE}, a run directory, or "
+        f"its {CHECKPOINTS}/ with a `{LATEST}` file). Use --resume auto to continue the run in output_dir."
+    )
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """`state.pt` of a checkpoint, loaded weights-only (no pickled code runs)."""
+    file = path / STATE_FILE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing; is {path} a checkpoint directory?") from None
+    except Exception as err:  # noqa: BLE001 — truncated, corrupt or unsafe files all mean the same to the user
+        raise CheckpointError(f"{file}: cannot be read weights-only ({' '.join(str(err).split())[:300]})") from None
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+) -> tuple[dict[str, Any], bool]:
+    """Restore model, optimizer, scheduler and this rank's RNG; returns (state without tensors, rng restored)."""
+    state = read_state(path)
+    try:
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True, strict=True),
+        )
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} does not fit this model and objective ({' '.join(str(err).split())[:300]}); resume with the "
+            "recipe the checkpoint was written with (its config.yaml)"
+        ) from None
+    scheduler.load_state_dict(state["scheduler"])
+    rng_file = path / f"rng_rank{rank}.pt"
+    restored = rng_file.is_file()
+    if restored:
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+    return meta, restored

@@ -1,0 +1,168 @@
+"""Training metrics without host-device synchronisation inside the step.
+
+Each step adds detached device tensors to a `MetricsWindow`; only every `log_every` steps is the window
+reduced across ranks and brought to the host (one `.tolist()`). `MetricsLog` then writes one JSON line to
+`metrics.jsonl` (always), hands the same record to Accelerate's trackers (tensorboard, wandb… when
+configured) and updates the tqdm bar on the main process.
+
+A record: `step`, `loss` (mean over the window's finite steps and all ranks; null if none), `lr`, the
+objective's metrics, `images_per_s`, `data_wait_s` (seconds per step spent waiting for the data stream,
+mean over ranks), `skipped_samples` (undecodable samples so far, all ranks), `nonfinite_skipped` (updates
+skipped so far), `epoch` when the sample count is known, and on CUDA `mfu` against the device's dense bf16
+peak.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+# Dense bf16 peak FLOP/s per device (vendor datasheets, without sparsity). CPUs: no MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak of a CUDA device named in `PEAK_BF16_FLOPS`; None elsewhere."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+class MetricsWindow:
+    """Sums of one logging window, kept on the device; `streak` (non-finite steps in a row) spans windows."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.streak = torch.zeros((), device=device)
+        self.nonfinite_total = torch.zeros((), device=device)
+        self.skipped_total = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.finite_steps = torch.zeros((), device=self.device)
+        self.max_streak = torch.zeros((), device=self.device)
+        self.metric_sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.data_wait = 0.0
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, bad: torch.Tensor, metrics: dict[str, torch.Tensor], data_wait: float, skipped: int) -> None:
+        """One optimizer step: its mean loss and metrics, `bad` = 1.0 when the update was skipped (same on all ranks)."""
+        good = 1.0 - bad
+        self.loss_sum += torch.where(bad > 0, 0.0, loss.float())
+        self.finite_steps += good
+        for key, value in metrics.items():
+            value = torch.where(bad > 0, 0.0, value.detach().float())
+            self.metric_sums[key] = self.metric_sums[key] + value if key in self.metric_sums else value
+        self.streak = (self.streak + 1.0) * bad
+        self.max_streak = torch.maximum(self.max_streak, self.streak)
+        self.nonfinite_total += bad
+        self.steps += 1
+        self.data_wait += data_wait
+        self.skipped_total += skipped
+
+    def reduce(self, accelerator: Accelerator) -> dict[str, float]:
+        """All-reduce the window and bring it to the host: the one synchronisation per logged step."""
+        keys = sorted(self.metric_sums)
+        local = torch.stack(
+            [self.loss_sum, self.finite_steps, *(self.metric_sums[k] for k in keys)]
+            + [torch.tensor(v, device=self.device, dtype=torch.float32)
+               for v in (self.data_wait, float(self.skipped_total))]
+        )  # (2 + M + 2,)
+        total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
+        # The streak counters are the same on every rank (the skip decision is all-reduced): not summed.
+        values = torch.cat([total, torch.stack([self.max_streak, self.streak, self.nonfinite_total])]).tolist()
+        loss_sum, finite, *rest = values
+        metric_values, (wait, skipped, max_streak, streak, nonfinite) = rest[: len(keys)], rest[len(keys):]
+        world = accelerator.num_processes
+        out = {"loss": loss_sum / finite if finite else None}
+        out.update({k: (v / finite if finite else None) for k, v in zip(keys, metric_values) if k != "loss"})
+        out["data_wait_s"] = wait / world / max(self.steps, 1)
+        out["skipped_samples"] = int(skipped)
+        out["nonfinite_skipped"] = int(nonfinite)
+        out["_max_streak"], out["_streak"] = int(max_streak), int(streak)
+        return out
+
+
+class MetricsLog:
+    """metrics.jsonl + Accelerate trackers + the tqdm bar. Construct on every rank; only the main one writes."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        run_dir: Path,
+        *,
+        start_step: int,
+        total_steps: int,
+        global_batch: int,
+        samples_per_epoch: int | None = None,
+        flops_per_image: float | None = None,
+    ):
+        self.accelerator = accelerator
+        self.main = accelerator.is_main_process
+        self.path = run_dir / "metrics.jsonl"
+        self.global_batch = global_batch
+        self.samples_per_epoch = samples_per_epoch
+        peak = device_peak_flops(accelerator.device)
+        self.flops_budget = peak * accelerator.num_processes if peak and flops_per_image else None
+        self.flops_per_image = flops_per_image
+        if self.main:
+            truncate_after(self.path, start_step)
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not self.main, dynamic_ncols=True,
+                        desc="train", unit="step")
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def write(self, step: int, window: MetricsWindow, lr: float) -> dict:
+        """Reduce `window`, write the record, reset the window; returns the record (with `_streak` fields)."""
+        reduced = window.reduce(self.accelerator)
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        images_per_s = window.steps * self.global_batch / elapsed
+        record = {"step": step, "loss": reduced.pop("loss"), "lr": lr}
+        streaks = {k: reduced.pop(k) for k in ("_max_streak", "_streak")}
+        record.update(reduced)
+        record["images_per_s"] = images_per_s
+        if self.samples_per_epoch:
+            record["epoch"] = step * self.global_batch / self.samples_per_epoch
+        if self.flops_budget:
+            record["mfu"] = images_per_s * self.flops_per_image / self.flops_budget
+        window.reset()
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            postfix = {"loss": f"{record['loss']:.4f}" if record["loss"] is not None else "nan",
+                       "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.0f}"}
+            self.bar.set_postfix(postfix, refresh=False)
+        self.accelerator.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
+        return {**record, **streaks}
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Keep only the records up to `step` (a resumed run rewrites what the interrupted one logged past its checkpoint).
+
+    A line cut short by a kill is dropped too.
+    """
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", math.inf) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)

@@ -1,0 +1,67 @@
+"""Preemption signals and host-side agreement between ranks.
+
+A scheduler that preempts a job sends SIGTERM (SLURM can be told to send SIGUSR1 earlier); a person presses
+Ctrl-C (SIGINT). The handler only sets a flag: the trainer looks at it at the next step boundary, where all
+ranks agree (any rank flagged → all stop) and save a checkpoint together. A second Ctrl-C aborts at once.
+
+The agreement runs over a gloo process group on CPU tensors, so asking "did any rank get a signal?" every step
+never waits for the GPU: a NCCL all-reduce would need the flag on the device and a `.item()` to read it.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+import torch
+import torch.distributed as dist
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopRequest:
+    """Context manager: while active, STOP_SIGNALS set `received` (the signal's name) instead of killing."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:  # noqa: ANN001 (signal handler signature)
+        if signum == signal.SIGINT and self.received == "SIGINT":
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class HostAgreement:
+    """Boolean any/all across ranks on the host (gloo), without touching the accelerator's stream."""
+
+    def __init__(self) -> None:
+        self.group = None
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self.distributed and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # a collective call: every rank constructs one
+
+    def any(self, flag: bool) -> bool:
+        if not self.distributed:
+            return bool(flag)
+        value = torch.tensor([int(bool(flag))], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(value.item())
+
+    def all(self, flag: bool) -> bool:
+        return not self.any(not flag)
+
+    def close(self) -> None:
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+            self.group = None

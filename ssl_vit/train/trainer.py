@@ -1,0 +1,379 @@
+"""The objective-agnostic training loop, under Accelerate (one process, DDP, FSDP; CPU or GPU).
+
+    accelerator = make_accelerator(cfg.train, run_dir)
+    trainer = Trainer(objective, make_stream, accelerator=accelerator, train=cfg.train, optim=cfg.optim,
+                      per_device_batch=cfg.data.batch_size, total_steps=10_000, run_dir=run_dir)
+    result = trainer.fit(resume="auto")
+
+The trainer knows only `loss, metrics = objective(images, labels)` and `make_stream(segment)`, an iterable of
+uint8 batches `{"image", "label", "skipped"}` that is a pure function of its segment. One step is one
+optimizer update of `train.global_batch` images: `accumulation` micro-batches of `per_device_batch` per process.
+
+Reproducible resumption. At every checkpoint step the trainer saves, then closes its stream and opens the
+segment that starts at that step; a resumed run restores the RNG states and opens the same segment, so it
+draws the same batches and the same random numbers as the uninterrupted run (exactly, on CPU, with the same
+number of processes). A checkpoint taken on a signal between checkpoint steps also restarts the stream at
+its step: the resumed run sees the same data distribution, not the same order.
+
+Testing hook: `SSL_VIT_INJECT_NAN_AT_STEP=5` (or `5,6,7`) multiplies the loss of those steps by NaN, to
+exercise the non-finite skip.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.tracking import LoggerType, get_available_trackers
+from accelerate.utils import set_seed
+
+from ..config import OptimConfig, TrainConfig, accumulation_steps
+from ..errors import ConfigError, UserError
+from . import checkpoint as ckpt
+from .metrics import MetricsLog, MetricsWindow
+from .optim import build_optimizer, build_scheduler, step_unless
+from .signals import HostAgreement, StopRequest
+
+INJECT_NAN_ENV = "SSL_VIT_INJECT_NAN_AT_STEP"
+StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    status: Literal["finished", "preempted", "already_finished"]
+    checkpoint: Path | None
+
+
+def resolve_precision(precision: str, cuda: bool) -> str:
+    """`auto` → bf16 on a CUDA device that supports it, else fp32. Returns Accelerate's name ("bf16" | "no")."""
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if precision == "bf16" else "no"
+
+
+def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
+    """The Accelerator for a run: CUDA when present (TF32 matmuls on), otherwise CPU processes over gloo.
+
+    `cpu=True` matters under `accelerate launch --multi_gpu` on a machine without GPUs: Accelerate then runs
+    real multi-process DDP over gloo instead of N independent single processes.
+    """
+    for name in train.log_with:
+        if name not in LoggerType.list():
+            raise ConfigError(f"train.log_with: unknown tracker '{name}'; Accelerate knows {', '.join(LoggerType.list())}")
+        if LoggerType(name) not in get_available_trackers():
+            raise ConfigError(f"train.log_with: '{name}' is not installed here (pip install {name}) or remove it")
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(
+        cpu=not cuda,
+        mixed_precision=resolve_precision(train.precision, cuda),
+        log_with=list(train.log_with) or None,
+        project_dir=str(run_dir),
+    )
+
+
+def _nan_steps() -> frozenset[int]:
+    text = os.environ.get(INJECT_NAN_ENV, "").strip()
+    try:
+        return frozenset(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise UserError(f"{INJECT_NAN_ENV}={text!r}: expected step numbers separated by commas, e.g. 5 or 5,6,7") from None
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    """sha256 over every parameter's bytes in name order: equal on all ranks iff DDP kept them in sync."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        tensor = param.detach()
+        if hasattr(tensor, "full_tensor"):  # an FSDP2 shard: gather it (collective, same order on every rank)
+            tensor = tensor.full_tensor()
+        digest.update(name.encode())
+        digest.update(tensor.float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class Trainer:
+    """Runs `total_steps` optimizer steps of `objective` on batches from `make_stream`, with checkpoints and logs.
+
+    `val_fn(step) -> dict[str, float]` runs on every rank every `val_every` steps (0: never); its results go
+    to `eval.jsonl` and the trackers. `config` (plain data) is saved in checkpoints, `config_yaml` (text) in
+    the run directory and beside each checkpoint. `optimizer_factory(objective)` replaces the default AdamW
+    (e.g. SGD with layer-wise rates for fine-tuning); the warmup + cosine schedule scales each group's rate.
+
+    `fit` finishes the trackers it started but leaves the process group to the caller, who may still need
+    collectives afterwards (a last evaluation) and ends it with `accelerator.end_training()`.
+    """
+
+    def __init__(
+        self,
+        objective: nn.Module,
+        make_stream: StreamFactory,
+        *,
+        accelerator: Accelerator,
+        train: TrainConfig,
+        optim: OptimConfig,
+        per_device_batch: int,
+        total_steps: int,
+        run_dir: Path | str,
+        config: dict[str, Any] | None = None,
+        config_yaml: str | None = None,
+        val_fn: Callable[[int], dict[str, float]] | None = None,
+        val_every: int = 0,
+        samples_per_epoch: int | None = None,
+        flops_per_image: float | None = None,
+        optimizer_factory: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
+    ):
+        self.objective = objective
+        self.make_stream = make_stream
+        self.accelerator = accelerator
+        self.train = train
+        self.optim = optim
+        self.per_device_batch = per_device_batch
+        self.total_steps = total_steps
+        self.run_dir = Path(run_dir)
+        self.ckpt_root = self.run_dir / ckpt.CHECKPOINTS
+        self.config = config or {}
+        self.config_yaml = config_yaml
+        self.val_fn = val_fn
+        self.val_every = val_every
+        self.samples_per_epoch = samples_per_epoch
+        self.flops_per_image = flops_per_image
+        self.optimizer_factory = optimizer_factory or (lambda model: build_optimizer(model, optim))
+        self.accumulation = accumulation_steps(train.global_batch, per_device_batch, accelerator.num_processes)
+        if optim.warmup_steps >= total_steps:
+            raise ConfigError(f"optim.warmup_steps ({optim.warmup_steps}) must be below the run's {total_steps} steps")
+        self.nan_steps = _nan_steps()
+        self.rank = accelerator.process_index
+        self._stream: Iterable | None = None
+        self._lr = 0.0
+
+    # ------------------------------------------------------------------------------------------ public
+    def fit(self, resume: str | None = None) -> TrainResult:
+        """Train to `total_steps` (from a checkpoint when `resume` is "auto" or a path). Collective: call on every rank."""
+        acc = self.accelerator
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.ckpt_root)
+            if self.config_yaml is not None:
+                (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        if self.train.grad_checkpointing:
+            self.objective.backbone.set_grad_checkpointing(True)
+        optimizer = self.optimizer_factory(self.objective)
+        scheduler = build_scheduler(optimizer, self.optim, self.total_steps)
+        model, optimizer = acc.prepare(self.objective, optimizer)
+        forward = torch.compile(model) if self.train.compile else model
+        agreement = HostAgreement()
+        start = self._restore(resume, model, optimizer, scheduler)
+        if start >= self.total_steps:
+            acc.print(f"the run is already at step {start} of {self.total_steps}; nothing to do")
+            agreement.close()
+            return TrainResult(start, "already_finished", ckpt.latest_checkpoint(self.ckpt_root))
+        if acc.is_main_process:
+            acc.print(
+                f"training steps {start + 1}..{self.total_steps}: {self.per_device_batch} per device × "
+                f"{acc.num_processes} process(es) × {self.accumulation} accumulation = {self.train.global_batch} "
+                f"images per step; run directory {self.run_dir}"
+            )
+        acc.init_trackers(self.run_dir.name, config=_flat(self.config))
+        log = MetricsLog(acc, self.run_dir, start_step=start, total_steps=self.total_steps,
+                         global_batch=self.train.global_batch, samples_per_epoch=self.samples_per_epoch,
+                         flops_per_image=self.flops_per_image)
+        window = MetricsWindow(acc.device)
+        state = dict(model=model, forward=forward, optimizer=optimizer, scheduler=scheduler, agreement=agreement)
+        finished = False
+        try:
+            result = self._loop(start, state, log, window)
+            finished = True
+        finally:
+            self._close_stream()
+            log.close()
+            if finished:
+                acc.wait_for_everyone()
+            agreement.close()
+            for tracker in acc.trackers:
+                tracker.finish()
+            acc.trackers = []  # finished: a later `end_training()` must not finish them twice
+        if result.status == "finished":
+            self._write_rank_summary(result.step)
+        return result
+
+    # ------------------------------------------------------------------------------------------ loop
+    def _loop(self, start: int, s: dict, log: MetricsLog, window: MetricsWindow) -> TrainResult:
+        acc, train = self.accelerator, self.train
+        batches = self._open_stream(start)
+        last_ckpt: Path | None = None
+        with StopRequest() as stop:
+            for step in range(start + 1, self.total_steps + 1):
+                self._step(step, batches, s, window)
+                log.advance()
+                boundary = step % train.checkpoint_every == 0 or step == self.total_steps
+                if step % train.log_every == 0 or boundary:
+                    self._log(step, log, window)
+                if self.val_fn is not None and self.val_every and step % self.val_every == 0:
+                    self._validate(step)
+                if boundary:
+                    last_ckpt = self._save(step, s)
+                    if step < self.total_steps:
+                        batches = self._open_stream(step)  # the segment a resumed run would open
+                if s["agreement"].any(stop.received is not None):
+                    if not boundary:
+                        self._log(step, log, window)
+                        last_ckpt = self._save(step, s)
+                    acc.print(
+                        f"\nstopped by {stop.received or 'a signal on another rank'} at step {step}; checkpoint "
+                        f"{last_ckpt}. Resume: run the same command with --resume auto (or --resume {last_ckpt})"
+                    )
+                    return TrainResult(step, "preempted", last_ckpt)
+        return TrainResult(self.total_steps, "finished", last_ckpt)
+
+    def _step(self, step: int, batches: Iterator, s: dict, window: MetricsWindow) -> None:
+        """One optimizer step: `accumulation` micro-batches, gradients synchronised on the last one only."""
+        acc, model = self.accelerator, s["model"]
+        model.train()
+        loss_sum = torch.zeros((), device=acc.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        data_wait, skipped = 0.0, 0
+        for micro in range(self.accumulation):
+            t0 = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - t0
+            skipped += int(batch.get("skipped", 0))
+            images = batch["image"].to(acc.device, non_blocking=True)
+            labels = batch["label"].to(acc.device, non_blocking=True)
+            sync = acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext()
+            with sync:
+                loss, metrics = s["forward"](images, labels)
+                if step in self.nan_steps:
+                    loss = loss * float("nan")
+                acc.backward(loss / self.accumulation)
+            loss_sum += loss.detach().float()
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums[key] + value.detach().float() if key in metric_sums else value.detach().float()
+        bad = ~torch.isfinite(loss_sum)
+        if self.optim.grad_clip is not None:
+            grad_norm = acc.clip_grad_norm_(model.parameters(), self.optim.grad_clip)
+            bad = bad | ~torch.isfinite(grad_norm)
+        bad = bad.float()
+        if acc.num_processes > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # any rank non-finite → all skip (stays on the device)
+        self._lr = s["scheduler"].get_last_lr()[0]  # the rate this update used
+        step_unless(s["optimizer"], bad)
+        s["scheduler"].step()
+        s["optimizer"].zero_grad(set_to_none=True)
+        n = self.accumulation
+        window.add(loss_sum / n, bad, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped)
+
+    # ------------------------------------------------------------------------------------- pieces
+    def _log(self, step: int, log: MetricsLog, window: MetricsWindow) -> None:
+        if window.steps == 0:
+            return
+        record = log.write(step, window, self._lr)
+        if record["_max_streak"] >= self.train.max_nonfinite:
+            first_bad = step - record["_streak"] + 1 if record["_streak"] else step - window.steps
+            good = [p for p in ckpt.list_checkpoints(self.ckpt_root) if int(p.name.split("_")[1]) < first_bad]
+            last_good = good[-1] if good else None
+            raise UserError(
+                f"{record['_max_streak']} non-finite losses in a row (up to step {step}, max_nonfinite="
+                f"{self.train.max_nonfinite}); the last good checkpoint is {last_good or 'none (no checkpoint yet)'}. "
+                "Lower optim.lr, raise optim.warmup_steps or use train.precision=fp32, then --resume from it."
+            )
+
+    def _validate(self, step: int) -> None:
+        results = self.val_fn(step) or {}
+        if self.accelerator.is_main_process and results:
+            with (self.run_dir / "eval.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, **results}) + "\n")
+        self.accelerator.log({f"eval/{k}": v for k, v in results.items()}, step=step)
+
+    def _save(self, step: int, s: dict) -> Path:
+        meta = {
+            "stream": {"segment": step, "seed": self.train.seed},
+            "world_size": self.accelerator.num_processes,
+            "accumulation": self.accumulation,
+            "global_batch": self.train.global_batch,
+            "config": self.config,
+            "format": "ssl_vit.checkpoint",
+            "version": 1,
+        }
+        path = ckpt.save_checkpoint(
+            self.ckpt_root, step, model=s["model"], optimizer=_inner(s["optimizer"]), scheduler=s["scheduler"],
+            meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s["agreement"],
+            keep_last=self.train.keep_last,
+        )
+        return path
+
+    def _restore(self, resume: str | None, model, optimizer, scheduler) -> int:
+        acc = self.accelerator
+        path = ckpt.resolve_resume(resume, self.ckpt_root)
+        existing = ckpt.latest_checkpoint(self.ckpt_root)
+        if resume is None and existing is not None:
+            raise UserError(
+                f"{self.run_dir} already holds a run (latest checkpoint {existing.name}); pass --resume auto to "
+                "continue it, or choose another output_dir"
+            )
+        if path is None:
+            if resume == "auto":
+                acc.print(f"--resume auto: no checkpoint in {self.ckpt_root}; starting from step 0")
+            set_seed(self.train.seed, device_specific=True)  # seed + rank: ranks draw different corruptions
+            return 0
+        meta, rng_restored = ckpt.load_checkpoint(path, model=model, optimizer=_inner(optimizer),
+                                                  scheduler=scheduler, rank=self.rank)
+        step = int(meta["step"])
+        saved_world = int(meta.get("world_size", acc.num_processes))
+        if not rng_restored:
+            set_seed(self.train.seed + step, device_specific=True)
+        if saved_world != acc.num_processes:
+            acc.print(
+                f"resuming a {saved_world}-process checkpoint with {acc.num_processes} processes: the global batch "
+                f"stays {self.train.global_batch} (accumulation {self.accumulation}), the data order differs"
+            )
+        acc.print(f"resumed from {path} at step {step}")
+        return step
+
+    def _open_stream(self, segment: int) -> Iterator:
+        """Close the current stream (shutting its workers down), then open the one for `segment`."""
+        self._close_stream()
+        self._stream = self.make_stream(segment)
+        return iter(self._stream)
+
+    def _close_stream(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if callable(close):
+            close()
+        self._stream = None
+
+    def _write_rank_summary(self, step: int) -> None:
+        """ranks/rank{r}.json: this rank's final step and parameter checksum (equal across ranks under DDP)."""
+        folder = self.run_dir / "ranks"
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = {"rank": self.rank, "step": step, "param_sha256": parameter_checksum(self.objective)}
+        (folder / f"rank{self.rank}.json").write_text(json.dumps(summary) + "\n")
+
+
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted scalar keys for trackers (tensorboard's hparams accept only scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

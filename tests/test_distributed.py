@@ -1,0 +1,84 @@
+"""Two real processes (DDP over gloo on CPU) under `accelerate launch`, on 3 shards that do not split evenly
+between 2 ranks: both ranks run every step, end with identical weights, and the launch exits 0 — twice, the
+second time resuming the first run's 2-process checkpoint. Then one process resumes it with the same global batch."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, write_pretrain_shards  # noqa: E402
+
+from ssl_vit.cli import main  # noqa: E402
+
+LAUNCH_CONFIG = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
+# 4 per process × 2 processes × 2 accumulation = 16: exercises no_sync on the first micro-batch.
+RUN = {"data.batch_size": 4, "data.num_workers": 1, "optim.warmup_steps": 2, "train.log_every": 1,
+       "train.checkpoint_every": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(data: Path, run_dir: Path, steps: int, *args: str) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG), "--main_process_port", str(free_port()),
+               "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
+               *smoke_overrides(data, run_dir, **RUN, **{"train.total_steps": steps}), *args]
+    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+
+
+def rank_summaries(run_dir: Path) -> list[dict]:
+    return [json.loads((run_dir / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.timeout(400)
+def test_two_processes_stay_in_sync_exit_cleanly_and_resume(tmp_path: Path, capsys):
+    data = write_pretrain_shards(tmp_path / "shards", num_samples=48, shard_size=16)
+    assert len(list(data.glob("train-*.tar"))) == 3
+    run_dir = tmp_path / "run"
+
+    first = launch(data, run_dir, 6)
+    assert first.returncode == 0, first.stdout[-1500:] + first.stderr[-3000:]
+    assert "4 per device × 2 process(es) × 2 accumulation = 16 images per step" in first.stdout
+    a, b = rank_summaries(run_dir)
+    assert a["step"] == b["step"] == 6 and a["param_sha256"] == b["param_sha256"]
+    checkpoint = run_dir / "checkpoints" / "step_0000006"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml", "rng_rank0.pt", "rng_rank1.pt", "state.pt"]
+    rngs = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
+    assert not torch.equal(*rngs)  # each rank draws its own corruptions
+    assert [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
+
+    second = launch(data, run_dir, 9, "--resume", "auto")
+    assert second.returncode == 0, second.stdout[-1500:] + second.stderr[-3000:]
+    assert f"resumed from {checkpoint} at step 6" in second.stdout
+    a, b = rank_summaries(run_dir)
+    assert a["step"] == b["step"] == 9 and a["param_sha256"] == b["param_sha256"]
+
+    # One process continues the 2-process run from a named checkpoint: same global batch (4 × 1 × 4), another
+    # data order.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        rc = main(["pretrain", "--config", str(SMOKE), "--resume", str(run_dir / "checkpoints" / "step_0000009"),
+                   *smoke_overrides(data, run_dir, **{**RUN, "data.num_workers": 0, "train.total_steps": 10})])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_0000009'} at step 9" in out
+    assert "resuming a 2-process checkpoint with 1 processes: the global batch stays 16 (accumulation 4)" in out
+    state = torch.load(run_dir / "checkpoints" / "step_0000010" / "state.pt", weights_only=True)
+    assert (state["world_size"], state["accumulation"], state["global_batch"]) == (1, 4, 16)

@@ -1,0 +1,162 @@
+"""The trainer on real shards and the real MPP objective: it learns, logs, skips non-finite steps, and its
+checkpoints are atomic and weights-only loadable. Runs in-process through `ssl_vit.cli.main`."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from trainer_fixtures import SMOKE, smoke_overrides, write_pretrain_shards  # noqa: E402
+
+from ssl_vit.cli import main  # noqa: E402
+from ssl_vit.models import create_model  # noqa: E402
+from ssl_vit.objectives import build  # noqa: E402
+from ssl_vit.train import checkpoint as ckpt  # noqa: E402
+from ssl_vit.train.optim import lr_factor, param_groups  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=48, shard_size=16)
+
+
+@pytest.fixture
+def pretrain():
+    """Run `ssl-vit pretrain --config smoke.yaml …` in this process with a fresh Accelerate state."""
+
+    def run(data: Path, run_dir: Path, *args: str, **overrides: object) -> int:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        try:
+            return main(["pretrain", "--config", str(SMOKE), *smoke_overrides(data, run_dir, **overrides), *args])
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+    return run
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------- units
+def test_lr_schedule_warmup_then_cosine_to_min():
+    f = lambda s: lr_factor(s, total_steps=110, warmup_steps=10, schedule="cosine", min_ratio=0.1)  # noqa: E731
+    assert [f(0), f(4), f(9)] == [0.1, 0.5, 1.0]  # linear warmup: (step + 1) / 10
+    assert f(10) == 1.0
+    assert f(60) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine: the mean of lr and min_lr
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert lr_factor(50, total_steps=110, warmup_steps=10, schedule="constant", min_ratio=0.1) == 1.0
+
+
+def test_no_weight_decay_on_norms_biases_positions_and_tokens():
+    objective = build("mpp", create_model("vit_nano_patch4"))
+    decay, no_decay = param_groups(objective, 0.1)
+    names = {id(p): n for n, p in objective.named_parameters()}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"backbone.pos_embed", "backbone.cls_token", "mask_token", "backbone.norm.weight",
+            "backbone.blocks.0.attn.qkv.bias"} <= exempt
+    assert all(names[id(p)].endswith("weight") and p.ndim >= 2 for p in decay["params"])
+    assert "backbone.patch_embed.proj.weight" in decayed and "backbone.blocks.1.mlp.fc2.weight" in decayed
+    assert decayed | exempt == set(names.values()) and (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+
+
+# ------------------------------------------------------------------------------------------------ training
+@pytest.mark.timeout(120)
+def test_smoke_recipe_learns_and_logs_every_step(shards: Path, tmp_path: Path, pretrain):
+    run_dir = tmp_path / "run"
+    assert pretrain(shards, run_dir, **{"train.total_steps": 80, "train.log_every": 1, "train.checkpoint_every": 40}) == 0
+    log = records(run_dir)
+    assert [r["step"] for r in log] == list(range(1, 81))
+    first, last = (sum(r["loss"] for r in part) / 20 for part in (log[:20], log[-20:]))
+    assert last < first - 0.5, (first, last)  # ln 512 ≈ 6.24 at the start: chance among 512 colours
+    assert log[0]["loss"] == pytest.approx(math.log(512), abs=0.3)
+    # The rate each step used: warmup (step / 10) × 1e-3, then cosine towards min_lr 1e-5.
+    assert [r["lr"] for r in log[:3]] == pytest.approx([1e-4, 2e-4, 3e-4])
+    assert log[-1]["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 69 / 70)))
+    for key in ("images_per_s", "data_wait_s", "skipped_samples", "nonfinite_skipped", "epoch", "acc"):
+        assert key in log[-1]
+    assert log[-1]["epoch"] == pytest.approx(80 * 16 / 48) and log[-1]["nonfinite_skipped"] == 0
+    assert "mfu" not in log[-1]  # CPU: no peak table entry
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000080"
+    # Every file of a checkpoint loads weights-only, and holds what a resume needs.
+    for step in (40, 80):
+        path = run_dir / "checkpoints" / ckpt.checkpoint_name(step)
+        state = torch.load(path / "state.pt", weights_only=True)
+        assert state["step"] == step and state["stream"] == {"segment": step, "seed": 0} and state["world_size"] == 1
+        assert state["config"]["model"]["name"] == "vit_nano_patch4" and state["accumulation"] == 1
+        assert "backbone.pos_embed" in state["model"] and "mask_token" in state["model"]
+        assert state["optimizer"]["state"]["mask_token"]["step"].item() == step
+        assert state["scheduler"]["last_epoch"] == step
+        rng = torch.load(path / "rng_rank0.pt", weights_only=True)
+        assert set(rng) >= {"python", "numpy", "torch"}
+
+
+@pytest.mark.timeout(60)
+def test_injected_nan_skips_the_update_and_is_counted(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+    monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "5")
+    run_dir = tmp_path / "run"
+    assert pretrain(shards, run_dir, **{"train.total_steps": 7, "optim.warmup_steps": 2, "train.log_every": 1,
+                                        "train.checkpoint_every": 1, "train.keep_last": 10}) == 0
+    log = records(run_dir)
+    assert [r["loss"] is None for r in log] == [False] * 4 + [True] + [False] * 2
+    assert [r["nonfinite_skipped"] for r in log] == [0, 0, 0, 0, 1, 1, 1]
+    states = {s: torch.load(run_dir / "checkpoints" / ckpt.checkpoint_name(s) / "state.pt", weights_only=True)
+              for s in (4, 5, 6)}
+    for key, value in states[4]["model"].items():  # the skipped update changed nothing …
+        assert torch.equal(value, states[5]["model"][key]), key
+    assert states[5]["optimizer"]["state"]["mask_token"]["step"].item() == 4  # … not even AdamW's step count
+    assert not torch.equal(states[5]["model"]["mask_token"], states[6]["model"]["mask_token"])  # step 6 updates again
+    assert all(torch.isfinite(v).all() for v in states[6]["model"].values())
+
+
+@pytest.mark.timeout(60)
+def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(shards, tmp_path, pretrain, monkeypatch, capsys):
+    monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "3,4,5")
+    run_dir = tmp_path / "run"
+    rc = pretrain(shards, run_dir, **{"train.total_steps": 9, "optim.warmup_steps": 2, "train.log_every": 1,
+                                      "train.checkpoint_every": 2, "train.max_nonfinite": 3})
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 2
+    assert err.startswith("error: 3 non-finite losses in a row (up to step 5, max_nonfinite=3)")
+    assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'step_0000002'}" in err
+
+
+@pytest.mark.timeout(60)
+def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(shards, tmp_path, pretrain, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    real_write = ckpt._write
+    calls = {"state": 0}
+
+    def failing_write(obj, path: Path) -> None:
+        if path.name == ckpt.STATE_FILE:
+            calls["state"] += 1
+            if calls["state"] == 2:  # the second checkpoint: half a file, then the disk is full
+                path.write_bytes(b"PK\x03\x04 truncated")
+                raise OSError(28, "No space left on device")
+        real_write(obj, path)
+
+    monkeypatch.setattr(ckpt, "_write", failing_write)
+    overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2}
+    assert pretrain(shards, run_dir, **overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    root = run_dir / "checkpoints"
+    assert f"could not write checkpoint {root / 'step_0000004'}" in err and "No space left on device" in err
+    assert f"`latest` still names {root / 'step_0000002'}" in err
+    assert (root / "latest").read_text().strip() == "step_0000002"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000002"]  # no half-written directory left
+
+    monkeypatch.setattr(ckpt, "_write", real_write)
+    assert pretrain(shards, run_dir, "--resume", "auto", **overrides) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert [r["step"] for r in records(run_dir)] == [1, 2, 3, 4, 5, 6]  # steps 3–4 re-run, logged once
+    assert (root / "latest").read_text().strip() == "step_0000006"

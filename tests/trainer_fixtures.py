@@ -1,0 +1,53 @@
+"""Shards and command lines for the trainer tests: tiny, learnable images and the smoke recipe's overrides."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from shardgen import Sample, encode, write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "recipes" / "pretrain" / "smoke.yaml"
+
+
+def two_colour_image(rng: random.Random, size: int) -> Image.Image:
+    """Left and right halves in two random colours: a masked patch's colour is visible in its neighbours."""
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    img.paste(tuple(rng.randrange(256) for _ in range(3)), (size // 2, 0, size, size))
+    return img
+
+
+def write_pretrain_shards(out: Path, num_samples: int = 48, shard_size: int = 16, size: int = 36, seed: int = 0) -> Path:
+    """`out/train-00000{0..}.tar` + `_info.json`: `num_samples` two-colour JPEGs; returns `out`."""
+    rng = random.Random(seed)
+    samples = [Sample(f"img{i:05d}", encode(two_colour_image(rng, size)), -1, "jpg", (size, size)) for i in range(num_samples)]
+    write_shards(out, samples, split="train", shard_size=shard_size)
+    return out
+
+
+def smoke_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:
+    """Overrides of recipes/pretrain/smoke.yaml for a run on `data` into `run_dir`."""
+    values = {"data.train": str(data), "output_dir": str(run_dir), **extra}
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocess runs: one thread per process, the repository importable."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
+               TOKENIZERS_PARALLELISM="false", ACCELERATE_DISABLE_RICH="1")
+    env.update(extra)
+    return env
+
+
+def pretrain_command(overrides: list[str], *extra_args: str) -> list[str]:
+    return [sys.executable, "-m", "ssl_vit", "pretrain", "--config", str(SMOKE), *overrides, *extra_args]
+
+
+def run_pretrain(overrides: list[str], *extra_args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(pretrain_command(overrides, *extra_args), cwd=REPO, env=cli_env(**env), capture_output=True,
+                          text=True, timeout=timeout)
