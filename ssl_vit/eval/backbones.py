@@ -1,0 +1,192 @@
+"""Which backbone to evaluate: `--checkpoint` strings → a factory that builds it at any resolution.
+
+Accepted forms:
+  - `random:MODEL[:SEED]`: the registered architecture at its random initialisation (the baseline a
+    pretrained backbone must beat), reproducible from the seed;
+  - a trainer run directory, its `checkpoints/`, one `step_…/` directory or its `state.pt`: the objective's
+    weights (keys `backbone.*`), the architecture from the checkpoint's `config.yaml`;
+  - an exported backbone (`.safetensors` with its `.json`), which records its architecture;
+  - any other timm- or Hugging-Face-layout ViT state dict (`.pth`, `.bin`, `.safetensors`), which does not:
+    then `--model NAME` says what to build.
+`build(**overrides)` makes a fresh model with ViTConfig overrides (e.g. `img_size=384` for fine-tuning;
+`load_backbone` resamples the position embeddings in 2D) and the weights loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from ssl_vit.errors import CheckpointError
+from ssl_vit.models import ViTConfig, VisionTransformer, model_config
+from ssl_vit.models.weights import FORMAT, load_backbone, suggest_model_name
+
+RANDOM = "random"
+
+
+@dataclass
+class BackboneSource:
+    """A resolved `--checkpoint`: a label for tables, a fingerprint for the feature cache, and a builder."""
+
+    label: str
+    spec: str
+    fingerprint: str
+    config: ViTConfig
+    _weights: Path | Mapping | None = field(default=None, repr=False)  # a file or a state dict; None: random init
+    seed: int = 0
+
+    @property
+    def model_name(self) -> str | None:
+        return suggest_model_name(self.config)
+
+    def build(self, **overrides) -> VisionTransformer:
+        """A fresh backbone with `overrides` applied to the config, weights loaded (or seeded random init)."""
+        config = ViTConfig(**{**self.config.to_dict(), **overrides})
+        if self._weights is None:
+            with torch.random.fork_rng(devices=[]):  # the same init every time, global RNG untouched
+                torch.manual_seed(self.seed)
+                return VisionTransformer(config)
+        return load_backbone(self._weights, VisionTransformer(config))
+
+    def random_baseline(self, seed: int | None = None) -> "BackboneSource":
+        """The same architecture at random initialisation: what `--baseline random` evaluates alongside."""
+        seed = self.seed if seed is None else seed
+        name = self.model_name or f"vit_d{self.config.embed_dim}x{self.config.depth}"
+        return BackboneSource(f"random-init {name} (seed {seed})", f"{RANDOM}:{name}:{seed}",
+                              _random_fingerprint(self.config, seed), self.config, None, seed)
+
+
+def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -> BackboneSource:
+    """Resolve a `--checkpoint` value (see the module docstring); every failure names what to pass instead."""
+    if checkpoint.startswith(f"{RANDOM}:"):
+        return _random(checkpoint, seed)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"--checkpoint {checkpoint}: no such file or directory (or use random:MODEL[:SEED])")
+    state_file = _trainer_state(path)
+    if state_file is not None:
+        return _from_trainer(state_file, model)
+    if path.is_dir():
+        raise CheckpointError(
+            f"--checkpoint {path} is a directory but not a trainer run or checkpoint (no checkpoints/latest or "
+            "state.pt); pass the weights file inside it"
+        )
+    config = _model_config(model, checkpoint) if model else _saved_config(path)
+    if config is None:
+        hint = _guess(path)
+        raise CheckpointError(
+            f"--checkpoint {path} holds bare weights without the model's configuration; pass --model NAME"
+            f"{hint} (see `ssl-vit models` or ssl_vit.models.list_models())"
+        )
+    return BackboneSource(path.stem, str(path), _file_fingerprint(path, model), config, path, seed)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _random(checkpoint: str, default_seed: int) -> BackboneSource:
+    _, _, rest = checkpoint.partition(":")
+    name, _, seed_text = rest.partition(":")
+    if seed_text and not seed_text.isdigit():
+        raise CheckpointError(f"--checkpoint {checkpoint}: the seed after the model name must be an integer")
+    seed = int(seed_text) if seed_text else default_seed
+    config = _model_config(name, checkpoint)
+    return BackboneSource(f"random-init {name} (seed {seed})", checkpoint, _random_fingerprint(config, seed),
+                          config, None, seed)
+
+
+def _model_config(name: str, where: str) -> ViTConfig:
+    try:
+        return model_config(name)
+    except KeyError as err:
+        raise CheckpointError(f"{where}: {err.args[0]}") from None
+
+
+def _random_fingerprint(config: ViTConfig, seed: int) -> str:
+    return "random:" + hashlib.sha256(json.dumps([config.to_dict(), seed, torch.__version__]).encode()).hexdigest()[:16]
+
+
+def _file_fingerprint(path: Path, model: str | None) -> str:
+    """Path, size and modification time: changes whenever the file is rewritten, costs no read."""
+    stat = path.resolve().stat()
+    return hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{model}".encode()).hexdigest()[:16]
+
+
+def _trainer_state(path: Path) -> Path | None:
+    """`state.pt` of the newest checkpoint a run dir / checkpoints dir / step dir / state file stands for."""
+    from ssl_vit.train.checkpoint import CHECKPOINTS, STATE_FILE, latest_checkpoint
+
+    if path.is_file():
+        return path if path.name == STATE_FILE else None
+    if (path / STATE_FILE).is_file():
+        return path / STATE_FILE
+    for root in (path / CHECKPOINTS, path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found / STATE_FILE
+    return None
+
+
+def _from_trainer(state_file: Path, model: str | None) -> BackboneSource:
+    """The backbone of a trainer checkpoint, built as its recipe (config.yaml next to it) describes."""
+    from ssl_vit.train.checkpoint import read_state
+
+    state = read_state(state_file.parent)
+    if model:
+        config = _model_config(model, str(state_file))
+    else:
+        config = _trainer_config(state_file, state)
+    step = state.get("step")
+    run = state_file.parent.parent.parent.name if state_file.parent.parent.name == "checkpoints" else state_file.parent.name
+    label = f"{run}@{step}" if step is not None else run
+    return BackboneSource(label, str(state_file.parent), _file_fingerprint(state_file, model), config, state["model"])
+
+
+def _trainer_config(state_file: Path, state: Mapping) -> ViTConfig:
+    import yaml
+
+    from ssl_vit.config import config_from_mapping, model_overrides
+
+    recipe_file = state_file.parent / "config.yaml"
+    raw = state.get("config")
+    if recipe_file.is_file():
+        raw = yaml.safe_load(recipe_file.read_text())
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{state_file.parent}: no config.yaml to tell the architecture; pass --model NAME")
+    cfg = config_from_mapping(dict(raw), str(recipe_file))
+    overrides = {k: v for k, v in model_overrides(cfg).items() if k != "drop_path_rate"}  # eval: no stochastic depth
+    return model_config(cfg.model.name, **overrides)
+
+
+def _saved_config(path: Path) -> ViTConfig | None:
+    """The config an exported backbone records (sidecar JSON or safetensors header), else None."""
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            info = None
+        if isinstance(info, dict) and info.get("format") == FORMAT:
+            return ViTConfig(**info["model"])
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        if header.get("format") == FORMAT and "config" in header:
+            return ViTConfig(**json.loads(header["config"]))
+    return None
+
+
+def _guess(path: Path) -> str:
+    """", e.g. --model vit_base_patch16" when the weights' shapes match a registered size."""
+    try:
+        name = suggest_model_name(load_backbone(path).config)  # infers the size from the shapes
+    except Exception:  # noqa: BLE001 - only a hint
+        return ""
+    return f" (its shapes fit --model {name})" if name else ""

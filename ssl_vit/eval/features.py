@@ -1,0 +1,136 @@
+"""Frozen-backbone features: what every feature-based protocol (few-shot, linear, kNN) consumes.
+
+A feature is the [class] token after the final norm (`pool="cls"`), the mean of the patch tokens
+(`pool="mean"`), or both concatenated (`pool="both"`), taken from the last block or from listed
+intermediate blocks (each normalised by the final norm, concatenated in the order listed).
+Extraction runs each rank over its own share of the eval stream, then gathers so that every rank holds the
+full set, deduplicated and sorted by sample key: the result does not depend on the number of processes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Literal, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ssl_vit.data.normalize import normalize_uint8
+from ssl_vit.errors import ConfigError
+
+from .gather import gather_features
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from ssl_vit.models import VisionTransformer
+
+Pool = Literal["cls", "mean", "both"]
+POOLS = ("cls", "mean", "both")
+
+
+@dataclass
+class Features:
+    """x: (N, D) float32, labels: (N,) int64, keys: N sample keys, all in the same (key-sorted) order."""
+
+    x: torch.Tensor
+    labels: torch.Tensor
+    keys: list[str]
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.x.shape[1]
+
+    def subset(self, index: torch.Tensor) -> "Features":
+        idx = index.tolist()
+        return Features(self.x[index], self.labels[index], [self.keys[i] for i in idx])
+
+
+def check_pool(pool: str, layers: Sequence[int] | None) -> None:
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got '{pool}'")
+    if layers is not None and not all(isinstance(i, int) for i in layers):
+        raise ConfigError(f"layers must be a list of block indices (negative counts from the end), got {layers!r}")
+
+
+def pool_tokens(tokens: torch.Tensor, pool: Pool, num_prefix_tokens: int) -> torch.Tensor:
+    """(B, prefix + N, D) normalised tokens -> (B, D) or (B, 2D) for `both` ([class] first, then the mean)."""
+    if pool in ("cls", "both") and num_prefix_tokens == 0:
+        raise ConfigError("pool 'cls'/'both' needs a [class] token, but this backbone has none; use pool=mean")
+    if pool == "cls":
+        return tokens[:, 0]  # (B, D)
+    mean = tokens[:, num_prefix_tokens:].mean(dim=1)  # (B, D): patch tokens only
+    return mean if pool == "mean" else torch.cat([tokens[:, 0], mean], dim=1)  # (B, 2D)
+
+
+@torch.no_grad()
+def embed_images(
+    backbone: "VisionTransformer", images: torch.Tensor, pool: Pool = "cls", layers: Sequence[int] | None = None
+) -> torch.Tensor:
+    """(B, 3, S, S) uint8 on the backbone's device -> (B, D') float32 pooled features."""
+    x = normalize_uint8(images)
+    if layers is None:
+        pooled = [pool_tokens(backbone.forward_features(x), pool, backbone.num_prefix_tokens)]
+    else:
+        # forward_intermediates returns blocks in depth order; re-order to the order the user listed.
+        depth = len(backbone.blocks)
+        order = sorted({i % depth for i in layers})
+        outs = backbone.forward_intermediates(x, layers=list(layers), norm=True)["layers"]
+        by_block = dict(zip(order, outs))
+        pooled = [pool_tokens(by_block[i % depth], pool, backbone.num_prefix_tokens) for i in layers]
+    return torch.cat(pooled, dim=1).float()  # (B, D * len(layers) [* 2])
+
+
+def extract_features(
+    backbone: "VisionTransformer",
+    batches: Iterable[dict],
+    *,
+    pool: Pool = "cls",
+    layers: Sequence[int] | None = None,
+    accelerator: "Accelerator | None" = None,
+    total: int | None = None,
+    desc: str = "features",
+) -> Features:
+    """Run the frozen backbone over this rank's batches, then gather all ranks' features (see module doc).
+
+    `batches` yields `{"image": uint8 (B, 3, S, S), "label": (B,), "key": list[str]}` (the eval stream);
+    `total` (samples over all ranks) only sizes the progress bar.
+    """
+    check_pool(pool, layers)
+    device = accelerator.device if accelerator is not None else next(backbone.parameters()).device
+    main = accelerator is None or accelerator.is_local_main_process
+    was_training = backbone.training
+    backbone.eval()
+    xs, labels, keys = [], [], []
+    world = accelerator.num_processes if accelerator is not None else 1
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not main, dynamic_ncols=True)
+    try:
+        for batch in batches:
+            images = batch["image"].to(device, non_blocking=True)
+            if accelerator is not None:
+                with accelerator.autocast():
+                    feats = embed_images(backbone, images, pool, layers)
+            else:
+                feats = embed_images(backbone, images, pool, layers)
+            xs.append(feats.cpu())
+            labels.append(torch.as_tensor(batch["label"]).long().cpu())
+            keys.extend(str(k) for k in batch["key"])
+            # Other ranks advance at about the same pace; never run past the known total.
+            bar.update(min(len(images) * world, bar.total - bar.n) if bar.total else len(images) * world)
+    finally:
+        bar.close()
+        backbone.train(was_training)
+    dim = xs[0].shape[1] if xs else _feature_dim(backbone, pool, layers)
+    local = Features(
+        torch.cat(xs) if xs else torch.zeros(0, dim),
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+        keys,
+    )
+    return gather_features(local, accelerator)
+
+
+def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int] | None) -> int:
+    """Feature width without running the model (a rank can receive no samples at all)."""
+    return backbone.embed_dim * (2 if pool == "both" else 1) * (len(layers) if layers is not None else 1)

@@ -1,0 +1,178 @@
+"""Fine-tuning: the pretrained backbone plus a zero-initialised linear head, trained end to end.
+
+It runs on the pretraining trainer (checkpoints, resume, logs, multi-process for free) with the
+`ImageClassification` objective, a labelled train stream, and a validation hook that scores top-1 on the
+test split every `val_every` steps (default: once per epoch). A different resolution (the paper fine-tunes
+at 384px) builds the backbone at that size; `load_backbone` resamples the position embeddings in 2D.
+
+The optimizer is built here: SGD with momentum (the ViT paper) or AdamW (MAE), both with optional
+layer-wise learning-rate decay (MAE/BEiT): parameters of block i get lr × decay^(depth + 1 − i), the patch
+embedding, [class] token and position embeddings decay^(depth + 1), the final norm and head the full rate.
+Metrics: `finetune/top1` (the final weights), `finetune/top1_best`, `finetune/best_step`; every validation
+(per epoch by default) is also in OUT/finetune/eval.jsonl and finetune_history.json. Re-running the same
+command resumes from the run's last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ssl_vit.errors import ConfigError, UserError
+from ssl_vit.train.optim import no_weight_decay_names
+
+from .context import EvalContext
+from .finetune_config import FinetuneConfig, FinetuneData, FinetuneOptim, load_finetune_config
+from .registry import register
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head (names without `backbone.`)."""
+    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+        return 0
+    block = _BLOCK.match(name)
+    return int(block[1]) + 1 if block else depth + 1
+
+
+def param_groups_lrd(model: nn.Module, cfg: FinetuneOptim) -> list[dict]:
+    """One group per (layer, decay or not) with `lr = cfg.lr × layer_decay^(depth + 1 − layer)`.
+
+    No weight decay on norms, biases and what modules list in `no_weight_decay_keys()` (as in pretraining).
+    """
+    backbone = getattr(model, "backbone", model)
+    depth = len(backbone.blocks)
+    exempt = no_weight_decay_names(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer = layer_id(name.removeprefix("backbone."), depth)
+        decay = not (param.ndim <= 1 or name in exempt)
+        key = (layer, decay)
+        if key not in groups:
+            scale = cfg.layer_decay ** (depth + 1 - layer)
+            groups[key] = {"params": [], "lr": cfg.lr * scale, "lr_scale": scale,
+                           "weight_decay": cfg.weight_decay if decay else 0.0}
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_finetune_optimizer(model: nn.Module, cfg: FinetuneOptim) -> torch.optim.Optimizer:
+    groups = param_groups_lrd(model, cfg)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    # Fused: one kernel per step, and what lets the trainer skip a non-finite step on the device.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
+
+
+def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto") -> dict[str, float]:
+    """Fine-tune ctx's backbone on the train split, validating on the test split; returns last and best top-1."""
+    from ssl_vit.data.stream import build_train_stream, steps_per_epoch
+    from ssl_vit.objectives import ImageClassification
+    from ssl_vit.train.trainer import Trainer
+
+    accelerator = ctx.accelerator
+    if accelerator is None:
+        raise ConfigError("fine-tuning needs an Accelerator in the evaluation context")
+    run_dir = Path(ctx.out_dir or "runs/eval") / "finetune"
+    train_shards = ctx.shards("train")
+    num_classes = cfg.data.num_classes or train_shards.num_classes
+    if not num_classes:
+        raise ConfigError(f"{ctx.data.train}: the shards list no class_names; set data.num_classes in the fine-tuning recipe")
+    per_epoch = steps_per_epoch(train_shards.num_samples, cfg.train.global_batch) if train_shards.num_samples else None
+    if cfg.train.total_steps is not None:
+        total = cfg.train.total_steps
+    elif per_epoch is None:
+        raise ConfigError(f"{ctx.data.train}: the sample count is unknown, so train.epochs cannot be used; set train.total_steps")
+    else:
+        total = math.ceil(cfg.train.epochs * train_shards.num_samples / cfg.train.global_batch)
+    val_every = cfg.val_every or per_epoch or max(total // 10, 1)
+
+    backbone = ctx.backbone_factory(img_size=cfg.data.image_size, **cfg.model)
+    objective = ImageClassification(backbone, num_classes, **cfg.objective)
+    d = cfg.data
+
+    def make_stream(segment: int):
+        return build_train_stream(
+            train_shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=ctx.rank,
+            world_size=ctx.world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
+            scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
+        )
+
+    scores: dict[int, float] = {}  # step -> validation top-1
+
+    def validate(step: int) -> dict[str, float]:
+        scores[step] = evaluate_top1(objective, ctx, d)
+        return {"finetune/top1": scores[step]}
+
+    trainer = Trainer(
+        objective, make_stream, accelerator=accelerator, train=cfg.train, optim=cfg.optim,
+        per_device_batch=d.batch_size, total_steps=total, run_dir=run_dir, config=cfg.to_dict(),
+        val_fn=validate, val_every=val_every, samples_per_epoch=train_shards.num_samples,
+        optimizer_factory=lambda model: build_finetune_optimizer(model, cfg.optim),
+    )
+    result = trainer.fit(resume=resume)
+    if result.status == "preempted":
+        raise UserError(f"fine-tuning stopped at step {result.step} (checkpoint {result.checkpoint}); "
+                        "run the same command again to resume it")
+    if result.step not in scores:  # the final weights are always scored
+        validate(result.step)
+    history = {**_logged_scores(run_dir / "eval.jsonl"), **scores}  # a resumed run: earlier validations too
+    steps = sorted(history)
+    best = max(steps, key=lambda st: history[st])
+    if ctx.is_main:
+        rows = [{"step": st, "epoch": st / per_epoch if per_epoch else None, "top1": history[st]} for st in steps]
+        (run_dir / "finetune_history.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return {"finetune/top1": history[steps[-1]], "finetune/top1_best": history[best], "finetune/best_step": float(best)}
+
+
+def _logged_scores(path: Path) -> dict[int, float]:
+    """step -> top-1 from the trainer's eval.jsonl (main process; absent elsewhere or before the first one)."""
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {int(r["step"]): float(r["finetune/top1"]) for r in records if "finetune/top1" in r}
+
+
+@torch.no_grad()
+def evaluate_top1(objective: nn.Module, ctx: EvalContext, data: FinetuneData) -> float:
+    """Top-1 (percent) on the test split; each rank scores its share, the counts are summed over ranks."""
+    was_training = objective.training
+    objective.eval()
+    counts = torch.zeros(2, device=ctx.device)  # correct, seen
+    with ctx.eval_batches("test", data.image_size, batch_size=data.batch_size, num_workers=data.num_workers,
+                          crop_pct=data.crop_pct) as stream:
+        for batch in stream:
+            images = batch["image"].to(ctx.device, non_blocking=True)
+            labels = batch["label"].to(ctx.device)
+            if ctx.accelerator is not None:
+                with ctx.accelerator.autocast():
+                    logits = objective.predict(images)
+            else:
+                logits = objective.predict(images)
+            counts += torch.stack([(logits.argmax(1) == labels).sum(), torch.tensor(len(labels), device=ctx.device)]).float()
+    if ctx.accelerator is not None:
+        counts = ctx.accelerator.reduce(counts, reduction="sum")
+    objective.train(was_training)
+    return 100.0 * counts[0].item() / max(counts[1].item(), 1.0)
+
+
+@register("finetune")
+class Finetune:
+    """`recipe`: a recipes/finetune/*.yaml file; `overrides`: its `key=value` overrides; `resume`: auto | path | null."""
+
+    def __init__(self, recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), resume: str | None = "auto"):
+        if recipe is None:
+            raise ConfigError("fine-tuning needs a recipe: --config recipes/finetune/smoke.yaml (or vit_b16_paper.yaml, "
+                              "vit_b16_mae.yaml), or `finetune: {recipe: ...}` in the eval recipe")
+        self.cfg = load_finetune_config(recipe, list(overrides))  # checked now, before any feature extraction
+        self.resume = resume
+
+    def run(self, ctx: EvalContext) -> dict[str, float]:
+        return finetune(ctx, self.cfg, self.resume)

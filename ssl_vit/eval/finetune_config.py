@@ -1,0 +1,104 @@
+"""The fine-tuning recipe (`recipes/finetune/*.yaml`): the pretraining schema's data/optim/train sections,
+with SGD, momentum and layer-wise learning-rate decay added to `optim`.
+
+    model: {drop_path_rate: 0.1}                 # ViTConfig overrides; the architecture is the checkpoint's
+    objective: {label_smoothing: 0.1, mixup_alpha: 0.8, cutmix_alpha: 1.0}
+    data: {image_size: 384, batch_size: 64, crop_pct: 1.0, ...}
+    optim: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0, grad_clip: 1.0, layer_decay: 1.0, warmup_steps: 500}
+    train: {global_batch: 512, total_steps: 20000, checkpoint_every: 1000, ...}
+    val_every: null                              # steps between validations; null: once per epoch
+
+The training data is `--train`, the validation data `--test` of `ssl-vit eval finetune`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from ssl_vit.config import DataConfig, OptimConfig, TrainConfig, _build, parse_override
+from ssl_vit.errors import ConfigError
+
+
+@dataclass
+class FinetuneData(DataConfig):
+    crop_pct: float = 0.875  # validation: centre crop of this fraction, resized to image_size
+    num_classes: int | None = None  # when the shards do not list class_names
+
+
+@dataclass
+class FinetuneOptim(OptimConfig):
+    """SGD (the ViT paper) or AdamW (MAE); `layer_decay` < 1 scales block i's rate by decay^(depth + 1 - i)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    layer_decay: float = 1.0
+
+
+@dataclass
+class FinetuneConfig:
+    model: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
+    data: FinetuneData = field(default_factory=FinetuneData)
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val_every: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
+    where = str(path) if path is not None else "fine-tuning defaults"
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: fine-tuning recipe not found (see recipes/finetune/)")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
+    sources: dict[str, str] = {}
+    for item in overrides:
+        key, value = parse_override(item)
+        node = raw
+        for part in key.split(".")[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"command line: '{key}': '{part}' is a value, not a section")
+        node[key.split(".")[-1]] = value
+        sources[key] = "command line"
+    cfg: FinetuneConfig = _build(FinetuneConfig, raw, "", where, sources)
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: FinetuneConfig, where: str) -> None:
+    o, t = cfg.optim, cfg.train
+    if (t.total_steps is None) == (t.epochs is None):
+        raise ConfigError(f"{where}: set exactly one of train.total_steps and train.epochs")
+    if not 0 < o.layer_decay <= 1:
+        raise ConfigError(f"{where}: optim.layer_decay must be in (0, 1] (1 disables it), got {o.layer_decay}")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"{where}: optim.momentum must be in [0, 1), got {o.momentum}")
+    if o.lr <= 0 or o.weight_decay < 0 or o.warmup_steps < 0:
+        raise ConfigError(f"{where}: optim.lr must be positive, weight_decay and warmup_steps ≥ 0")
+    if not 0 < cfg.data.crop_pct <= 1:
+        raise ConfigError(f"{where}: data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
+    if cfg.val_every is not None and cfg.val_every < 1:
+        raise ConfigError(f"{where}: val_every must be a positive number of steps or null (once per epoch)")
+    if "img_size" in cfg.model:
+        raise ConfigError(f"{where}: model.img_size: set the fine-tuning resolution with data.image_size")
+    from ssl_vit.objectives import ImageClassification
+
+    options = [p for p in inspect.signature(ImageClassification).parameters if p not in ("backbone", "num_classes")]
+    for key in cfg.objective:
+        if key not in options:
+            raise ConfigError(f"{where}: objective.{key} is not an option of classification; options: {', '.join(options)}")

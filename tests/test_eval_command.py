@@ -1,0 +1,154 @@
+"""`ssl-vit eval`: one command compares a pretrained and a random-init backbone; results files; compare table."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_fixtures import write_dataset  # noqa: E402
+
+from ssl_vit.errors import CheckpointError, ConfigError
+from ssl_vit.eval import command
+from ssl_vit.eval.recipe import load_eval_recipe
+from ssl_vit.eval.results import compare_runs, write_results
+from ssl_vit.models import create_model
+from ssl_vit.models.weights import save_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["image_size=32", "batch_size=8", "num_workers=0", "crop_pct=1.0"]
+
+
+def eval_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return command.run(parser.parse_args(list(argv)))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("shards"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """An exported backbone whose weights differ from the random init of any seed we use."""
+    torch.manual_seed(123)
+    model = create_model("vit_nano_patch4")
+    with torch.no_grad():
+        model.patch_embed.proj.weight.mul_(3.0)
+    return save_backbone(model, tmp_path_factory.mktemp("ckpt") / "pretrained.safetensors")
+
+
+def test_random_init_and_pretrained_side_by_side_in_one_command(data, pretrained, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = eval_cli("knn", "--checkpoint", str(pretrained), "--baseline", "random", "--train", str(data),
+                  "--test", str(data), "--out", str(out), "knn.k=[1,3]", *TINY)
+    assert rc == 0
+    runs = sorted(p.parent.name for p in out.glob("*/results.json"))
+    assert runs == ["pretrained", "random-init-vit_nano_patch4-seed-0"]
+    table = (out / "comparison.md").read_text()
+    assert "| metric | pretrained | random-init vit_nano_patch4 (seed 0) |" in table
+    assert "| knn/k3_top1 |" in table
+    assert table == capsys.readouterr().out  # printed as well
+    pre = json.loads((out / "pretrained" / "results.json").read_text())
+    rnd = json.loads((out / "random-init-vit_nano_patch4-seed-0" / "results.json").read_text())
+    assert pre["model"] == rnd["model"] == "vit_nano_patch4" and pre["checkpoint"] == str(pretrained)
+    assert set(pre["metrics"]) == {"knn/k1_top1", "knn/k3_top1"}
+    assert len(list((out / "cache").glob("features-*.pt"))) == 4  # train + test for each backbone
+
+
+def test_random_init_flag_equals_random_checkpoint(data, tmp_path):
+    for name, flag in (("a", ["--random-init", "vit_nano_patch4"]), ("b", ["--checkpoint", "random:vit_nano_patch4:0"])):
+        eval_cli("fewshot", *flag, "--train", str(data), "--test", str(data), "--out", str(tmp_path / name),
+                 "fewshot.shots=[2]", "fewshot.seeds=2", *TINY)
+    a, b = (json.loads((tmp_path / n / "results.json").read_text())["metrics"] for n in "ab")
+    assert a == b and set(a) >= {"fewshot/2shot", "fewshot/2shot_std", "fewshot/2shot_fixed_l2"}
+
+
+def test_all_with_smoke_recipe_writes_results_json_and_markdown(data, tmp_path):
+    out = tmp_path / "run"
+    eval_cli("all", "--checkpoint", "random:vit_nano_patch4", "--config", str(ROOT / "recipes/eval/smoke.yaml"),
+             "--train", str(data), "--test", str(data), "--out", str(out))
+    record = json.loads((out / "results.json").read_text())
+    assert record["protocols"] == ["fewshot", "knn", "linear"]
+    assert {"fewshot/1shot", "knn/k3_top1", "linear/top1"} <= set(record["metrics"])
+    assert record["train"] == f"{data}:train" and record["test"] == f"{data}:validation"
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Evaluation: random-init vit_nano_patch4 (seed 0)")
+    assert f"| fewshot/2shot | {record['metrics']['fewshot/2shot']:.2f} ± " in md
+
+
+def test_compare_puts_runs_side_by_side(tmp_path, capsys):
+    write_results(tmp_path / "a", "mpp", {"fewshot/5shot": 61.234, "fewshot/5shot_std": 0.5, "knn/k20_top1": 70.0}, {})
+    write_results(tmp_path / "b", "random", {"fewshot/5shot": 12.0, "fewshot/5shot_std": 1.25}, {})
+    assert eval_cli("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp.md")) == 0
+    expected = (
+        "| metric | mpp | random |\n|---|---:|---:|\n"
+        "| fewshot/5shot | 61.23 ± 0.50 | 12.00 ± 1.25 |\n"
+        "| knn/k20_top1 | 70.00 | – |\n"
+    )
+    assert capsys.readouterr().out == expected
+    assert (tmp_path / "cmp.md").read_text() == expected
+    assert compare_runs([tmp_path]) == expected  # a parent directory of runs works too
+
+
+def test_bare_state_dict_needs_model_and_the_error_says_which(tmp_path, data):
+    path = tmp_path / "timm.pth"
+    torch.save(create_model("vit_nano_patch4").state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"pass --model NAME \(its shapes fit --model vit_nano_patch4\)"):
+        eval_cli("knn", "--checkpoint", str(path), "--train", str(data), "--test", str(data), *TINY)
+    assert eval_cli("knn", "--checkpoint", str(path), "--model", "vit_nano_patch4", "--train", str(data),
+                    "--test", str(data), "--out", str(tmp_path / "o"), "knn.k=[1]", *TINY) == 0
+
+
+def test_recipe_typos_fail_before_any_work():
+    with pytest.raises(ConfigError, match="did you mean 'data.batch_size'"):
+        load_eval_recipe(None, ["data.batch_sise=3"])
+    with pytest.raises(ConfigError, match=r"evaluator 'knn' has no option 'kk' \(did you mean 'k'\?\)"):
+        eval_cli("knn", "--checkpoint", "random:vit_nano_patch4", "knn.kk=[3]")
+    with pytest.raises(ConfigError, match="pass --train SPEC"):
+        eval_cli("knn", "--checkpoint", "random:vit_nano_patch4", "--out", "/nonexistent/x", *TINY)
+    assert load_eval_recipe(ROOT / "recipes/eval/default.yaml").evaluators["fewshot"]["shots"] == [1, 5, 10, 25]
+    assert load_eval_recipe(ROOT / "recipes/eval/linear_mae.yaml").evaluators["linear"]["protocol"] == "mae"
+
+
+def test_through_the_ssl_vit_command_line(data, tmp_path, capsys):
+    from ssl_vit.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test", str(data),
+                 "--out", str(out), "knn.k=[1]", *TINY]) == 0
+    assert (out / "results.json").is_file() and (out / "results.md").is_file()
+    capsys.readouterr()
+    assert main(["eval", "compare", str(out)]) == 0
+    assert "| knn/k1_top1 |" in capsys.readouterr().out
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path / "missing.pth"), "--train", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --checkpoint") and "no such file or directory" in err  # one line, no traceback
+
+
+def test_trainer_checkpoint_is_read_with_its_recipe(tmp_path):
+    from ssl_vit.config import PretrainConfig
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    torch.manual_seed(5)
+    backbone = create_model("vit_nano_patch4")
+    step_dir = tmp_path / "run" / "checkpoints" / "step_0000007"
+    step_dir.mkdir(parents=True)
+    objective_state = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "head.fc.weight": torch.ones(2, 2)}
+    torch.save({"model": objective_state, "step": 7}, step_dir / "state.pt")  # the trainer's layout
+    cfg = PretrainConfig()
+    cfg.model.name, cfg.data.image_size, cfg.train.total_steps = "vit_nano_patch4", 32, 10
+    cfg.optim.warmup_steps = 1
+    (step_dir / "config.yaml").write_text(cfg.to_yaml())
+    (step_dir.parent / "latest").write_text("step_0000007\n")
+    source = resolve_backbone(str(tmp_path / "run"))
+    assert source.label == "run@7" and source.model_name == "vit_nano_patch4"
+    loaded = source.build()
+    for key, value in backbone.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
