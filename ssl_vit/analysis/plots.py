@@ -67,12 +67,12 @@ def series(records: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray
     return np.asarray(steps), np.asarray(values)
 
 
-def accuracy_keys(records: Sequence[Mapping]) -> list[str]:
-    """The accuracy metrics present (`acc`, `acc_masked`, ...), in first-seen order."""
+def accuracy_keys(records: Sequence[Mapping], prefix: str = "acc") -> list[str]:
+    """The metrics named `prefix` or `prefix_*` (`acc`, `acc_masked`, ...; `mse_masked`, ...), first-seen order."""
     keys: dict[str, None] = {}
     for r in records:
         for k in r:
-            if k == "acc" or k.startswith("acc_"):
+            if k == prefix or k.startswith(prefix + "_"):
                 keys[k] = None
     return list(keys)
 
@@ -92,13 +92,17 @@ def _draw_smoothed(ax, steps: np.ndarray, values: np.ndarray, label: str, color,
 def plot_training_curves(
     records: Sequence[Mapping], path: str | Path, *, weight: float | None = None, title: str | None = None
 ) -> Path:
-    """Loss (left) and every accuracy metric (right; omitted for regression targets) against the step.
+    """Loss (left) and every accuracy metric (right) against the step; for a regression target (`pixels`),
+    which has no accuracy, the right panel shows its per-kind errors (`mse_masked`, ...) instead.
 
     `weight` is the EMA smoothing weight (None: a window of ~5% of the logged points)."""
     steps, loss = series(records, "loss")
     if len(steps) == 0:
         raise DataError("no records with both 'step' and 'loss' in the metrics; has the run logged a step yet?")
     acc_keys = [k for k in accuracy_keys(records) if len(series(records, k)[0])]
+    regression = not acc_keys
+    if regression:
+        acc_keys = [k for k in accuracy_keys(records, "mse") if len(series(records, k)[0])]
     fig = _mpl.new_figure(10 if acc_keys else 5, 3.8)
     axes = fig.subplots(1, 2 if acc_keys else 1, squeeze=False)[0]
     _draw_smoothed(axes[0], steps, loss, "loss", "C0", weight)
@@ -112,8 +116,8 @@ def plot_training_curves(
             s, v = series(records, key)
             _draw_smoothed(axes[1], s, v, key, f"C{i}", weight)
         axes[1].set_xlabel("step")
-        axes[1].set_ylabel("target accuracy")
-        axes[1].set_title("Prediction accuracy on corrupted patches")
+        axes[1].set_ylabel("mean squared error" if regression else "target accuracy")
+        axes[1].set_title(f"Prediction {'error' if regression else 'accuracy'} on corrupted patches")
         axes[1].legend(fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)

@@ -1,0 +1,48 @@
+"""The demo pipeline at a reduced size: every artefact of the report exists and the figures are valid PNGs."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from PIL import Image
+
+from ssl_vit.cli import main
+
+
+@pytest.mark.timeout(240)
+def test_quick_demo_writes_every_artefact(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--quick"]) == 0
+    assert str(work / "report.md") in capsys.readouterr().out
+
+    summary = json.loads((work / "summary.json").read_text())
+    for run in ("pretrained", "random_init"):
+        assert set(summary[run]) == {"fewshot", "linear", "knn"}
+        assert set(summary[run]["fewshot"]) == {"1", "5", "10", "25"}
+        values = list(summary[run]["fewshot"].values()) + [summary[run]["linear"], summary[run]["knn"]]
+        assert all(isinstance(v, float) and 0.0 <= v <= 100.0 for v in values), values
+
+    report = (work / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    # few-shot curve, training curves, Figure 7, masked prediction, position similarity
+    assert len(links) == 5, links
+    for link in links:
+        with Image.open(work / link) as img:
+            img.verify()
+        with Image.open(work / link) as img:
+            assert img.format == "PNG" and min(img.size) >= 100
+    for figure in ("figure7.png", "masked_prediction.png", "training_curves.png", "attention_distance.png"):
+        assert (work / "analysis" / figure).is_file()
+    # The report states the figures it measured, for both goals.
+    assert re.search(r"10-shot: pretrained \d+\.\d% vs random init \d+\.\d%", report)
+    assert re.search(r"5-shot: pretrained \d+\.\d% vs random init \d+\.\d%", report)
+    assert "QUICK run" in report
+
+    # Running it again resumes every stage instead of starting over.
+    assert main(["demo", "--workdir", str(work), "--quick"]) == 0
+
+
+def test_demo_needs_both_train_and_test(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path), "--train", "x"]) == 2
+    assert "give both --train and --test" in capsys.readouterr().err
