@@ -1,0 +1,79 @@
+"""The benchmarks in bench/ run end to end in their `--quick` setting and report what the docs promise.
+
+Each runs in a subprocess, as a user runs it (`python bench/X.py --quick --json`): stdout must be exactly one
+JSON document with `ratio` and both raw rates, consistent with each other, and a `--quick` run must not append
+to the record file. The helpers in bench/common.py are checked in-process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402  (bench/common.py)
+
+
+def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # stdout holds the JSON alone; the table and progress went to stderr
+
+
+@pytest.mark.timeout(120)
+def test_step_quick_reports_both_rates_and_their_ratio(tmp_path: Path) -> None:
+    record = tmp_path / "bench.md"
+    out = run_bench("step.py", "--quick", "--json", "--record", str(record))
+    assert out["benchmark"] == "step" and out["settings"]["device"] == "cpu"
+    (r,) = out["results"]
+    assert r["model"] == "vit_nano_patch4" and r["img_size"] == 32 and r["batch"] == 8
+    assert r["ours_images_per_s"] > 0 and r["reference_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["ours_images_per_s"] / r["reference_images_per_s"])
+    assert out["ratio"] == r["ratio"]
+    assert len(r["ours_runs_s"]) == len(r["reference_runs_s"]) == 2  # --quick: 2 interleaved blocks each
+    assert r["ours_peak_mem_bytes"] is None and r["ours_mfu"] is None  # CPU: not measured, said so
+    assert not record.exists()  # --quick is a smoke setting, never recorded
+
+
+@pytest.mark.timeout(120)
+def test_loader_vs_gpu_quick_reports_loader_and_step_rates(tmp_path: Path) -> None:
+    out = run_bench("loader_vs_gpu.py", "--quick", "--json", "--cache-dir", str(tmp_path), "--no-record")
+    assert out["step_images_per_s"] > 0 and out["loader_images_per_s"] > 0
+    assert out["ratio"] == pytest.approx(out["loader_images_per_s"] / out["step_images_per_s"])
+    (r,) = out["results"]
+    assert r["workers"] == 1 and 0.0 <= r["data_wait_share"] <= 1.0
+    assert out["workers_needed"] == -(-out["target_images_per_s"] // out["per_worker_images_per_s"])
+    assert out["data"]["num_samples"] == 48  # the generated --quick data set, all of it in the shards
+    assert out["data"]["shard_bytes_per_image"] > 0
+
+
+def test_interleaved_alternates_the_order_and_times_each_block() -> None:
+    calls: list[str] = []
+    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3,
+                               sync=lambda: calls.append("sync"))
+    assert [c for c in calls if c != "sync"] == ["a", "b", "b", "a", "a", "b"]
+    assert calls.count("sync") == 12  # before and after every block
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+
+
+def test_append_record_writes_header_once_then_sections(tmp_path: Path) -> None:
+    path = tmp_path / "docs" / "benchmarks.md"
+    machine = common.machine_info("cpu")
+    for i in range(2):
+        common.append_record(path, title=f"bench/x.py run {i}", command="python bench/x.py --y", machine=machine,
+                             body="| a |\n|---|\n| 1 |", notes="A note.")
+    text = path.read_text()
+    assert text.count("# Benchmarks") == 1 and text.count("## bench/x.py run") == 2
+    assert "`python bench/x.py --y`" in text and "A note." in text
+    assert f"{machine['cpus']} CPUs" in text and f"torch {machine['torch']}" in text
+    assert common.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert common.peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert common.peak_flops(None, "bf16") is None
