@@ -54,7 +54,7 @@ def test_invalid_yaml_from_a_real_process(tmp_path: Path):
     (["trian.total_steps=5"], "unknown key 'trian.total_steps' (did you mean 'train.total_steps'?)"),
     (["train.log_every=often"], "train.log_every: expected an integer, got 'often' (str)"),
     (["objective.kwargs.target=colour"], "unknown MPP target 'colour'"),
-    (["model.name=vit_nano_patch5"], "model.name: unknown model 'vit_nano_patch5'. Did you mean vit_nano_patch4"),
+    (["model.name=vit_nano_patch5"], "model.name: unknown model 'vit_nano_patch5' (did you mean 'vit_nano_patch4'?)"),
     (["train.log_with=[tensorbored]"], "train.log_with: unknown tracker 'tensorbored'"),
 ])
 def test_bad_recipes_fail_with_one_clear_line(shards: Path, tmp_path: Path, ssl_vit, overrides, message):

@@ -207,7 +207,7 @@ def test_bad_settings_raise_config_errors():
         MaskedPatchPrediction(vit, mask_prob=0.8, random_prob=0.3)
     with pytest.raises(ConfigError, match="mlp, linear"):
         MaskedPatchPrediction(vit, head="conv")
-    with pytest.raises(ConfigError, match="Did you mean 'mpp'"):
+    with pytest.raises(ConfigError, match="did you mean 'mpp'"):
         build("mmp", vit)
     with pytest.raises(ConfigError, match="did you mean 'corruption_rate'"):
         build("mpp", vit, corruption_ratio=0.5)

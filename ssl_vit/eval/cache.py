@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ssl_vit.errors import DataError
+from ssl_vit.safe_load import load_weights_only
 
 from .features import Features
 
@@ -41,7 +42,7 @@ def save_features(path: Path, features: Features, meta: dict) -> None:
 
 def load_features(path: Path) -> Features:
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = load_weights_only(path)
         return Features(blob["x"], blob["labels"], list(blob["keys"]))
     except Exception as exc:  # a truncated or foreign file: say which and how to recover
         raise DataError(f"feature cache {path} is unreadable ({exc}); delete it to extract the features again") from exc

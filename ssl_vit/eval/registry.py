@@ -7,11 +7,9 @@ calls `run(ctx)` without knowing what it computes. Metric names carry the evalua
 """
 from __future__ import annotations
 
-import difflib
-import inspect
 from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
 
-from ssl_vit.errors import ConfigError
+from ssl_vit.lookup import check_options, lookup
 
 if TYPE_CHECKING:
     from .context import EvalContext
@@ -45,18 +43,6 @@ def names() -> list[str]:
 
 def build(name: str, **cfg) -> Evaluator:
     """Construct a registered evaluator; an unknown name or option says what exists instead."""
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=2)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown evaluator '{name}'{hint}; registered: {', '.join(names())}")
-    cls = _REGISTRY[name]
-    params = inspect.signature(cls).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        for key in cfg:
-            if key not in params:
-                close = difflib.get_close_matches(key, params, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(
-                    f"evaluator '{name}' has no option '{key}'{hint}; options: {', '.join(params) or 'none'}"
-                )
+    cls = lookup("evaluator", name, _REGISTRY)
+    check_options(f"evaluator '{name}'", cls, cfg)
     return cls(**cfg)

@@ -5,9 +5,8 @@ architecture); every name builds at 224px unless `img_size` is overridden.
 """
 from __future__ import annotations
 
-import difflib
 
-from ..errors import ConfigError
+from ..lookup import check_options, lookup
 from .vit import ViTConfig, VisionTransformer
 
 # width, depth, heads: the paper's Table 1, plus Ti/S from DeiT.
@@ -35,17 +34,9 @@ def list_models() -> list[str]:
 
 def model_config(name: str, **overrides) -> ViTConfig:
     """The registered config with overrides applied; an unknown name or key says what exists."""
-    if name not in MODEL_CONFIGS:
-        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown model '{name}'.{hint} Registered: {', '.join(list_models())}")
-    fields = ViTConfig.__dataclass_fields__
-    for key in overrides:
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown model option '{key}'{hint}; options: {', '.join(fields)}")
-    return ViTConfig(**{**MODEL_CONFIGS[name].to_dict(), **overrides})
+    base = lookup("model", name, MODEL_CONFIGS)
+    check_options("the model config", ViTConfig, overrides)
+    return ViTConfig(**{**base.to_dict(), **overrides})
 
 
 def create_model(name: str, **overrides) -> VisionTransformer:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import pickle
 import re
 import warnings
 from collections import defaultdict
@@ -29,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError
+from ..safe_load import load_weights_only
 from .pos_embed import resample_pos_embed, sincos_2d
 from .registry import MODEL_CONFIGS, create_model
 from .vit import ViTConfig, VisionTransformer
@@ -162,19 +162,10 @@ def _read_file(path: Path) -> tuple[Mapping, ViTConfig | None]:
         if header.get("format") == FORMAT and "config" in header:
             config = _config_from_dict(json.loads(header["config"]), str(path))
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            needs = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-            if needs is None:
-                raise CheckpointError(f"{path}: not a readable PyTorch file; is it complete?") from None
-            raise CheckpointError(
-                f"{path}: refusing to load: unpickling it would run code ({needs[1]}), and only tensors and plain "
-                "containers are loaded (torch.load(weights_only=True)). If you trust the file, re-save just its "
-                "weights: torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
-            ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable PyTorch file ({err}); is it complete?") from None
+        state = load_weights_only(
+            path, "If you trust the file, re-save just its weights: "
+            "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
+        )
     sidecar = path.with_suffix(".json")
     if sidecar.exists():
         try:

@@ -21,8 +21,6 @@ Example: (255, 0, 128) at 3 bits → (7, 0, 4) → 7·64 + 0·8 + 4 = 452.
 """
 from __future__ import annotations
 
-import difflib
-import inspect
 from typing import Callable
 
 import torch
@@ -30,6 +28,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from ..errors import ConfigError
+from ..lookup import check_options, lookup
 
 
 def _check_images(images: torch.Tensor, patch_size: int) -> None:
@@ -183,15 +182,6 @@ def list_targets() -> list[str]:
 
 def build(name: str, patch_size: int, **kwargs) -> nn.Module:
     """A registered target for `patch_size`-pixel patches, e.g. `build("downsampled_color", 16, grid=4, bits=3)`."""
-    if name not in TARGETS:
-        close = difflib.get_close_matches(str(name), TARGETS, n=2)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown MPP target '{name}'.{hint} Available targets: {', '.join(TARGETS)}")
-    factory = TARGETS[name]
-    options = [p for p in inspect.signature(factory).parameters if p != "patch_size"]
-    for key in kwargs:
-        if key not in options:
-            close = difflib.get_close_matches(key, options, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"target '{name}' has no option '{key}'{hint}; its options: {', '.join(options) or 'none'}")
+    factory = lookup("MPP target", name, TARGETS)
+    check_options(f"target '{name}'", factory, kwargs, skip=("patch_size",))
     return factory(patch_size, **kwargs)

@@ -31,6 +31,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
+from ..safe_load import load_weights_only
 from .signals import HostAgreement
 
 CHECKPOINTS = "checkpoints"
@@ -104,8 +105,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # -------------------------------------------------------------------------------------------------- save
 def _write(obj: Any, path: Path) -> None:
-    """One file of a checkpoint (a separate function so tests can make it fail half-way)."""
-    torch.save(obj, path)
+    """One file of a checkpoint (a separate function so tests can make it fail half-way).
+
+    Through a Python file object: a full disk then raises OSError "[Errno 28] No space left on device", where
+    torch's own file writer says only "unexpected pos 704 vs 598".
+    """
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(
@@ -206,12 +212,9 @@ def resolve_resume(resume: str | None, root: Path) -> Path | None:
 def read_state(path: Path) -> dict[str, Any]:
     """`state.pt` of a checkpoint, loaded weights-only (no pickled code runs)."""
     file = path / STATE_FILE
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing; is {path} a checkpoint directory?") from None
-    except Exception as err:  # noqa: BLE001 — truncated, corrupt or unsafe files all mean the same to the user
-        raise CheckpointError(f"{file}: cannot be read weights-only ({' '.join(str(err).split())[:300]})") from None
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; is {path} a checkpoint directory?")
+    return load_weights_only(file, "Was it written by ssl-vit pretrain?")
 
 
 def load_checkpoint(
