@@ -2,15 +2,18 @@
 
 Per split: the entry is self-consistent (list lengths, num_samples, num_classes); per shard: the file
 exists, its size and sha256 match, the tar reads to the end and holds exactly `shard_lengths[i]` samples;
-per sample: see samplecheck.py; across shards: keys are unique. Problems are reported as
+per sample: see samplecheck.py; across shards: keys are unique. Only files inside OUT are read: a
+`filenames` entry that is absolute, leaves OUT (`..`) or looks like a URL (`pipe:`, `http:`) is a problem, not
+opened. Members are read into memory, never extracted. Problems are reported as
 `shard key: reason` (or `shard: reason`, `_info.json ...: reason`) and never stop the run.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
@@ -105,6 +108,10 @@ def _expectations(out: Path, name: str, entry: object) -> tuple[list[ShardExpect
         return [], [f"{where}: needs 'filenames' and 'shard_lengths' lists of equal length"]
     if not all(isinstance(n, int) and n >= 0 for n in lengths) or not all(isinstance(f, str) for f in filenames):
         return [], [f"{where}: 'filenames' must be strings and 'shard_lengths' non-negative integers"]
+    outside = [f for f in filenames if not _plain_name(f)]
+    if outside:  # never opened: the index may have come with downloaded shards
+        return [], [f"{where}: shard {f!r} is not a file name inside {out}; an {INFO_NAME} may only name shard "
+                    "files beside it (rebuild it with `ssl-vit-shards build`)" for f in outside]
     problems = []
     if entry.get("num_samples") != sum(lengths):
         problems.append(f"{where}: num_samples {entry.get('num_samples')} != sum of shard_lengths {sum(lengths)}")
@@ -123,6 +130,13 @@ def _expectations(out: Path, name: str, entry: object) -> tuple[list[ShardExpect
     expectations = [ShardExpectation(out / f, n, s, b, class_names)
                     for f, n, s, b in zip(filenames, lengths, sha, sizes)]
     return expectations, problems
+
+
+def _plain_name(name: str) -> bool:
+    """Relative, inside OUT, no URL scheme (`pipe:`, `http:`): what `build` writes, and all verify opens."""
+    path = PurePosixPath(name)
+    return (bool(name) and "\0" not in name and not path.is_absolute() and ".." not in path.parts
+            and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", name) is None)
 
 
 def _check_shards(batch: list[ShardExpectation]) -> list[ShardResult]:

@@ -31,4 +31,5 @@ def load_weights_only(path: str | Path, trust_hint: str = "") -> Any:
             f"containers are loaded (torch.load(weights_only=True)). {trust_hint}".rstrip()
         ) from None
     except Exception as err:  # noqa: BLE001 — truncated or corrupt files mean the same to the user
-        raise CheckpointError(f"{path}: cannot be read weights-only ({' '.join(str(err).split())[:300]})") from None
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({detail}); is it complete?") from None

@@ -6,6 +6,10 @@ command that fails, or a shard whose sample count disagrees with `_info.json` st
 would break the eval stream's exactly-once promise); shards carry sha256 sums, so a broken one is fixed by
 rebuilding or re-downloading it, not trained around. Single bad *samples* are a different matter: they are
 skipped and counted downstream (`stages.BadSampleTally`).
+
+Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
+sample's key and extension. A key is an opaque string, kept as the archive spells it (a member
+`../../x.jpg` is sample `../../x`), and nothing in ssl_vit uses a key as a file name.
 """
 from __future__ import annotations
 
@@ -41,20 +45,23 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
     except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
         raise DataError(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
     count = 0
-    finished = False
+    closed = False
     try:
         for sample in group_samples(iter_members(stream), url):
             if count % stride == offset:
                 yield sample
             count += 1
+        closed = True
         stream.close()  # a pipe: URL reports its command's exit status here
-        finished = True
     except Exception as exc:  # noqa: BLE001 - tar, IO and pipe errors all mean a broken shard
-        what = f"{type(exc).__name__}: {exc}"
-        raise DataError(f"shard {url} is unreadable after {count} samples ({what}); {REBUILD}") from None
+        # A failed command or download (curl's 404) explains its missing or bad bytes better than the tar does.
+        cause = exc if closed else _close_error(stream) or exc
+        closed = True
+        raise DataError(f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); "
+                        f"{REBUILD}") from None
     finally:
-        if not finished:
-            _close_quietly(stream)
+        if not closed:
+            _close_error(stream)  # abandoned mid-shard: a pipe's command then dies of SIGPIPE, which is no error
     if expected is not None and count != expected:
         raise DataError(
             f"shard {url} holds {count} samples but _info.json says {expected}; it is truncated or stale: {REBUILD}"
@@ -86,9 +93,10 @@ def group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[di
         yield current
 
 
-def _close_quietly(stream: Any) -> None:
-    """Close a stream abandoned mid-shard; a pipe's command then dies of SIGPIPE, which is no error."""
+def _close_error(stream: Any) -> Exception | None:
+    """Close the stream; the error closing raised (a pipe's command failed), if any."""
     try:
         stream.close()
-    except Exception:  # noqa: BLE001
-        pass
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None

@@ -11,6 +11,10 @@ A data spec is one string (or a list of them) that says where the shards are:
 
 Local shards are checked here, so a typo fails at once with the missing file's name rather than later inside
 a worker process. Remote URLs are checked when they are opened.
+
+`pipe:` commands and remote URLs are taken only from the spec itself (the user's recipe or command line). An
+`_info.json` travels with downloaded or shared shards, so its `filenames` must be plain relative file names
+inside its directory: a `pipe:rm …`, an `http://…` or a `../../x.tar` there is refused, never run or read.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import braceexpand
 
@@ -54,12 +58,20 @@ def resolve_spec(
     if isinstance(spec, ShardSet):
         return spec if num_samples is None else _with_count(spec, num_samples, "the ShardSet")
     if not isinstance(spec, str):
-        return _url_list([u for s in spec for u in braceexpand.braceexpand(str(s))], num_samples, str(list(spec)))
+        return _url_list([u for s in spec for u in _expand(str(s))], num_samples, str(list(spec)))
     directory, split = _directory_of(spec, split)
     if directory is None:
-        return _url_list(list(braceexpand.braceexpand(spec)), num_samples, spec)
+        return _url_list(_expand(spec), num_samples, spec)
     shards = _from_info(directory, split)
     return shards if num_samples is None else _with_count(shards, num_samples, str(directory / INFO_FILE))
+
+
+def _expand(spec: str) -> list[str]:
+    try:
+        return list(braceexpand.braceexpand(spec))
+    except ValueError as exc:  # unbalanced braces
+        hint = "write shard ranges as /data/train-{000000..000099}.tar"
+        raise DataError(f"data spec {spec!r}: {exc}; {hint}") from None
 
 
 def _is_local(url: str) -> bool:
@@ -96,7 +108,9 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
         )
     try:
         splits = json.loads(info_path.read_text())["splits"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        if not isinstance(splits, dict) or not all(isinstance(e, dict) for e in splits.values()):
+            raise TypeError("'splits' must map split names to mappings")
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as exc:  # unreadable, not JSON, wrong shape
         raise DataError(f"{info_path} is not a valid shard index ({exc!r}); rebuild it with `ssl-vit-shards`") from None
     if split is None and len(splits) == 1:
         split = next(iter(splits))
@@ -105,24 +119,37 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
         raise DataError(f"{info_path}: {what}; available splits: {', '.join(sorted(splits)) or '(none)'}")
     entry = splits[split]
     try:
-        urls = tuple(_join(directory, f) for f in entry["filenames"])
+        filenames = entry["filenames"]
+        if not isinstance(filenames, list):
+            raise TypeError("'filenames' (not a list)")
         lengths = tuple(int(n) for n in entry["shard_lengths"]) if entry.get("shard_lengths") is not None else None
         count = int(entry["num_samples"]) if entry.get("num_samples") is not None else None
         names = tuple(entry["class_names"]) if entry.get("class_names") is not None else None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(
             f"{info_path}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
         ) from None
-    if lengths is not None and len(lengths) != len(urls):
-        raise DataError(f"{info_path}: split {split!r} lists {len(urls)} files but {len(lengths)} shard_lengths")
+    if lengths is not None and len(lengths) != len(filenames):
+        raise DataError(f"{info_path}: split {split!r} lists {len(filenames)} files but {len(lengths)} shard_lengths")
     if lengths is not None and count is not None and sum(lengths) != count:
         raise DataError(f"{info_path}: split {split!r} num_samples {count} != sum of shard_lengths {sum(lengths)}")
+    for name in filenames:
+        _check_plain_name(name, info_path, split)
+    urls = tuple(str(directory / name) for name in filenames)
     _check_exist(urls, str(info_path))
     return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names)
 
 
-def _join(directory: Path, filename: str) -> str:
-    return filename if not _is_local(filename) or os.path.isabs(filename) else str(directory / filename)
+def _check_plain_name(name: object, info_path: Path, split: str) -> None:
+    """A shard name from `_info.json` must be a relative path that stays inside the index's directory."""
+    plain = (isinstance(name, str) and name and "\0" not in name and not _SCHEME.match(name)
+             and not os.path.isabs(name) and ".." not in PurePosixPath(name).parts)
+    if not plain:
+        raise DataError(
+            f"{info_path}: split {split!r} lists shard {name!r}, which is not a file name inside {info_path.parent}; "
+            "an _info.json may only name shard files beside it. Fix or rebuild it with `ssl-vit-shards`, or give "
+            "remote or pipe: URLs in the data spec itself"
+        )
 
 
 def _url_list(urls: list[str], num_samples: int | None, spec: str) -> ShardSet:

@@ -50,7 +50,12 @@ class BackboneSource:
             with torch.random.fork_rng(devices=[]):  # the same init every time, global RNG untouched
                 torch.manual_seed(self.seed)
                 return VisionTransformer(config)
-        return load_backbone(self._weights, VisionTransformer(config))
+        try:
+            return load_backbone(self._weights, VisionTransformer(config))
+        except CheckpointError as err:
+            if isinstance(self._weights, Mapping):  # a trainer checkpoint's weights: name it, not "state dict"
+                raise CheckpointError(f"--checkpoint {self.spec}: {err}") from None
+            raise
 
     def random_baseline(self, seed: int | None = None) -> "BackboneSource":
         """The same architecture at random initialisation: what `--baseline random` evaluates alongside."""

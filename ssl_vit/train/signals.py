@@ -52,11 +52,23 @@ class HostAgreement:
             self.group = dist.new_group(backend="gloo")  # a collective call: every rank constructs one
 
     def any(self, flag: bool) -> bool:
+        return self.any_each(flag)[0]
+
+    def any_each(self, *flags: bool) -> tuple[bool, ...]:
+        """Several `any`s in one exchange (the trainer asks "data failed?" and "stop?" together, once per batch)."""
         if not self.distributed:
-            return bool(flag)
-        value = torch.tensor([int(bool(flag))], dtype=torch.int32)
+            return tuple(bool(flag) for flag in flags)
+        value = torch.tensor([int(bool(flag)) for flag in flags], dtype=torch.int32)
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
-        return bool(value.item())
+        return tuple(bool(v) for v in value.tolist())
+
+    def gather(self, obj: object) -> list:
+        """Every rank's picklable `obj`, in rank order; for rare paths, such as sharing one rank's error message."""
+        if not self.distributed:
+            return [obj]
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj, group=self.group)
+        return out
 
     def all(self, flag: bool) -> bool:
         return not self.any(not flag)

@@ -15,6 +15,11 @@ draws the same batches and the same random numbers as the uninterrupted run (exa
 number of processes). A checkpoint taken on a signal between checkpoint steps also restarts the stream at
 its step: the resumed run sees the same data distribution, not the same order.
 
+Ranks agree before each micro-batch's collectives, in one host-side exchange (gloo, no device sync) that asks
+"did any rank's data stream fail?" and "did any rank get a stop signal?" together. A stream that fails on one
+rank only (a corrupt shard that only it reads) then stops every rank with that rank's error, instead of leaving
+the others waiting in DDP's all-reduce (or FSDP's all-gather) for ever.
+
 Testing hook: `SSL_VIT_INJECT_NAN_AT_STEP=5` (or `5,6,7`) multiplies the loss of those steps by NaN, to
 exercise the non-finite skip.
 """
@@ -37,7 +42,7 @@ from accelerate.tracking import LoggerType, get_available_trackers
 from accelerate.utils import set_seed
 
 from ..config import OptimConfig, TrainConfig, accumulation_steps
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, DataError, UserError
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
@@ -216,7 +221,7 @@ class Trainer:
         last_ckpt: Path | None = None
         with StopRequest() as stop:
             for step in range(start + 1, self.total_steps + 1):
-                self._step(step, batches, s, window)
+                stopping = self._step(step, batches, s, window, stop)
                 log.advance()
                 boundary = step % train.checkpoint_every == 0 or step == self.total_steps
                 if step % train.log_every == 0 or boundary:
@@ -227,7 +232,7 @@ class Trainer:
                     last_ckpt = self._save(step, s)
                     if step < self.total_steps:
                         batches = self._open_stream(step)  # the segment a resumed run would open
-                if s["agreement"].any(stop.received is not None):
+                if stopping:
                     if not boundary:
                         self._log(step, log, window)
                         last_ckpt = self._save(step, s)
@@ -238,8 +243,11 @@ class Trainer:
                     return TrainResult(step, "preempted", last_ckpt)
         return TrainResult(self.total_steps, "finished", last_ckpt)
 
-    def _step(self, step: int, batches: Iterator, s: dict, window: MetricsWindow) -> None:
-        """One optimizer step: `accumulation` micro-batches, gradients synchronised on the last one only."""
+    def _step(self, step: int, batches: Iterator, s: dict, window: MetricsWindow, stop: StopRequest) -> bool:
+        """One optimizer step: `accumulation` micro-batches, gradients synchronised on the last one only.
+
+        Returns whether the ranks agreed to stop after this step (a signal reached one of them).
+        """
         acc, model = self.accelerator, s["model"]
         model.train()
         loss_sum = torch.zeros((), device=acc.device)
@@ -247,7 +255,7 @@ class Trainer:
         data_wait, skipped = 0.0, 0
         for micro in range(self.accumulation):
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch, stopping = self._next_batch(batches, s["agreement"], stop)
             data_wait += time.perf_counter() - t0
             skipped += int(batch.get("skipped", 0))
             images = batch["image"].to(acc.device, non_blocking=True)
@@ -274,6 +282,31 @@ class Trainer:
         s["optimizer"].zero_grad(set_to_none=True)
         n = self.accumulation
         window.add(loss_sum / n, bad, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped)
+        return stopping
+
+    def _next_batch(self, batches: Iterator, agreement: HostAgreement, stop: StopRequest) -> tuple[dict, bool]:
+        """The next micro-batch once every rank has one, and whether any rank has been asked to stop.
+
+        Any failure of this rank's stream is shared before the micro-batch's collectives, and every rank raises it.
+        """
+        try:
+            batch, failure = next(batches), None
+        except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
+            batch, failure = None, err
+        failed, stopping = agreement.any_each(failure is not None, stop.received is not None)
+        if failed:
+            raise self._shared_failure(failure, agreement)
+        return batch, stopping
+
+    def _shared_failure(self, failure: Exception | None, agreement: HostAgreement) -> Exception:
+        """The error to raise when a stream failed somewhere: this rank's own, else the first failing rank's."""
+        reports = agreement.gather(None if failure is None else (isinstance(failure, UserError), str(failure)))
+        if failure is not None:
+            return failure
+        rank, (user_error, message) = next((r, report) for r, report in enumerate(reports) if report is not None)
+        if user_error:
+            return DataError(message)  # the same one line on every rank
+        return RuntimeError(f"the data stream of rank {rank} failed ({message}); its traceback shows where")
 
     # ------------------------------------------------------------------------------------- pieces
     def _log(self, step: int, log: MetricsLog, window: MetricsWindow) -> None:

@@ -1,0 +1,452 @@
+"""Faults and bad input: nothing lost, nothing hangs, every error says what to do.
+
+Faults already covered elsewhere (not repeated here):
+  kill -9 then --resume auto reproduces the run ........ test_resume.py::test_kill9_at_a_random_step_then_resume_…
+  SIGTERM → checkpoint, exit 0, a resume line ........... test_resume.py::test_sigterm_checkpoints_and_exits_zero_…
+  a failing checkpoint write keeps `latest`, resumes ..... test_trainer.py::test_failed_checkpoint_write_leaves_…
+  a non-finite loss is skipped and counted .............. test_trainer.py::test_injected_nan_skips_the_update_…
+  a killed shard build, run again, gives the same files . test_data_tools_resume.py::test_resume_after_sigkill_…
+  symlinks out of SRC are not followed unless asked ..... test_data_tools_skips.py::test_symlinks_leaving_src_…
+  invalid YAML, unknown key, wrong type, batch arithmetic, unknown target: test_cli_errors.py
+  load_backbone refuses pickles that would run code ..... test_weights.py::test_refuses_pickles_that_need_code
+  fewer shards than ranks × workers ..................... test_data_stream.py::test_two_ranks_two_workers_three_…,
+                                                          test_eval_sees_every_sample_exactly_once[2-2]
+
+Here: bad images, cut and empty shards and dead URLs through both streams and the CLI; a corrupt shard on one
+of two ranks; a real full disk under torch.save; checkpoints of another model size; checkpoints that carry
+code; tar members named like paths; `_info.json` naming commands, URLs or files outside its directory.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import itertools
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_fixtures import write_dataset  # noqa: E402
+from imagegen import noise_image  # noqa: E402
+from shardgen import Sample, encode, unique_samples, write_shards  # noqa: E402
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, write_pretrain_shards  # noqa: E402
+
+from data_tools.cli import main as shards_main  # noqa: E402
+from ssl_vit.cli import main  # noqa: E402
+from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
+from ssl_vit.errors import CheckpointError, DataError  # noqa: E402
+from ssl_vit.models import create_model  # noqa: E402
+from ssl_vit.train import checkpoint as ckpt  # noqa: E402
+from ssl_vit.train.signals import HostAgreement  # noqa: E402
+
+TINY_EVAL = ["image_size=32", "batch_size=8", "num_workers=0", "crop_pct=1.0", "knn.k=[1]"]
+
+
+# --------------------------------------------------------------------------------------------------- helpers
+def cli(capsys, *argv: str) -> tuple[int, str]:
+    """`ssl-vit ARGV` in this process with a fresh Accelerate state; returns (exit status, stderr)."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        rc = main(list(argv))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return rc, capsys.readouterr().err
+
+
+def one_error_line(err: str) -> str:
+    """The user-facing error: exactly one `error: ` line, the last one, and no traceback."""
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and [x for x in lines if x.startswith("error: ")] == lines[-1:], err
+    return lines[-1]
+
+
+def take(stream, n: int) -> list[dict]:
+    try:
+        return list(itertools.islice(iter(stream), n))
+    finally:
+        stream.close()
+
+
+def truncated_jpeg() -> bytes:
+    data = encode(noise_image(random.Random(1), (40, 30)))
+    return data[: len(data) * 3 // 5]  # the entropy-coded data stops part-way, no end-of-image marker
+
+
+BAD_IMAGES = {
+    "truncated_jpeg": truncated_jpeg(),
+    "random_bytes": bytes(random.Random(2).getrandbits(8) for _ in range(3000)),
+    "zero_bytes": b"",
+}
+
+
+def files_under(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+# --------------------------------------------------------------------------------------- bad data: streams
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", sorted(BAD_IMAGES))
+def test_a_bad_image_is_skipped_and_counted_in_training_and_named_in_evaluation(tmp_path: Path, kind: str):
+    samples = unique_samples(24)
+    samples[7] = Sample("s00007", BAD_IMAGES[kind], 7)  # stored as .jpg like the others
+    write_shards(tmp_path, samples, shard_size=12)  # the bad one is in train-000000.tar
+    stream = build_train_stream(str(tmp_path), batch_size=23, image_size=8, seed=0, num_workers=0, shuffle_buffer=0,
+                                max_bad_fraction=0.1)
+    batches = take(stream, 3)  # three epochs: the bad sample is met, skipped and reported once in each
+    assert [int(b["skipped"]) for b in batches] == [1, 1, 1]
+    assert sorted(batches[0]["label"].tolist()) == [i for i in range(24) if i != 7]
+    with pytest.raises(DataError, match=r"sample 's00007' of shard .*train-000000\.tar cannot be decoded"):
+        list(build_eval_stream(str(tmp_path), batch_size=5, image_size=8, num_workers=0))
+
+
+def _cut(path: Path, at_member_boundary: bool) -> None:
+    """Cut a shard part-way: inside a member's data, or exactly where a member header would start."""
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    middle = members[len(members) // 2]
+    path.write_bytes(path.read_bytes()[: middle.offset if at_member_boundary else middle.offset_data + 100])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("at_member_boundary", [False, True])
+@pytest.mark.parametrize("with_index", [True, False])
+def test_a_cut_shard_stops_both_streams_naming_it(tmp_path: Path, at_member_boundary: bool, with_index: bool):
+    write_shards(tmp_path, unique_samples(30), shard_size=10)
+    _cut(tmp_path / "train-000001.tar", at_member_boundary)
+    # With _info.json the count gives a cut away; a bare URL list has only the tar's own end-of-archive marker.
+    spec = str(tmp_path) if with_index else f"{tmp_path}/train-{{000000..000002}}.tar"
+    named = r"shard .*train-000001\.tar (is unreadable|holds \d+ samples but _info.json says 10)"
+    with pytest.raises(DataError, match=named):
+        take(build_train_stream(spec, batch_size=4, image_size=8, seed=0, num_workers=2, shuffle_buffer=0), 30)
+    with pytest.raises(DataError, match=named):
+        list(build_eval_stream(spec, batch_size=4, image_size=8, num_workers=2))
+
+
+def _empty_tar(path: Path) -> None:
+    with tarfile.open(path, "w"):
+        pass  # end-of-archive marker only: a valid tar with no members
+
+
+@pytest.mark.timeout(60)
+def test_empty_shards(tmp_path: Path):
+    write_shards(tmp_path, unique_samples(10), shard_size=10)
+    good = str(tmp_path / "train-000000.tar")
+    # A valid tar without members is an honest shard of 0 samples: every real sample is read exactly once.
+    _empty_tar(tmp_path / "none.tar")
+    keys = [k for b in build_eval_stream([good, str(tmp_path / "none.tar")], batch_size=4, image_size=8,
+                                         num_workers=0) for k in b["key"]]
+    assert sorted(keys) == [f"s{i:05d}" for i in range(10)]
+    stream = build_train_stream([str(tmp_path / "none.tar"), good], batch_size=5, image_size=8, seed=0, num_workers=0,
+                                shuffle_buffer=0)
+    labels = [x for b in take(stream, 4) for x in b["label"].tolist()]
+    assert sorted(labels) == sorted(list(range(10)) * 2)
+    # ... but not where _info.json promises samples, and a reader left with nothing stops with the shard named.
+    info = json.loads((tmp_path / "_info.json").read_text())
+    info["splits"]["train"]["filenames"] = ["none.tar"]
+    (tmp_path / "_info.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"shard .*none\.tar holds 0 samples but _info.json says 10"):
+        list(build_eval_stream(str(tmp_path), batch_size=4, image_size=8, num_workers=0))
+    with pytest.raises(DataError, match=r"shard .*none\.tar holds 0 samples but _info.json says 10"):
+        take(build_train_stream(str(tmp_path), batch_size=4, image_size=8, seed=0, num_workers=0), 1)
+    with pytest.raises(DataError, match=r"found no samples in its part of .*none\.tar"):
+        take(build_train_stream([str(tmp_path / "none.tar")], batch_size=4, image_size=8, seed=0, num_workers=0), 1)
+    # A 0-byte file is no tar at all (an interrupted copy or download): an error naming it, in both streams.
+    (tmp_path / "zero.tar").write_bytes(b"")
+    urls = [good, str(tmp_path / "zero.tar")]
+    with pytest.raises(DataError, match=r"shard .*zero\.tar is unreadable after 0 samples .*empty"):
+        list(build_eval_stream(urls, batch_size=4, image_size=8, num_workers=0))
+    with pytest.raises(DataError, match=r"shard .*zero\.tar is unreadable after 0 samples .*empty"):
+        take(build_train_stream(urls, batch_size=4, image_size=8, seed=0, num_workers=0), 3)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(60)
+def test_a_url_that_does_not_exist_is_named_quickly(tmp_path: Path):
+    write_shards(tmp_path, unique_samples(10), shard_size=10)
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        urls = [f"{base}/train-000000.tar", f"{base}/no-such-shard.tar"]  # a 404 is no transient error: no retries
+        start = time.monotonic()
+        with pytest.raises(DataError, match=r"shard http://.*/no-such-shard\.tar is unreadable after 0 samples"):
+            list(build_eval_stream(urls, batch_size=4, image_size=8, num_workers=0))
+        with pytest.raises(DataError, match=r"shard http://.*/no-such-shard\.tar is unreadable after 0 samples"):
+            take(build_train_stream(urls, batch_size=4, image_size=8, seed=0, num_workers=2, shuffle_buffer=0), 10)
+        assert time.monotonic() - start < 30
+    finally:
+        server.shutdown()
+
+
+# ------------------------------------------------------------------------------------------- bad data: CLI
+@pytest.fixture(scope="module")
+def pretrain_shards(tmp_path_factory) -> Path:
+    return write_pretrain_shards(tmp_path_factory.mktemp("pretrain_shards"), num_samples=32, shard_size=16)
+
+
+@pytest.mark.timeout(60)
+def test_pretrain_with_a_missing_shard_names_it(pretrain_shards: Path, tmp_path: Path, capsys):
+    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+    (data / "train-000001.tar").unlink()
+    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), *smoke_overrides(data, tmp_path / "run"))
+    assert rc == 2
+    assert f"1 of 2 shards of {data / '_info.json'} do not exist: {data / 'train-000001.tar'}" in one_error_line(err)
+    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), f"data.train={data}/train-{{000000..000001}}.tar",
+                  f"output_dir={tmp_path / 'run'}", "train.total_steps=2", "optim.warmup_steps=1")
+    assert rc == 2 and f"do not exist: {data / 'train-000001.tar'}" in one_error_line(err)
+
+
+@pytest.mark.timeout(60)
+def test_pretrain_on_a_cut_shard_stops_with_one_line_naming_it(pretrain_shards: Path, tmp_path: Path, capsys):
+    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+    _cut(data / "train-000000.tar", at_member_boundary=False)
+    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE),
+                  *smoke_overrides(data, tmp_path / "run", **{"train.total_steps": 4, "optim.warmup_steps": 1}))
+    assert rc == 2
+    assert f"shard {data / 'train-000000.tar'} is unreadable after" in one_error_line(err)
+    assert not (tmp_path / "run" / "checkpoints" / "latest").exists()
+
+
+@pytest.mark.timeout(60)
+def test_eval_on_a_cut_shard_stops_with_one_line_naming_it(tmp_path: Path, capsys):
+    data = write_dataset(tmp_path / "data")
+    _cut(data / "validation-000001.tar", at_member_boundary=False)
+    rc, err = cli(capsys, "eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test",
+                  str(data), "--out", str(tmp_path / "out"), "--no-cache", *TINY_EVAL)
+    assert rc == 2 and f"shard {data / 'validation-000001.tar'} is unreadable after" in one_error_line(err)
+
+
+# ------------------------------------------------------------------------------ a corrupt shard on one rank
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_shards: Path, tmp_path: Path):
+    """Rank 1 alone reads the cut shard; rank 0 would wait for it in DDP's all-reduce (on CPU gloo then fails
+    with "Connection closed by peer" once rank 1 has left; NCCL waits for its timeout). Both must stop with the
+    same one-line error. `--monitor_interval 10` gives the second rank time to print it: the launcher kills the
+    others as soon as one rank has exited with an error."""
+    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+    _cut(data / "train-000001.tar", at_member_boundary=False)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+               "--main_process_port", str(_free_port()), "--monitor_interval", "10",
+               "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
+               *smoke_overrides(data, tmp_path / "run", **{"data.batch_size": 8, "train.total_steps": 4,
+                                                          "optim.warmup_steps": 1})]
+    done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    errors = re.findall(r"error: [^\r\n]*", done.stderr)  # rank 0's progress bar may share a line with rank 1's
+    assert len(errors) == 2 and errors[0] == errors[1], output[-3000:]  # the same line from each rank
+    assert f"shard {data / 'train-000001.tar'} is unreadable after" in errors[0]
+    assert "Connection closed by peer" not in output and "]: Traceback" not in output, output[-3000:]
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+@pytest.mark.timeout(30)
+def test_a_really_full_disk_under_torch_save_keeps_latest_and_says_so(tmp_path: Path, monkeypatch):
+    """torch.save's own writer hits ENOSPC (/dev/full); the user must read "No space left on device"."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(2, 4)).sum().backward()
+    optimizer.step()  # AdamW now has state to save
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    root = tmp_path / "checkpoints"
+    save = functools.partial(ckpt.save_checkpoint, root, model=model, optimizer=optimizer, scheduler=scheduler,
+                             meta={}, config_yaml="a: 1\n", rank=0, agreement=HostAgreement(), keep_last=3)
+    save(1)
+    real_write = ckpt._write
+    full = lambda obj, path: real_write(obj, Path("/dev/full") if path.name == ckpt.STATE_FILE else path)  # noqa: E731
+    monkeypatch.setattr(ckpt, "_write", full)
+    with pytest.raises(CheckpointError) as info:
+        save(2)
+    message = str(info.value)
+    assert f"could not write checkpoint {root / 'step_0000002'}" in message and "No space left on device" in message
+    assert f"`latest` still names {root / 'step_0000001'}" in message
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]  # nothing half-written left
+    monkeypatch.undo()
+    assert ckpt.resolve_resume("auto", root) == root / "step_0000001"
+    meta, _ = ckpt.load_checkpoint(root / "step_0000001", model=model, optimizer=optimizer, scheduler=scheduler, rank=0)
+    assert meta["step"] == 1
+
+
+# ----------------------------------------------------------------------- checkpoints of another model, with code
+@pytest.fixture(scope="module")
+def nano_run(tmp_path_factory, pretrain_shards: Path) -> Path:
+    """A 2-step vit_nano_patch4 run: checkpoints/step_0000002."""
+    run = tmp_path_factory.mktemp("nano") / "run"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        assert main(["pretrain", "--config", str(SMOKE),
+                     *smoke_overrides(pretrain_shards, run, **{"train.total_steps": 2, "optim.warmup_steps": 1})]) == 0
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    return run
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("eval_data"), train_per_class=2, test_per_class=1)
+
+
+@pytest.mark.timeout(60)
+def test_resume_from_a_checkpoint_of_another_model_size(nano_run: Path, pretrain_shards: Path, tmp_path: Path, capsys):
+    checkpoint = nano_run / "checkpoints" / "step_0000002"
+    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), "model.name=vit_micro_patch4",
+                  *smoke_overrides(pretrain_shards, tmp_path / "run"), "--resume", str(checkpoint))
+    assert rc == 2
+    line = one_error_line(err)
+    assert f"{checkpoint} does not fit this model and objective" in line and "config.yaml" in line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("form", ["run", "state_dict"])
+def test_eval_with_a_model_that_does_not_fit_the_checkpoint(nano_run: Path, eval_data: Path, tmp_path: Path, capsys,
+                                                            form: str):
+    checkpoint = nano_run
+    if form == "state_dict":
+        checkpoint = tmp_path / "nano.pth"
+        torch.save(create_model("vit_nano_patch4").state_dict(), checkpoint)
+    rc, err = cli(capsys, "eval", "knn", "--checkpoint", str(checkpoint), "--model", "vit_micro_patch4", "--train",
+                  str(eval_data), "--test", str(eval_data), "--out", str(tmp_path / "out"), "--no-cache", *TINY_EVAL)
+    assert rc == 2
+    line = one_error_line(err)
+    assert str(checkpoint) in line and "has 2 blocks but the model has 4" in line
+    assert "vit_nano_patch4" in line  # names the size that would fit
+
+
+class RunsCode:
+    """Unpickling this calls open(marker, "w"): a checkpoint that runs code when loaded."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def evil_run(nano_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the nano run whose state.pt carries code; returns (run dir, the marker the code would create)."""
+    run = Path(shutil.copytree(nano_run, tmp_path / "evil_run"))
+    marker = tmp_path / "pwned"
+    state_file = run / "checkpoints" / "step_0000002" / "state.pt"
+    state = torch.load(state_file, weights_only=True)
+    torch.save({**state, "extra": RunsCode(marker)}, state_file)
+    return run, marker
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", ["pretrain --resume", "export", "eval --checkpoint", "eval bare file"])
+def test_a_checkpoint_that_carries_code_is_refused(evil_run, pretrain_shards: Path, eval_data: Path, tmp_path: Path,
+                                                   capsys, command: str):
+    run, marker = evil_run
+    state_file = run / "checkpoints" / "step_0000002" / "state.pt"
+    evaluate = ["knn", "--train", str(eval_data), "--test", str(eval_data), "--out", str(tmp_path / "e"),
+                "--no-cache", *TINY_EVAL]
+    argv = {
+        "pretrain --resume": ["pretrain", "--config", str(SMOKE), *smoke_overrides(pretrain_shards, tmp_path / "new"),
+                              "--resume", str(state_file.parent)],
+        "export": ["export", str(run), str(tmp_path / "b.safetensors")],
+        "eval --checkpoint": ["eval", *evaluate[:1], "--checkpoint", str(run), *evaluate[1:]],
+        "eval bare file": ["eval", *evaluate[:1], "--checkpoint", str(state_file.with_name("weights.pth")),
+                           "--model", "vit_nano_patch4", *evaluate[1:]],
+    }[command]
+    if command == "eval bare file":
+        torch.save({"model": torch.load(state_file, weights_only=False)["model"], "x": RunsCode(marker)},
+                   state_file.with_name("weights.pth"))
+        marker.unlink()  # weights_only=False above ran the code: that is what loading must never do
+    rc, err = cli(capsys, *argv)
+    assert rc == 2
+    line = one_error_line(err)
+    assert "refusing to load: unpickling it would run code (io.open)" in line, line  # builtins.open pickles so
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------- names that are paths
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.timeout(60)
+def test_member_names_that_are_paths_are_never_extracted(tmp_path: Path, monkeypatch, capsys):
+    """Decision: a tar member is (name, bytes) in memory; a sample's key is an opaque string, kept as the archive
+    spells it (`../../evil`), never used as a file name. So nothing is written, by the streams or by verify."""
+    shards = tmp_path / "a" / "b" / "shards"
+    shards.mkdir(parents=True)
+    jpeg = encode(noise_image(random.Random(3), (36, 36)))
+    outside = tmp_path / "a" / "abs"  # an absolute member name, somewhere the test may look (we may run as root)
+    _tar(shards / "train-000000.tar", {"../../evil.jpg": jpeg, "../../evil.cls": b"0",
+                                       f"{outside}/x.jpg": jpeg, f"{outside}/x.cls": b"1"})
+    (shards / "_info.json").write_text(json.dumps({"splits": {"train": {
+        "name": "train", "num_samples": 2, "filenames": ["train-000000.tar"], "shard_lengths": [2]}}}))
+    monkeypatch.chdir(shards)  # where a relative extraction would start
+    before = files_under(tmp_path)
+    keys = [k for b in build_eval_stream(str(shards), batch_size=4, image_size=8, num_workers=0) for k in b["key"]]
+    assert keys == ["../../evil", f"{outside}/x"]
+    batch = take(build_train_stream(str(shards), batch_size=2, image_size=8, seed=0, num_workers=0,
+                                    shuffle_buffer=0), 1)[0]
+    assert sorted(batch["label"].tolist()) == [0, 1] and int(batch["skipped"]) == 0
+    assert shards_main(["verify", str(shards), "--no-progress"]) == 1  # not what `build` writes: reported ...
+    assert capsys.readouterr().out.splitlines()[-1] == "verified split(s) train: 1 shards, 2 samples: 2 problems"
+    assert files_under(tmp_path) == before and not outside.exists()  # ... and, like the streams, wrote nothing
+
+
+# -------------------------------------------------------------------- _info.json may name only files beside it
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("filename", ["pipe:touch {marker}", "http://127.0.0.1:9/x.tar", "../outside.tar",
+                                      "{outside}", "file://{outside}"])
+def test_info_json_cannot_name_commands_urls_or_files_elsewhere(tmp_path: Path, capsys, filename: str):
+    shards, marker = tmp_path / "shards", tmp_path / "pwned"
+    write_shards(shards, unique_samples(4), shard_size=4)
+    outside = tmp_path / "outside.tar"
+    shutil.copy(shards / "train-000000.tar", outside)  # a readable shard: only the rule may refuse it
+    name = filename.format(marker=marker, outside=outside)
+    info = json.loads((shards / "_info.json").read_text())
+    info["splits"]["train"]["filenames"] = [name]
+    info["splits"]["train"].pop("sha256")
+    info["splits"]["train"].pop("bytes")
+    (shards / "_info.json").write_text(json.dumps(info))
+    refused = rf"lists shard {name!r}, which is not a file name inside {shards}"
+    with pytest.raises(DataError, match=refused.replace("?", r"\?").replace("+", r"\+")):
+        resolve_spec(str(shards), "train")
+    with pytest.raises(DataError, match="which is not a file name inside"):
+        list(build_eval_stream(f"{shards}:train", batch_size=4, image_size=8, num_workers=0))
+    assert shards_main(["verify", str(shards), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert f"_info.json splits.train: shard {name!r} is not a file name inside {shards}" in out, out
+    assert "verified split(s) train: 0 shards" in out  # nothing was opened
+    assert not marker.exists()
+    # The user's own data spec may still name commands and URLs: that is their choice, made on the command line.
+    assert resolve_spec(f"pipe:cat {outside}").urls == (f"pipe:cat {outside}",)
+    assert isinstance(resolve_spec(ShardSet((str(outside),))), ShardSet)
