@@ -1,4 +1,5 @@
 """Backbones: a timm-layout ViT, its registry of named sizes, and weight loading/saving."""
+from .hf import to_hf_config, to_hf_state_dict
 from .registry import create_model, list_models, model_config
 from .vit import ViTConfig, VisionTransformer
 from .weights import (
@@ -8,8 +9,6 @@ from .weights import (
     load_backbone,
     save_backbone,
     suggest_model_name,
-    to_hf_config,
-    to_hf_state_dict,
     unwrap_state_dict,
 )
 

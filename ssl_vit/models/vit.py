@@ -85,8 +85,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        qkv = rearrange(self.qkv(x), "b t (three h hd) -> three b h t hd", three=3, h=self.num_heads)
-        q, k, v = qkv.unbind(0)  # each (B, H, T, hd)
+        b, t, _ = x.shape
+        # Unbind along the "three" axis of the projection's own layout, then transpose the views: the backward
+        # pass then stacks q/k/v gradients straight into (B, T, 3, H, hd) with no permuted copy.
+        qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, hd)
+        q, k, v = (u.transpose(1, 2) for u in qkv.unbind(2))  # each (B, H, T, hd)
         if return_attention:
             # The explicit path, for analysis only: SDPA does not hand back its weights.
             attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
