@@ -160,3 +160,18 @@ def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(shards, tmp_p
     assert "resumed from" in capsys.readouterr().out
     assert [r["step"] for r in records(run_dir)] == [1, 2, 3, 4, 5, 6]  # steps 3–4 re-run, logged once
     assert (root / "latest").read_text().strip() == "step_0000006"
+
+
+@pytest.mark.timeout(120)
+def test_tensorboard_tracker_receives_the_logged_metrics(shards: Path, tmp_path: Path, pretrain):
+    """`train.log_with=[tensorboard]` goes through Accelerate's tracker: event files with the same scalars."""
+    from tensorboard_reader import read_scalars
+
+    run_dir = tmp_path / "run"
+    assert pretrain(shards, run_dir, **{"train.total_steps": 4, "train.log_every": 2, "train.checkpoint_every": 4,
+                                        "train.log_with": "[tensorboard]", "optim.warmup_steps": 1}) == 0
+    scalars = read_scalars(run_dir)
+    logged = {r["step"]: r["loss"] for r in records(run_dir)}
+    assert sorted(scalars["loss"]) == [2, 4]
+    assert scalars["loss"] == pytest.approx(logged, rel=1e-6)
+    assert "lr" in scalars and "images_per_s" in scalars
