@@ -175,3 +175,23 @@ def test_tensorboard_tracker_receives_the_logged_metrics(shards: Path, tmp_path:
     assert sorted(scalars["loss"]) == [2, 4]
     assert scalars["loss"] == pytest.approx(logged, rel=1e-6)
     assert "lr" in scalars and "images_per_s" in scalars
+
+
+@pytest.mark.timeout(120)
+def test_evaluators_run_during_pretraining_and_are_logged(tmp_path: Path, pretrain):
+    """`eval.every` + `eval.evaluators`: kNN and few-shot on the live backbone, logged to eval.jsonl."""
+    from eval_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "labelled", train_per_class=8, test_per_class=4)
+    run_dir = tmp_path / "run"
+    assert pretrain(data, run_dir, **{
+        "data.split": "train", "data.val": str(data), "data.val_split": "validation",
+        "train.total_steps": 4, "train.checkpoint_every": 4, "optim.warmup_steps": 1, "eval.every": 2,
+        "eval.evaluators": "[{name: knn, k: [3]}, {name: fewshot, shots: [1, 2], seeds: 1, val_per_class: 1}]",
+        "eval.crop_pct": 1.0, "eval.num_workers": 0,
+    }) == 0
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [2, 4]
+    for record in evals:
+        assert 0.0 <= record["knn/k3_top1"] <= 100.0
+        assert 0.0 <= record["fewshot/2shot"] <= 100.0
