@@ -217,6 +217,11 @@ def test_masked_prediction_panels_pixel_by_pixel(target, tmp_path):
         colours = decode_class(out["predictions"][..., 0]).numpy()  # (B, K, 3)
         first = patch(panels.prediction, 0, int(panels.index[0, 0]))
         np.testing.assert_array_equal(first, np.broadcast_to(colours[0, 0], (4, 4, 3)))
+        assert panels.mean_colour is None  # the prediction already is the mean colour
+    else:  # the predicted patch's average colour, painted flat over each corrupted patch
+        b, pos = 0, int(panels.index[0, 0])
+        expected = np.round(render_pred[0, 0].astype(np.float64).mean(axis=(0, 1)))
+        np.testing.assert_allclose(patch(panels.mean_colour, b, pos), np.broadcast_to(expected, (4, 4, 3)), atol=1)
     w, h = assert_png(masked.plot_masked_prediction(panels, tmp_path / "masked.png", title=target))
     assert h > w / 2  # three rows of four panels
 

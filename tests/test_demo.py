@@ -46,3 +46,17 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
 def test_demo_needs_both_train_and_test(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--train", "x"]) == 2
     assert "give both --train and --test" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(240)
+def test_demo_runs_on_the_users_own_shards(tmp_path):
+    from eval_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "shards", train_per_class=30, test_per_class=6)
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), "--train", f"{data}:train", "--test", f"{data}:validation",
+                 "--quick", "model.name=vit_nano_patch4"]) == 0
+    summary = json.loads((work / "summary.json").read_text())
+    assert set(summary) == {"pretrained", "random_init"}
+    assert not (work / "images").exists()  # no digits when the user brings shards
+    assert (work / "report.md").is_file() and (work / "analysis" / "figure7.png").is_file()

@@ -34,6 +34,9 @@ class MaskedPanels:
     corrupted: np.ndarray
     target: np.ndarray
     prediction: np.ndarray
+    # The prediction's mean colour per corrupted patch, for targets that predict more than one colour per
+    # patch (`pixels`, `downsampled_color`): the paper's mean-colour picture; None for `mean_color` itself.
+    mean_colour: np.ndarray | None
     index: np.ndarray  # (B, K) patch positions, row-major over the grid
     kind: np.ndarray  # (B, K) 0 masked, 1 replaced, 2 kept
     grid_size: tuple[int, int]
@@ -82,7 +85,11 @@ def masked_prediction_panels(
 
     faded = (patches.float() * FADE + 255.0 * (1.0 - FADE)).round().to(torch.uint8)  # (B, N, P, P, 3)
     target = _paint(faded, index, objective.target.render(out["corrupted_targets"]).cpu())
-    prediction = _paint(faded, index, objective.target.render(out["predictions"]).cpu())
+    predicted = objective.target.render(out["predictions"]).cpu()  # (B, K, P, P, 3) uint8
+    prediction = _paint(faded, index, predicted)
+    means = predicted.float().mean(dim=(2, 3), keepdim=True).round().to(torch.uint8)  # (B, K, 1, 1, 3)
+    uniform = bool((predicted == means).all())  # mean_color already paints each patch in one colour
+    mean_colour = None if uniform else _paint(faded, index, means.expand_as(predicted))
 
     def to_image(x: torch.Tensor) -> np.ndarray:
         return rearrange(x, "b (gh gw) p1 p2 c -> b (gh p1) (gw p2) c", gh=gh, gw=gw).numpy()  # (B, H, W, 3)
@@ -92,6 +99,7 @@ def masked_prediction_panels(
         corrupted=to_image(corrupted),
         target=to_image(target),
         prediction=to_image(prediction),
+        mean_colour=None if mean_colour is None else to_image(mean_colour),
         index=index.numpy(),
         kind=kind.numpy(),
         grid_size=(gh, gw),
@@ -116,15 +124,19 @@ def _outline_patches(ax, panels: MaskedPanels, row: int) -> None:
 
 
 def plot_masked_prediction(panels: MaskedPanels, path: str | Path, *, title: str | None = None) -> Path:
-    """One row per image: original | corrupted input | target | prediction."""
+    """One row per image: original | corrupted input | target | prediction (| its mean colour per patch)."""
     from matplotlib.patches import Patch
 
     rows = len(panels.original)
-    fig = _mpl.new_figure(9, 2.3 * rows + 0.6)
-    axes = fig.subplots(rows, 4, squeeze=False)
     names = ("original", "corrupted input", "target", "prediction")
+    columns = [panels.original, panels.corrupted, panels.target, panels.prediction]
+    if panels.mean_colour is not None:
+        names += ("predicted mean colour",)
+        columns.append(panels.mean_colour)
+    fig = _mpl.new_figure(2.25 * len(columns), 2.3 * rows + 0.6)
+    axes = fig.subplots(rows, len(columns), squeeze=False)
     for r in range(rows):
-        pictures = (panels.original[r], panels.corrupted[r], panels.target[r], panels.prediction[r])
+        pictures = [column[r] for column in columns]
         for c, (ax, picture) in enumerate(zip(axes[r], pictures)):
             ax.imshow(picture, interpolation="nearest")
             ax.set_axis_off()

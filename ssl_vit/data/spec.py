@@ -52,7 +52,8 @@ def resolve_spec(
 ) -> ShardSet:
     """Turn a data spec into a `ShardSet`.
 
-    `split` picks the split of a directory spec (a directory with one split needs none; a URL list ignores it);
+    `split` picks the split of a directory spec (a directory with one split needs none; a URL list ignores it;
+    a split written into the spec, `DIR:name`, takes precedence, so recipe defaults never contradict it);
     `num_samples` gives a URL list its sample count (for a directory it must agree with `_info.json`, or be None).
     """
     if isinstance(spec, ShardSet):
@@ -91,8 +92,8 @@ def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None
         return Path(spec), split
     head, sep, tail = spec.rpartition(":")
     if sep and head and re.fullmatch(r"[\w.\-]+", tail) and Path(head).is_dir():
-        if split is not None and split != tail:
-            raise DataError(f"data spec {spec!r} names split {tail!r} but split={split!r} was also given; give one")
+        # The split written into the spec is the more specific choice: it wins over the `split` argument,
+        # which recipes fill with a default ("train", "validation").
         return Path(head), tail
     if _is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
         return Path(spec).parent, split

@@ -7,7 +7,7 @@ Every stage goes through the same entry points users call (`ssl-vit-shards build
 `ssl-vit eval`, `ssl-vit analyze`), so the demo proves those, not a shortcut:
 
 1. images: the digits written as a real `<class>/` image folder (skipped when --train/--test are given);
-2. shards: `build_split` + `verify_out` for both splits;
+2. shards: `ssl-vit-shards build` + `verify` for both splits;
 3. pretraining: masked patch prediction on the train split, labels unused (`recipes/demo/digits.yaml`);
 4. evaluation: few-shot, linear probe and kNN of the pretrained backbone and of the same architecture at its
    own random initialisation (same seed), on the test split (`recipes/demo/eval.yaml`);
@@ -93,9 +93,8 @@ def _call(argv: list[str]) -> None:
 
 
 def _digit_shards(work: Path) -> tuple[str, str]:
-    """The digits as an image folder, then as verified shards; returns the two data specs."""
-    from data_tools.build import build_split
-    from data_tools.verify import verify_out
+    """The digits as an image folder, then as verified shards (`ssl-vit-shards build` + `verify`)."""
+    from data_tools.cli import main as shards_main
 
     from .digits import write_digit_folders
 
@@ -105,12 +104,11 @@ def _digit_shards(work: Path) -> tuple[str, str]:
     shards = work / "shards"
     _stage("shards: ssl-vit-shards build + verify")
     for split in ("train", "test"):
-        summary = build_split(work / "images" / split, shards, split, max_count=500, progress=False)
-        print(summary.line(), file=sys.stderr)
-    report = verify_out(shards, progress=False)
-    print(report.line(), file=sys.stderr)
-    if not report.ok:
-        raise UserError(f"{shards}: the demo's shards failed verification: {'; '.join(report.problems[:3])}")
+        argv = ["build", str(work / "images" / split), str(shards), "--split", split, "--max-count", "500"]
+        if shards_main(argv) != 0:
+            raise UserError(f"the demo stopped: `ssl-vit-shards {' '.join(argv)}` failed (see above)")
+    if shards_main(["verify", str(shards)]) != 0:
+        raise UserError(f"{shards}: the demo's shards failed verification (see above)")
     return f"{shards}:train", f"{shards}:test"
 
 

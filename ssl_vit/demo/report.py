@@ -97,7 +97,8 @@ def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, summar
         "patch-embedding filters, cosine similarity of position embeddings, mean attention distance per head "
         "(`analysis/analysis.md` explains each). Masked prediction: original, corrupted input (grey = [MASK], "
         "outlined = replaced or kept), target and prediction for the corrupted patches; for `pixels` the "
-        "prediction is the patch itself, whose average is the predicted mean colour.",
+        "prediction is the patch itself, and the last panel shows its mean colour — the paper's mean-colour "
+        "picture.",
         "Files: `summary.json` (the headline figures), `eval/comparison.md` (every metric), "
         "`analysis/analysis.md`, `pretrain/metrics.jsonl`.",
     ]
