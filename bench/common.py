@@ -36,15 +36,6 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 CACHE = ROOT / "bench" / ".cache"  # generated data, reused between runs (git-ignored)
 DOCS_HEADER = "# Benchmarks\n\nAppended by the scripts in bench/; newest last.\n"
 
-# Dense peak TFLOP/s per GPU model, (bf16 tensor cores, fp32 without TF32): the MFU denominators.
-# fp32 runs keep PyTorch's default matmul precision ("highest"), so the CUDA-core fp32 peak applies.
-# Order matters: the first substring found in the device name wins (PCIe before the SXM default).
-PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
-    ("H200", 989.0, 67.0),
-    ("H100 PCIe", 756.0, 51.0),
-    ("H100", 989.0, 67.0),  # SXM
-    ("A100", 312.0, 19.5),
-)
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -98,16 +89,6 @@ def describe_machine(m: Mapping) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     return (f"{m['platform']}, {m['cpus']} CPUs ({m['processor']}), {m['torch_threads']} torch threads{gpu}, "
             f"Python {m['python']}, torch {m['torch']}")
-
-
-def peak_flops(gpu_name: str | None, precision: str) -> float | None:
-    """Dense peak FLOP/s of `gpu_name` at `precision` ("bf16" | "fp32"); None for an unknown GPU or a CPU."""
-    if not gpu_name:
-        return None
-    for key, bf16, fp32 in PEAK_TFLOPS:
-        if key in gpu_name:
-            return (bf16 if precision == "bf16" else fp32) * 1e12
-    return None
 
 
 # ------------------------------------------------------------------------------------------- timing

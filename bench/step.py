@@ -41,6 +41,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common  # noqa: E402  (bench/common.py, a sibling script module)
 
 from ssl_vit.data.normalize import normalize_uint8  # noqa: E402
+from ssl_vit.train.metrics import peak_flops  # noqa: E402
 from ssl_vit.models import create_model, list_models, to_hf_config, to_hf_state_dict  # noqa: E402
 from ssl_vit.objectives.mpp import MaskedPatchPrediction  # noqa: E402
 from ssl_vit.train.optim import param_groups  # noqa: E402
@@ -184,7 +185,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, gpu: str 
     if args.profile:
         profile(runners, device)
     flops = ours.flops_per_image(img_size)
-    peak = common.peak_flops(gpu, args.precision)
+    peak = peak_flops(gpu, args.precision)
     record = {"model": name, "img_size": img_size, "batch": args.batch, "flops_per_image": flops}
     for impl, runner in runners.items():
         step_s = common.median(times[impl]) / args.steps

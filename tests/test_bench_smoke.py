@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402  (bench/common.py)
+from ssl_vit.train.metrics import peak_flops  # noqa: E402
 
 
 def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
@@ -74,6 +75,6 @@ def test_append_record_writes_header_once_then_sections(tmp_path: Path) -> None:
     assert text.count("# Benchmarks") == 1 and text.count("## bench/x.py run") == 2
     assert "`python bench/x.py --y`" in text and "A note." in text
     assert f"{machine['cpus']} CPUs" in text and f"torch {machine['torch']}" in text
-    assert common.peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
-    assert common.peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
-    assert common.peak_flops(None, "bf16") is None
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
+    assert peak_flops(None, "bf16") is None

@@ -195,3 +195,26 @@ def test_evaluators_run_during_pretraining_and_are_logged(tmp_path: Path, pretra
     for record in evals:
         assert 0.0 <= record["knn/k3_top1"] <= 100.0
         assert 0.0 <= record["fewshot/2shot"] <= 100.0
+
+
+@pytest.mark.timeout(120)
+def test_mfu_is_logged_from_the_objectives_analytic_flops(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+    """On a GPU of the peak table each record carries `mfu`; here the table is pretended to know the CPU."""
+    from ssl_vit.models import create_model
+    from ssl_vit.objectives import build
+    from ssl_vit.train import metrics
+
+    monkeypatch.setattr(metrics, "device_peak_flops", lambda device, precision="bf16": 1e12)
+    run_dir = tmp_path / "run"
+    assert pretrain(shards, run_dir, **{"train.total_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,
+                                        "optim.warmup_steps": 1}) == 0
+    flops = build("mpp", create_model("vit_nano_patch4"), target="mean_color").flops_per_image()
+    for record in records(run_dir):
+        assert record["mfu"] == pytest.approx(record["images_per_s"] * flops / 1e12, rel=1e-6)
+
+
+def test_peak_flops_table_matches_device_names():
+    from ssl_vit.train.metrics import peak_flops
+
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12 and peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12 and peak_flops("Tesla T4", "bf16") is None

@@ -22,16 +22,29 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-# Dense bf16 peak FLOP/s per device (vendor datasheets, without sparsity). CPUs: no MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+# Dense peak TFLOP/s per device (vendor datasheets, without sparsity): (name fragment, bf16, fp32), the more
+# specific names first ("H100 PCIe" before "H100", the SXM part). CPUs: no MFU.
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H200", 989.0, 67.0),
+    ("H100 PCIe", 756.0, 51.0),
+    ("H100", 989.0, 67.0),
+    ("A100", 312.0, 19.5),
+)
 
 
-def device_peak_flops(device: torch.device) -> float | None:
-    """The dense bf16 peak of a CUDA device named in `PEAK_BF16_FLOPS`; None elsewhere."""
+def peak_flops(gpu_name: str | None, precision: str) -> float | None:
+    """Dense peak FLOP/s of `gpu_name` at `precision` ("bf16" | "fp32"); None for an unknown GPU or a CPU."""
+    for key, bf16, fp32 in PEAK_TFLOPS if gpu_name else ():
+        if key in gpu_name:
+            return (bf16 if precision == "bf16" else fp32) * 1e12
+    return None
+
+
+def device_peak_flops(device: torch.device, precision: str = "bf16") -> float | None:
+    """The dense peak of a CUDA device at `precision`; None on CPUs and GPUs missing from `PEAK_TFLOPS`."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+    return peak_flops(torch.cuda.get_device_name(device), precision)
 
 
 class MetricsWindow:
@@ -110,7 +123,7 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         self.global_batch = global_batch
         self.samples_per_epoch = samples_per_epoch
-        peak = device_peak_flops(accelerator.device)
+        peak = device_peak_flops(accelerator.device, "bf16" if accelerator.mixed_precision == "bf16" else "fp32")
         self.flops_budget = peak * accelerator.num_processes if peak and flops_per_image else None
         self.flops_per_image = flops_per_image
         if self.main:
