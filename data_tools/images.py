@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .headers import jpeg_pass_through_size
+
 PASS_THROUGH = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
 _LOSSLESS_FORMATS = {"PNG", "GIF", "BMP"}
 _PNG_MODES = {"1", "P", "PA", "RGBA", "RGBa", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"}
@@ -52,6 +54,10 @@ def prepare_image(data: bytes, *, resize_shorter: int | None, quality: int, chec
     """The stored form of one image file's bytes; raises `BadImage` with the reason when unusable."""
     if not data:
         raise BadImage("empty file")
+    if check == "header":  # the common clean JPEG without Pillow's slower parse (same verdict, see headers.py)
+        size = jpeg_pass_through_size(data)
+        if size is not None and (resize_shorter is None or min(size) <= resize_shorter):
+            return Prepared("jpg", data, size[0], size[1], None)
     with warnings.catch_warnings():
         # Pillow warns about odd EXIF or very large images; the verdict comes from decoding instead.
         warnings.simplefilter("ignore")

@@ -38,16 +38,21 @@ def archive_size(payload: int) -> int:
 _MODE_IDS = b"0000644\0" + b"0000000\0" + b"0000000\0"  # mode 0o644, uid 0, gid 0
 _MTIME = b"00000000000\0"  # 1970-01-01
 _TAIL = b"0" + bytes(100) + b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)  # type, link, magic, ...
+_ZEROS = bytes(BLOCK)
+_FIXED_SUM = sum(_MODE_IDS) + sum(_MTIME) + 8 * 32 + sum(_TAIL)  # the checksum field counts as eight spaces
 
 
 def _header(name: str, size: int) -> bytes:
-    """The ustar header of a regular file `name` (ASCII, ≤ 100 bytes) of `size` bytes, metadata fixed."""
+    """The ustar header of a regular file `name` (ASCII, ≤ 100 bytes) of `size` bytes, metadata fixed.
+
+    The checksum is the byte sum of the header; only the name and the size field vary, so the rest is summed once.
+    """
     raw = name.encode("ascii")
     if len(raw) > 100 or size >= 8**11:
         raise ValueError(f"not representable in a ustar header: {name} ({size} bytes)")
-    head = raw + bytes(100 - len(raw)) + _MODE_IDS + b"%011o\0" % size + _MTIME
-    checksum = sum(head) + 8 * 32 + sum(_TAIL)  # the checksum field counts as eight spaces
-    return head + b"%06o\0 " % checksum + _TAIL
+    size_field = b"%011o\0" % size
+    checksum = _FIXED_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw, bytes(100 - len(raw)), _MODE_IDS, size_field, _MTIME, b"%06o\0 " % checksum, _TAIL))
 
 
 class ShardWriter:
@@ -66,12 +71,11 @@ class ShardWriter:
         self._hash.update(data)
 
     def add(self, sample: Sample) -> None:
+        # One buffer per sample: a write and a hash update per member part cost more than the copy.
+        parts = []
         for ext, data in sample.members:
-            self._write(_header(f"{sample.key}.{ext}", len(data)))
-            self._write(data)
-            pad = _padded(len(data)) - len(data)
-            if pad:
-                self._write(bytes(pad))
+            parts += (_header(f"{sample.key}.{ext}", len(data)), data, _ZEROS[:_padded(len(data)) - len(data)])
+        self._write(b"".join(parts))
         self.payload += sample_size(sample)
         self.count += 1
 
