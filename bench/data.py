@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -46,7 +44,10 @@ from shardgen import Sample, write_shards  # noqa: E402  (tests/shardgen.py: sha
 
 from ssl_vit.data import build_train_stream, resolve_spec  # noqa: E402
 
-CACHE = ROOT / "bench" / ".cache"
+sys.path.insert(0, str(ROOT / "bench"))
+import common  # noqa: E402  (bench/common.py)
+
+CACHE = common.CACHE
 WIDTH, HEIGHT, QUALITY, CLASSES, SHARD_SIZE = 500, 375, 90, 10, 250
 IMAGE_SIZE, BATCH = 224, 64
 MEAN = torch.tensor([0.5, 0.5, 0.5]).view(3, 1, 1)
@@ -178,12 +179,6 @@ def time_build(images: Path, reps: int) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------------------
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "load_average_1min": round(os.getloadavg()[0], 2)}
-
-
 def table(r: dict) -> str:
     rows = ["| pipeline | workers | images/s | ours ÷ baseline |", "|---|---|---|---|"]
     ours_cell = f"{r['ours_images_per_s']:.0f} | **{r['ratio']:.2f}×** (goal ≥ 1.3)"
@@ -205,26 +200,10 @@ def table(r: dict) -> str:
     return "\n".join(rows)
 
 
-def append_markdown(r: dict) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    head = "" if path.exists() else "# Benchmarks\n\nAppended by the scripts in bench/; newest last.\n"
-    m = r["machine"]
-    section = (
-        f"\n## bench/data.py — {r['date']}\n\n`{r['command']}`  \n"
-        f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['processor']}), Python {m['python']}, torch {m['torch']}, "
-        f"load average {m['load_average_1min']} at the end (other work on the machine slows both sides alike). "
-        f"{r['images']} images 500×375 JPEG q90, crops 224, batches of {BATCH}, "
-        f"{r['count']} images per measurement, median of {r['reps']} interleaved runs.\n\n{table(r)}\n"
-    )
-    with path.open("a") as f:
-        f.write(head + section)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000, help="images in the generated data set (cached)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 400 images, fewer and shorter measurements")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    common.add_common_args(parser)
     args = parser.parse_args(argv)
     n_images = 400 if args.quick else args.images
     count, reps = (256, 1) if args.quick else (min(768, n_images), 3)
@@ -252,12 +231,12 @@ def main(argv: list[str] | None = None) -> dict:
         "reps": reps,
         "command": " ".join(["python", "bench/data.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "machine": machine(),
+        "machine": common.machine_info("cpu"),
     }
-    print(table(result))
-    append_markdown(result)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+    notes = (f"Load average {os.getloadavg()[0]:.2f} at the end (other work slows both sides alike). {n_images} "
+             f"images 500×375 JPEG q90, crops 224, batches of {BATCH}, {count} images per measurement, median of "
+             f"{reps} interleaved runs.")
+    common.finish(args, result, table(result), title="bench/data.py — train stream and shard build", notes=notes)
     return result
 
 

@@ -78,3 +78,12 @@ def test_append_record_writes_header_once_then_sections(tmp_path: Path) -> None:
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12
     assert peak_flops("NVIDIA H100 PCIe", "fp32") == 51e12
     assert peak_flops(None, "bf16") is None
+
+
+@pytest.mark.timeout(120)
+def test_data_quick_reports_stream_and_build_ratios():
+    r = run_bench("data.py", "--quick", "--json")
+    assert r["ratio"] == pytest.approx(r["ours_images_per_s"] / r["baseline_images_per_s"])
+    assert r["ours_images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and set(r["workers"]) == {"1", "2"}
+    for check in ("full", "header"):
+        assert r["build"][check]["ratio"] == pytest.approx(r["build"][check]["mb_per_s"] / r["build"]["tar_mb_per_s"])
