@@ -78,7 +78,7 @@ def build_split(
     workers: int = 1,
     overwrite: bool = False,
     follow_symlinks: bool = False,
-    check: str = "full",
+    check: str = "header",
     progress: bool = True,
 ) -> BuildSummary:
     """Write `out/<split>-NNNNNN.tar` shards and the split's `_info.json` entry from a folder or file list.

@@ -15,11 +15,13 @@ composited on white; 16-bit is scaled to 8-bit; CMYK, palette, grayscale are con
 Re-encoded files carry no metadata except an RGB source's ICC profile, and Pillow's encoders are
 deterministic, so the same input gives the same bytes on every run.
 
-Detection decodes; extensions are never trusted. `check="full"` decodes all compressed data (JPEGs at
+Extensions are never trusted. The default, `check="header"`, parses the header (a strict scanner for clean
+RGB JPEGs, Pillow for everything else) and checks that the end-of-image marker is present: it catches
+truncated, empty and non-image files while the build runs near the speed of copying; corruption inside the
+compressed data passes, and the train stream skips and counts such samples (`ssl-vit-shards verify` decodes
+everything). `check="full"` decodes all compressed data (JPEGs at
 1/8 DCT scale: the entropy decoding that finds truncation and corrupt streams is complete, the inverse
-DCT and upsampling are skipped — ~1.5× faster with the same verdicts); `check="header"` only parses the
-header and checks the end-of-image marker is present, which catches truncation but not corruption inside
-the compressed data.
+DCT and upsampling are skipped — ~1.5× faster with the same verdicts).
 """
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ class BuildOptions:
     max_count: int | None = None
     resize_shorter: int | None = None
     quality: int = 95
-    check: str = "full"
+    check: str = "header"
     follow_symlinks: bool = False
 
     def validate(self) -> None:
