@@ -11,7 +11,7 @@ import sys
 import traceback
 from types import ModuleType
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 # name → (module, one-line help). Imported lazily: a command whose module is missing does not break the others.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        if not getattr(err, "reported", False):
+            print(one_line(err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

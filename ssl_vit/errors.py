@@ -20,3 +20,20 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
+
+
+def one_line(err: BaseException) -> str:
+    """The user-facing form of an error: `error: ...` on one line."""
+    return f"error: {' '.join(str(err).split())}"
+
+
+def report_now(err: UserError) -> None:
+    """Print the error's line at once, before slow clean-up, and mark it so the CLI does not print it twice.
+
+    Under `accelerate launch` the first rank to exit gets the others killed; printing before shutting down
+    loader workers and process groups lets every rank say why it stopped.
+    """
+    import sys
+
+    print(one_line(err), file=sys.stderr, flush=True)
+    err.reported = True

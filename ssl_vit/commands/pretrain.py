@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import PretrainConfig, accumulation_steps, load_config, model_overrides
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError, report_now
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if result.status == "finished":
             accelerator.print(f"done: step {result.step}, checkpoint {result.checkpoint}; "
                               f"export the backbone with: ssl-vit export {cfg.output_dir} backbone.safetensors")
+    except UserError as err:
+        report_now(err)  # before the clean-up below, which can take seconds while loader workers shut down
+        raise
     finally:
         accelerator.end_training()  # destroys the process group: every rank exits cleanly
         if dist.is_available() and dist.is_initialized():
