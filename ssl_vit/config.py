@@ -169,17 +169,26 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict:
+def read_yaml_mapping(path: str | Path, what: str = "recipe", sections: str = "model:, data:, ...") -> dict:
+    """A YAML file holding a mapping (every recipe kind reads through here): one clear line when it is not."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe not found" + (f" (included from {seen[-1]})" if seen else ""))
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: recipes include each other in a cycle ({' → '.join(map(str, seen))})")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {_first_line(err)}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of sections (model:, data:, ...), got {type(data).__name__}")
+        raise ConfigError(f"{path}: a {what} is a mapping of sections ({sections}), got {type(data).__name__}")
+    return data
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.is_file() and seen:
+        raise ConfigError(f"{path}: recipe not found (included from {seen[-1]})")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: recipes include each other in a cycle ({' → '.join(map(str, seen))})")
+    data = read_yaml_mapping(path)
     base = data.pop("base", None) or data.pop("include", None)
     if base is None:
         return data
@@ -248,10 +257,12 @@ def _key_sources(raw: dict, where: str, prefix: str = "") -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- type checks
 def from_dict(raw: dict, where: str, sources: dict[str, str]) -> PretrainConfig:
     """Build the dataclasses, refusing unknown keys (with the closest valid name) and wrong types."""
-    return _build(PretrainConfig, raw, "", where, sources)
+    return build_section(PretrainConfig, raw, "", where, sources)
 
 
-def _build(cls: type, raw: Any, prefix: str, where: str, sources: dict[str, str]):
+def build_section(cls: type, raw: Any, prefix: str, where: str, sources: dict[str, str]):
+    """Build dataclass `cls` from `raw`, checking keys and types (errors name `where` or a key's own source);
+    shared with the fine-tuning schema, which nests the same sections."""
     origin = sources.get(prefix.rstrip("."), where) if prefix else where
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: '{prefix.rstrip('.')}' is a section; expected a mapping, got {raw!r}")
@@ -267,7 +278,7 @@ def _build(cls: type, raw: Any, prefix: str, where: str, sources: dict[str, str]
             raise ConfigError(f"{sources.get(name, where)}: unknown key '{name}'{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value, name + ".", where, sources)
+            values[key] = build_section(hint, value, name + ".", where, sources)
         else:
             values[key] = _coerce(value, hint, name, sources.get(name, where))
     return cls(**values)

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
-from ssl_vit.config import DataConfig, OptimConfig, TrainConfig, _build, parse_override
+from ssl_vit.config import DataConfig, OptimConfig, TrainConfig, build_section, parse_override, read_yaml_mapping
 from ssl_vit.errors import ConfigError
 
 
@@ -58,13 +57,7 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[s
     where = str(path) if path is not None else "fine-tuning defaults"
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: fine-tuning recipe not found (see recipes/finetune/)")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
+        raw = read_yaml_mapping(path, "fine-tuning recipe (see recipes/finetune/)", "model:, data:, optim:, ...")
     sources: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
@@ -75,7 +68,7 @@ def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[s
                 raise ConfigError(f"command line: '{key}': '{part}' is a value, not a section")
         node[key.split(".")[-1]] = value
         sources[key] = "command line"
-    cfg: FinetuneConfig = _build(FinetuneConfig, raw, "", where, sources)
+    cfg: FinetuneConfig = build_section(FinetuneConfig, raw, "", where, sources)
     _validate(cfg, where)
     return cfg
 

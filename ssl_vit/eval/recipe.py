@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from ssl_vit.config import parse_override
+from ssl_vit.config import parse_override, read_yaml_mapping
 from ssl_vit.errors import ConfigError
 
 from .context import DataConfig
@@ -55,15 +54,7 @@ def load_eval_recipe(path: str | Path | None, overrides: list[str] | tuple[str, 
     where = str(path) if path is not None else "defaults"
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: evaluation recipe not found (see recipes/eval/)")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(err).split())}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: an evaluation recipe is a mapping (data:, features:, evaluators:, ...)")
+        raw = read_yaml_mapping(path, "evaluation recipe (see recipes/eval/)", "data:, features:, evaluators:, ...")
     raw["evaluators"] = normalise_evaluators(raw.get("evaluators", DEFAULT_EVALUATORS), where)
     for item in overrides:
         key, value = parse_override(item)
