@@ -266,6 +266,27 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_
     assert "Connection closed by peer" not in output and "]: Traceback" not in output, output[-3000:]
 
 
+@pytest.mark.timeout(180)
+def test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both(tmp_path: Path):
+    """`ssl-vit eval` under 2 processes: rank 1 alone reads the cut train shard (3 shards, 2 readers: rank 1
+    gets shard 1). Rank 0 must not wait for ever in the feature gather; both stop with the same line."""
+    data = write_dataset(tmp_path / "data", train_per_class=8, test_per_class=4)
+    _cut(data / "train-000001.tar", at_member_boundary=False)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
+               "--main_process_port", str(_free_port()), "--monitor_interval", "10",
+               "-m", "ssl_vit", "eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data),
+               "--test", str(data), "--config", str(REPO / "recipes" / "eval" / "smoke.yaml"),
+               "--out", str(tmp_path / "eval")]
+    done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    errors = re.findall(r"error: [^\r\n]*", done.stderr)
+    assert len(errors) == 2 and errors[0] == errors[1], output[-3000:]
+    assert f"shard {data / 'train-000001.tar'}" in errors[0] and "unreadable" in errors[0], errors[0]
+    assert "]: Traceback" not in output, output[-3000:]
+
+
 # ------------------------------------------------------------------------------------------ a full disk
 @pytest.mark.timeout(30)
 def test_a_really_full_disk_under_torch_save_keeps_latest_and_says_so(tmp_path: Path, monkeypatch):

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ssl_vit.data.normalize import normalize_uint8
-from ssl_vit.errors import ConfigError
+from ssl_vit.errors import ConfigError, DataError, UserError
 
 from .gather import gather_features
 
@@ -106,6 +106,7 @@ def extract_features(
     xs, labels, keys = [], [], []
     world = accelerator.num_processes if accelerator is not None else 1
     bar = tqdm(total=total, desc=desc, unit="img", disable=not main, dynamic_ncols=True)
+    failure = None
     try:
         for batch in batches:
             images = batch["image"].to(device, non_blocking=True)
@@ -119,9 +120,12 @@ def extract_features(
             keys.extend(str(k) for k in batch["key"])
             # Other ranks advance at about the same pace; never run past the known total.
             bar.update(min(len(images) * world, bar.total - bar.n) if bar.total else len(images) * world)
+    except Exception as err:  # noqa: BLE001 — shared with the other ranks below, then raised on every rank
+        failure = err
     finally:
         bar.close()
         backbone.train(was_training)
+    raise_if_any_rank_failed(failure, accelerator)
     dim = xs[0].shape[1] if xs else _feature_dim(backbone, pool, layers)
     local = Features(
         torch.cat(xs) if xs else torch.zeros(0, dim),
@@ -134,3 +138,21 @@ def extract_features(
 def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int] | None) -> int:
     """Feature width without running the model (a rank can receive no samples at all)."""
     return backbone.embed_dim * (2 if pool == "both" else 1) * (len(layers) if layers is not None else 1)
+
+
+def raise_if_any_rank_failed(failure: Exception | None, accelerator: "Accelerator | None") -> None:
+    """A stream that failed on one rank must stop every rank with its error, not leave the others waiting in
+    the gather that follows for ever. One small object exchange per extraction; the failing rank's own
+    exception (with its traceback) is re-raised there, the others raise its one-line message."""
+    if accelerator is not None and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        reports = gather_object([None if failure is None else (isinstance(failure, UserError), str(failure))])
+        if failure is None:
+            rank, report = next(((r, rep) for r, rep in enumerate(reports) if rep is not None), (None, None))
+            if report is not None:
+                user_error, message = report
+                raise DataError(message) if user_error else RuntimeError(
+                    f"feature extraction failed on rank {rank} ({message}); its traceback shows where")
+    if failure is not None:
+        raise failure
