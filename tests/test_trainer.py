@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -129,6 +130,30 @@ def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(shards, tmp_path
     assert rc == 2
     assert err.startswith("error: 3 non-finite losses in a row (up to step 5, max_nonfinite=3)")
     assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'step_0000002'}" in err
+
+
+@pytest.mark.timeout(60)
+def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(shards, tmp_path, pretrain, monkeypatch,
+                                                                           capsys):
+    """The disk fills while `latest` is being replaced: the run stops with one line, `latest` intact."""
+    run_dir = tmp_path / "run"
+    real_publish = ckpt._publish
+    calls = {"n": 0}
+
+    def failing_publish(tmp: Path, final: Path) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.replace(tmp, final)  # the directory made it into place; the pointer did not
+            raise OSError(28, "No space left on device")
+        real_publish(tmp, final)
+
+    monkeypatch.setattr(ckpt, "_publish", failing_publish)
+    overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2}
+    assert pretrain(shards, run_dir, **overrides) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    root = run_dir / "checkpoints"
+    assert f"could not write checkpoint {root / 'step_0000004'}" in err and "No space left on device" in err
+    assert (root / "latest").read_text().strip() == "step_0000002"
 
 
 @pytest.mark.timeout(60)

@@ -151,13 +151,17 @@ def save_checkpoint(
         error = err
     ok = agreement.all(error is None)
     if rank == 0:
-        if ok:
-            _publish(tmp, final)
-            _prune(root, keep_last)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    agreement.all(True)  # nobody reads `latest` before it is written
-    if not ok:
+        try:
+            if ok:
+                _publish(tmp, final)
+                _prune(root, keep_last)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Exception as err:  # noqa: BLE001 — e.g. a full disk while writing `latest`: tell the others
+            error = err
+    # Nobody reads `latest` before it is written, and a failed publish on rank 0 stops every rank too.
+    published = agreement.all(error is None)
+    if not (ok and published):
         previous = latest_checkpoint(root)
         reason = f": {error}" if error is not None else " on another rank"
         raise CheckpointError(
