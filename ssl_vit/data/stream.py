@@ -222,15 +222,24 @@ class _TrainOptions:
     min_samples: int
 
 
-class _TrainDataset(IterableDataset):
-    def __init__(self, shards: ShardSet, options: _TrainOptions) -> None:
+class _ShardReader(IterableDataset):
+    """One reader per (rank, worker): which parts of which shards it reads is decided here, exactly once."""
+
+    def __init__(self, shards: ShardSet, options: "_TrainOptions | _EvalOptions") -> None:
         self.shards = shards
         self.o = options
 
+    def _parts(self) -> tuple[int, list[ShardPart]]:
+        """(this worker's index, the shard parts of reader rank·workers + worker among world·workers)."""
+        worker, workers = _worker()
+        o = self.o
+        return worker, reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+
+
+class _TrainDataset(_ShardReader):
     def __iter__(self) -> Iterator[dict]:
         o = self.o
-        worker, workers = _worker()
-        parts = reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+        worker, parts = self._parts()
         seeds = np.random.SeedSequence([o.seed, o.rank, worker, o.segment]).spawn(3)
         order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
         reader = f"rank {o.rank} worker {worker}"
@@ -266,15 +275,10 @@ class _EvalOptions:
     crop_pct: float
 
 
-class _EvalDataset(IterableDataset):
-    def __init__(self, shards: ShardSet, options: _EvalOptions) -> None:
-        self.shards = shards
-        self.o = options
-
+class _EvalDataset(_ShardReader):
     def __iter__(self) -> Iterator[dict]:
         o = self.o
-        worker, workers = _worker()
-        parts = reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+        _, parts = self._parts()
         raw = (sample for part in parts for sample in _read(self.shards, part))
         items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct)
         return _reported(eval_batches(items, o.batch_size, o.image_size))
