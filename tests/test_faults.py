@@ -237,6 +237,11 @@ def test_eval_on_a_cut_shard_stops_with_one_line_naming_it(tmp_path: Path, capsy
 
 
 # ------------------------------------------------------------------------------ a corrupt shard on one rank
+def _error_lines(stderr: str) -> list[str]:
+    """Each rank's `error: …` line; two ranks writing at once can share a terminal line (or a progress bar's)."""
+    return [m.strip() for m in re.findall(r"error: .*?(?=error: |[\r\n]|$)", stderr)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -260,7 +265,7 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_
     done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    errors = re.findall(r"error: [^\r\n]*", done.stderr)  # rank 0's progress bar may share a line with rank 1's
+    errors = _error_lines(done.stderr)
     assert len(errors) == 2 and errors[0] == errors[1], output[-3000:]  # the same line from each rank
     assert f"shard {data / 'train-000001.tar'} is unreadable after" in errors[0]
     assert "Connection closed by peer" not in output and "]: Traceback" not in output, output[-3000:]
@@ -281,7 +286,7 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both(tm
     done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    errors = re.findall(r"error: [^\r\n]*", done.stderr)
+    errors = _error_lines(done.stderr)
     assert len(errors) == 2 and errors[0] == errors[1], output[-3000:]
     assert f"shard {data / 'train-000001.tar'}" in errors[0] and "unreadable" in errors[0], errors[0]
     assert "]: Traceback" not in output, output[-3000:]
