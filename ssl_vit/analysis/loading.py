@@ -30,7 +30,7 @@ class Loaded:
 def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
     """Open `source`: a run directory (its latest checkpoint), a checkpoint directory, its `state.pt`, or a
     weights file. `model` names the registered architecture for weights that carry no config."""
-    from ..train.checkpoint import CHECKPOINTS, STATE_FILE, latest_checkpoint
+    from ..train.checkpoint import CHECKPOINTS, STATE_FILE, find_checkpoint
 
     path = Path(source)
     if not path.exists():
@@ -38,16 +38,11 @@ def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
             f"{path}: no such file or directory; give a run directory, a checkpoint directory "
             "(…/checkpoints/step_0001000) or exported weights (.safetensors)"
         )
-    if path.is_file() and path.name == STATE_FILE:
-        path = path.parent
-    if not path.is_dir():
+    found = find_checkpoint(path)
+    if found is not None:
+        return _from_checkpoint(found, model)
+    if path.is_file():
         return _from_weights(path, model)
-    if (path / STATE_FILE).is_file():
-        return _from_checkpoint(path, model)
-    for root in (path / CHECKPOINTS, path):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return _from_checkpoint(found, model)
     raise CheckpointError(
         f"{path}: no checkpoint there (expected a directory with {STATE_FILE}, a run directory, or its "
         f"{CHECKPOINTS}/ with a `latest` file); for exported weights pass the .safetensors file itself"
@@ -56,26 +51,14 @@ def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
 
 def _from_checkpoint(path: Path, model: str | None) -> Loaded:
     """Rebuild the objective from the checkpoint's own recipe and load it strictly (as `ssl-vit export` does)."""
-    from ..config import config_from_mapping, model_overrides
-    from ..models import create_model
-    from ..objectives import build
-    from ..train.checkpoint import read_state
+    from ..train.restore import restore_objective
 
-    state = read_state(path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{path}: the checkpoint holds no recipe (`config`); was it written by ssl-vit pretrain?")
-    cfg = config_from_mapping(state["config"], where=f"{path}/state.pt config")
+    objective, cfg, state = restore_objective(path)
     if model is not None and model != cfg.model.name:
         raise CheckpointError(
             f"{path} was trained as {cfg.model.name}, not {model}; drop --model (checkpoints know their model)"
         )
-    backbone = create_model(cfg.model.name, **model_overrides(cfg))
-    objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
-    try:
-        objective.load_state_dict(state["model"], strict=True)
-    except RuntimeError as err:
-        reason = " ".join(str(err).split())[:300]
-        raise CheckpointError(f"{path}: weights do not fit its own recipe ({reason})") from None
+    backbone = objective.backbone
     has_mpp_head = hasattr(objective, "predict") and hasattr(objective, "mask_token")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     info = {

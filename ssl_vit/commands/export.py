@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import config_from_mapping, model_overrides
 from ..errors import CheckpointError
 
 
@@ -21,10 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import create_model
     from ..models.weights import save_backbone
-    from ..objectives import build
-    from ..train.checkpoint import read_state, resolve_resume
+    from ..train.checkpoint import resolve_resume
+    from ..train.restore import restore_objective
 
     if not Path(args.source).exists():
         raise CheckpointError(f"{args.source}: no such run or checkpoint directory")
@@ -32,16 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if output.suffix != ".safetensors":
         raise CheckpointError(f"{output}: the export is a .safetensors file; use {output.with_suffix('.safetensors')}")
     path = resolve_resume(args.source, Path(args.source) / "checkpoints")
-    state = read_state(path)
-    if not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{path}: the checkpoint holds no recipe (`config`); was it written by ssl-vit pretrain?")
-    cfg = config_from_mapping(state["config"], where=f"{path}/state.pt config")
-    backbone = create_model(cfg.model.name, **model_overrides(cfg))
-    objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
-    try:
-        objective.load_state_dict(state["model"], strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit its own recipe ({' '.join(str(err).split())[:300]})") from None
+    objective, cfg, state = restore_objective(path)
     save_backbone(objective.backbone, output, metadata={
         "source_checkpoint": str(path), "step": int(state["step"]), "objective": cfg.objective.name,
         "objective_kwargs": cfg.objective.kwargs, "registered_name": cfg.model.name,

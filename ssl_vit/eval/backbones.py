@@ -120,18 +120,11 @@ def _file_fingerprint(path: Path, model: str | None) -> str:
 
 
 def _trainer_state(path: Path) -> Path | None:
-    """`state.pt` of the newest checkpoint a run dir / checkpoints dir / step dir / state file stands for."""
-    from ssl_vit.train.checkpoint import CHECKPOINTS, STATE_FILE, latest_checkpoint
+    """`state.pt` of the checkpoint a run dir / checkpoints dir / step dir / state file stands for."""
+    from ssl_vit.train.checkpoint import STATE_FILE, find_checkpoint
 
-    if path.is_file():
-        return path if path.name == STATE_FILE else None
-    if (path / STATE_FILE).is_file():
-        return path / STATE_FILE
-    for root in (path / CHECKPOINTS, path):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return found / STATE_FILE
-    return None
+    found = find_checkpoint(path)
+    return None if found is None else found / STATE_FILE
 
 
 def _from_trainer(state_file: Path, model: str | None) -> BackboneSource:

@@ -194,19 +194,30 @@ def _prune(root: Path, keep_last: int) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- load
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint directory `path` stands for: itself, the one holding a `state.pt` file, or the latest of a
+    run directory or its `checkpoints/`; None when there is none. Every command that takes a checkpoint asks here."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent if path.name == STATE_FILE else None
+    if (path / STATE_FILE).is_file():
+        return path
+    for root in (path / CHECKPOINTS, path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    return None
+
+
 def resolve_resume(resume: str | None, root: Path) -> Path | None:
     """`auto` → `root/latest` or None (start fresh); a path → that checkpoint (or a run directory's latest)."""
     if resume is None:
         return None
     if resume == "auto":
         return latest_checkpoint(root)
-    path = Path(resume)
-    if (path / STATE_FILE).is_file():
-        return path
-    for candidate_root in (path / CHECKPOINTS, path):
-        found = latest_checkpoint(candidate_root)
-        if found is not None:
-            return found
+    found = find_checkpoint(resume)
+    if found is not None:
+        return found
     raise CheckpointError(
         f"--resume {resume}: no checkpoint there (expected a directory with {STATE_FILE}, a run directory, or "
         f"its {CHECKPOINTS}/ with a `{LATEST}` file). Use --resume auto to continue the run in output_dir."
