@@ -23,7 +23,7 @@ import torch
 
 from ssl_vit.errors import CheckpointError
 from ssl_vit.models import ViTConfig, VisionTransformer, model_config
-from ssl_vit.models.weights import FORMAT, load_backbone, suggest_model_name
+from ssl_vit.models.weights import load_backbone, saved_config, suggest_model_name
 
 RANDOM = "random"
 
@@ -80,7 +80,7 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
             f"--checkpoint {path} is a directory but not a trainer run or checkpoint (no checkpoints/latest or "
             "state.pt); pass the weights file inside it"
         )
-    config = _model_config(model, checkpoint) if model else _saved_config(path)
+    config = _model_config(model, checkpoint) if model else saved_config(path)
     if config is None:
         hint = _guess(path)
         raise CheckpointError(
@@ -156,29 +156,6 @@ def _trainer_config(state_file: Path, state: Mapping) -> ViTConfig:
     cfg = config_from_mapping(dict(raw), str(recipe_file))
     overrides = {k: v for k, v in model_overrides(cfg).items() if k != "drop_path_rate"}  # eval: no stochastic depth
     return model_config(cfg.model.name, **overrides)
-
-
-def _saved_config(path: Path) -> ViTConfig | None:
-    """The config an exported backbone records (sidecar JSON or safetensors header), else None."""
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file():
-        try:
-            info = json.loads(sidecar.read_text())
-        except (OSError, ValueError):
-            info = None
-        if isinstance(info, dict) and info.get("format") == FORMAT:
-            return ViTConfig(**info["model"])
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-        if header.get("format") == FORMAT and "config" in header:
-            return ViTConfig(**json.loads(header["config"]))
-    return None
 
 
 def _guess(path: Path) -> str:

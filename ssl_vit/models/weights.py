@@ -86,6 +86,29 @@ def _config_from_dict(fields: Mapping, where: str) -> ViTConfig:
         raise CheckpointError(f"{where}: the model config does not fit this version of ssl_vit ({err})") from None
 
 
+def saved_config(path: str | Path) -> ViTConfig | None:
+    """The architecture an exported backbone records — its sidecar JSON, else its safetensors header — or None
+    for bare weights (timm, Hugging Face), whose size must come from a model name or their shapes."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            info = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{sidecar}: not valid JSON ({err}); remove or repair it") from None
+        if isinstance(info, dict) and info.get("format") == FORMAT:
+            return _config_from_dict(info.get("model", {}), str(sidecar))
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is it complete?") from None
+        if header.get("format") == FORMAT and "config" in header:
+            return _config_from_dict(json.loads(header["config"]), str(path))
+    return None
+
+
 def _read_file(path: Path) -> tuple[Mapping, ViTConfig | None]:
     """The object stored in `path` and the config saved next to it (sidecar JSON or safetensors header), if any."""
     if not path.exists():
@@ -96,30 +119,18 @@ def _read_file(path: Path) -> tuple[Mapping, ViTConfig | None]:
         found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
         listing = ", ".join(found) or "none found"
         raise CheckpointError(f"{path} is a directory; pass one weights file inside it ({listing})")
-    config = None
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
                 state = {key: f.get_tensor(key) for key in f.keys()}
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is it complete?") from None
-        if header.get("format") == FORMAT and "config" in header:
-            config = _config_from_dict(json.loads(header["config"]), str(path))
     else:
         state = load_weights_only(
             path, "If you trust the file, re-save just its weights: "
             "torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')"
         )
-    sidecar = path.with_suffix(".json")
-    if sidecar.exists():
-        try:
-            info = json.loads(sidecar.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{sidecar}: not valid JSON ({err}); remove or repair it") from None
-        if isinstance(info, dict) and info.get("format") == FORMAT:
-            config = _config_from_dict(info.get("model", {}), str(sidecar))
-    return state, config
+    return state, saved_config(path)
 
 
 def _extract(obj: object, source: str) -> StateDict:
