@@ -133,6 +133,13 @@ class EvalContext:
             self._features[memo] = self._load_or_extract(split, pool, layers)
         return self._features[memo]
 
+    def train_test(
+        self, pool: Pool | None = None, layers: Sequence[int] | None = None
+    ) -> tuple[Features, Features, int]:
+        """(train features, test features, number of classes) — what every feature-based protocol starts from."""
+        train, test = self.features("train", pool, layers), self.features("test", pool, layers)
+        return train, test, int(max(train.labels.max(), test.labels.max())) + 1
+
     def _load_or_extract(self, split: str, pool: Pool, layers: Sequence[int] | None) -> Features:
         spec, name = self.data.spec(split)
         shards = self.shards(split)

@@ -97,9 +97,7 @@ class FewShot:
         self.pool, self.layers = pool, layers
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
-        train = ctx.features("train", self.pool, self.layers)
-        test = ctx.features("test", self.pool, self.layers)
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        train, test, num_classes = ctx.train_test(self.pool, self.layers)
         smallest = int(torch.bincount(train.labels)[torch.unique(train.labels)].min())  # images in the rarest class
         out: dict[str, float] = {}
         for shots in self.shots:

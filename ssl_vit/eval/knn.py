@@ -72,9 +72,7 @@ class KNN:
         self.pool, self.layers = pool, layers
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
-        train = ctx.features("train", self.pool, self.layers)
-        test = ctx.features("test", self.pool, self.layers)
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        train, test, num_classes = ctx.train_test(self.pool, self.layers)
         votes = knn_votes(
             train.x, train.labels, test.x, ks=self.ks, num_classes=num_classes, temperature=self.temperature,
             device=ctx.device,

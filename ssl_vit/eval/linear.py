@@ -116,9 +116,7 @@ class LinearProbe:
             from .linear_mae import mae_linear_probe
 
             return mae_linear_probe(ctx, pool=self.pool, layers=self.layers, **self.mae_options)
-        train = ctx.features("train", self.pool, self.layers)
-        test = ctx.features("test", self.pool, self.layers)
-        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        train, test, num_classes = ctx.train_test(self.pool, self.layers)
         fit_idx, hold_idx = split_holdout(len(train), self.holdout_fraction, ctx.seed)
         scores = {}
         for wd in tqdm(self.weight_decays, desc="linear: weight decay", disable=not ctx.is_main, leave=False):
