@@ -276,7 +276,7 @@ class Trainer:
         bad = bad.float()
         if acc.num_processes > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # any rank non-finite → all skip (stays on the device)
-        self._lr = s["scheduler"].get_last_lr()[0]  # the rate this update used
+        self._lr = max(s["scheduler"].get_last_lr())  # the rate this update used (the top one under layer-wise decay)
         step_unless(s["optimizer"], bad)
         s["scheduler"].step()
         s["optimizer"].zero_grad(set_to_none=True)
