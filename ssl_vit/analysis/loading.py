@@ -1,6 +1,6 @@
 """What `ssl-vit analyze` can open: a pretraining run or checkpoint (objective and all), or a bare backbone.
 
-A trainer checkpoint (`RUN/checkpoints/step_XXXXXXX/state.pt`) holds the whole objective — `backbone.*`,
+A trainer checkpoint (`RUN/checkpoints/step_NNNNNNN/state.pt`) holds the whole objective — `backbone.*`,
 the [MASK] embedding `mask_token` and the prediction head `head.*` — and the recipe that built it, so the
 masked-prediction picture can use the trained head. An exported backbone (`.safetensors` + `.json`), a
 timm or Hugging Face state dict has no head: only the Figure 7 analysis applies.
