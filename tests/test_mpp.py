@@ -105,26 +105,35 @@ def test_seeds_reproduce_and_differ():
     assert l1.item() == l2.item()
 
 
-def test_only_corrupted_positions_carry_gradient_and_mask_token_learns():
-    mpp = nano_mpp()
+def test_head_reads_the_encoder_at_corrupted_positions_and_mask_token_learns():
+    """The encoder hands back exactly the full pass's outputs at the corrupted positions, in corruption order
+    (never the [class] token), and every one of them carries gradient."""
+    mpp = nano_mpp().eval()  # no drop-path, so the full pass below is the same computation
     captured = {}
 
-    def keep_grad(module, inputs, output):
+    def keep_input(module, inputs):
+        captured["tokens"] = inputs[0].detach()
+
+    def keep_output(module, inputs, output):
         output.retain_grad()
         captured["features"] = output
 
-    hook = mpp.backbone.norm.register_forward_hook(keep_grad)
+    hooks = [mpp.backbone.blocks[0].register_forward_pre_hook(keep_input),
+             mpp.backbone.norm.register_forward_hook(keep_output)]
     g = gen(0)
     state = g.get_state()
     loss, _ = mpp(batch(), generator=g)
     loss.backward()
-    hook.remove()
-    grad = captured["features"].grad  # (B, 1 + N, D)
+    for hook in hooks:
+        hook.remove()
     c = sample_corruption(8, 64, 0.5, 0.8, 0.1, torch.device("cpu"), torch.Generator().set_state(state))
-    corrupted = torch.zeros(8, 65, dtype=torch.bool).scatter(1, c.index + 1, True)
-    assert (grad[~corrupted] == 0).all()  # uncorrupted patch tokens and the [class] token
-    assert (grad[:, 0] == 0).all()
-    assert (grad[corrupted].abs().sum(-1) > 0).all()
+    features = captured["features"]  # (B, K, D)
+    assert features.shape == (8, 32, 64)
+    with torch.no_grad():
+        full = mpp.backbone.encode(captured["tokens"])  # (B, 1 + N, D)
+    expected = full.gather(1, (c.index + 1).unsqueeze(-1).expand(8, 32, 64))  # (B, K, D)
+    assert (features.detach() - expected).abs().max().item() < 1e-5
+    assert (features.grad.abs().sum(-1) > 0).all()
     assert mpp.mask_token.grad is not None and mpp.mask_token.grad.abs().sum() > 0
 
 
@@ -139,9 +148,9 @@ def test_state_dict_layout_and_weight_decay_keys():
     assert abs(mpp.mask_token.std().item() - 0.02) < 0.01
     linear = nano_mpp(head="linear", target="downsampled_color", target_kwargs={"grid": 2})
     assert linear.head.weight.shape == (4 * 512, 64)
-    # 3 × (backbone forward + head on 32 corrupted tokens)
+    # 3 × (backbone forward asked for the 32 corrupted tokens' outputs + head on those 32)
     head = 2 * (64 * 64 + 64 * 512)
-    assert mpp.flops_per_image() == pytest.approx(3 * (mpp.backbone.forward_flops() + 32 * head))
+    assert mpp.flops_per_image() == pytest.approx(3 * (mpp.backbone.forward_flops(num_outputs=32) + 32 * head))
 
 
 def test_metrics_and_prediction():

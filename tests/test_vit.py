@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_vit.models import create_model
 from ssl_vit.models.pos_embed import resample_pos_embed
-from ssl_vit.models.vit import DropPath
+from ssl_vit.models.vit import DropPath, gather_tokens
 
 NANO = "vit_nano_patch4"  # 32px, 4px patches (8×8 grid), width 64, depth 2, 2 heads
 
@@ -82,6 +82,33 @@ def test_interface_composes_to_forward_features() -> None:
         assert torch.equal(tokens[:, 0], (model.cls_token[0] + model.pos_embed[:, 0]).expand(4, -1))
         assert torch.equal(model.encode(tokens), model.forward_features(x))
     assert (model.embed_dim, model.num_prefix_tokens, model.patch_size, model.grid_size) == (64, 1, 4, (8, 8))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_encode_at_positions_equals_the_full_pass_gathered(checkpointing: bool, qkv_bias: bool) -> None:
+    """The last block's query-side shortcut changes no value: outputs and every gradient match the full pass."""
+    torch.manual_seed(0)
+    model = randomized(create_model(NANO, qkv_bias=qkv_bias)).train()
+    model.set_grad_checkpointing(checkpointing)
+    tokens = model.add_position_embedding(model.embed_patches(images(3))).detach()  # (3, 65, 64)
+    positions = torch.stack([torch.randperm(65)[:20] for _ in range(3)])  # (3, 20), [class] may be among them
+    weights = torch.randn(3, 20, 64)  # a loss that weighs every output differently
+
+    def grads(outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        (outputs * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    full = gather_tokens(model.encode(tokens), positions)  # (3, 20, 64)
+    full_grads = grads(full)
+    short = model.encode(tokens, positions)
+    assert short.shape == (3, 20, 64)
+    assert (short - full).abs().max().item() < 1e-5
+    short_grads = grads(short)
+    assert set(short_grads) == set(full_grads)
+    for name, g in full_grads.items():
+        assert torch.allclose(short_grads[name], g, atol=1e-5, rtol=1e-4), name
 
 
 def test_explicit_attention_equals_sdpa_and_rows_sum_to_one() -> None:
@@ -249,6 +276,16 @@ def test_forward_flops_counts_the_matmuls() -> None:
             model(torch.empty(1, 3, side, side, device="meta"))
         assert model.forward_flops() == counter.get_total_flops()
     assert base.forward_flops(img_size=384) > 3 * base.forward_flops()  # 577 tokens vs 197, attention quadratic
+    for model, k in ((base, 98), (nano, 32)):  # outputs at K positions only: the shortened last block
+        t = model.patch_embed.num_patches + 1
+        tokens = torch.empty(1, t, model.embed_dim, device="meta")
+        positions = torch.zeros(1, k, dtype=torch.long, device="meta")
+        with FlopCounterMode(display=False) as counter:
+            model.encode(tokens, positions)
+        patch = 2 * model.patch_embed.num_patches * model.embed_dim * 3 * model.patch_size**2
+        head = 2 * model.embed_dim * model.config.num_classes
+        assert model.forward_flops(num_outputs=k) == counter.get_total_flops() + patch + head
+    assert base.forward_flops(num_outputs=98) == pytest.approx(base.forward_flops() * (1 - 0.035), rel=0.01)
 
 
 def test_gradients_reach_every_trainable_parameter() -> None:

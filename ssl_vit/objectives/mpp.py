@@ -97,23 +97,25 @@ class MaskedPatchPrediction(nn.Module):
 
     # --------------------------------------------------------------------------------------- forward
     def _encode(self, images: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, Corruption]:
-        """uint8 images → (encoder tokens (B, prefix + N, D), targets of all patches, corruption)."""
+        """uint8 images → (encoder outputs at the corrupted patches (B, K, D), targets of all patches, corruption).
+
+        Only the corrupted positions are scored, so the encoder is asked for those outputs alone (its last
+        block then skips the rest; see `VisionTransformer.encode`).
+        """
         targets = self.target(images)  # (B, N, G) int64 or (B, N, P·P·3) float; checks dtype and size
         p = self.backbone.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
         patches = self.backbone.embed_patches(normalize_uint8(images, self.mean, self.std))  # (B, N, D)
         corrupted, corruption = self.corrupt(patches, generator)
-        features = self.backbone.encode(self.backbone.add_position_embedding(corrupted, grid))  # (B, T, D)
-        return features, targets, corruption
+        positions = corruption.index + self.backbone.num_prefix_tokens  # (B, K) token positions, past [class]
+        tokens = self.backbone.encode(self.backbone.add_position_embedding(corrupted, grid), positions)  # (B, K, D)
+        return tokens, targets, corruption
 
     def _score(
-        self, features: torch.Tensor, targets: torch.Tensor, corruption: Corruption
+        self, tokens: torch.Tensor, targets: torch.Tensor, corruption: Corruption
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Head at the corrupted tokens, loss and metrics → (loss, metrics, outputs, targets at corrupted slots)."""
+        """Head at the corrupted tokens (B, K, D), loss and metrics → (loss, metrics, outputs, targets there)."""
         b, k = corruption.index.shape
-        d = features.shape[-1]
-        pos = corruption.index + self.backbone.num_prefix_tokens  # (B, K) token positions, past the [class] token
-        tokens = features.gather(1, pos.unsqueeze(-1).expand(b, k, d))  # (B, K, D)
         out = self.head(tokens).float()  # (B, K, out_features); loss in fp32 under autocast
         picked = targets.gather(1, corruption.index.unsqueeze(-1).expand(b, k, targets.shape[-1]))  # (B, K, G | V)
         if self.target.kind == "classification":
@@ -150,8 +152,8 @@ class MaskedPatchPrediction(nn.Module):
         (B, K, G | V), `outputs` (B, K, G, C) logits or (B, K, V) values, `predictions` (B, K, G) classes or
         (B, K, V) values, and `metrics`. `self.target.render(predictions)` paints them as (B, K, P, P, 3) uint8.
         """
-        features, targets, corruption = self._encode(images, generator)
-        _, metrics, out, picked = self._score(features, targets, corruption)
+        tokens, targets, corruption = self._encode(images, generator)
+        _, metrics, out, picked = self._score(tokens, targets, corruption)
         predictions = out.argmax(-1) if self.target.kind == "classification" else out
         return {
             "corruption": corruption,
@@ -174,13 +176,13 @@ class MaskedPatchPrediction(nn.Module):
         return wanted & names
 
     def flops_per_image(self, img_size: int | None = None) -> float:
-        """Training FLOPs per image for MFU: 3 × (backbone forward + head on the K corrupted tokens).
+        """Training FLOPs per image for MFU: 3 × (backbone forward, asked for K outputs, + head on those K).
 
         The factor 3 is forward + backward (≈ 2× forward); corruption, targets, norms and softmax are ignored.
         """
         side = (img_size or self.backbone.config.img_size) // self.backbone.patch_size
         k, _ = corruption_counts(1, side * side, self.corruption_rate, self.mask_prob, self.random_prob)
-        return 3.0 * (self.backbone.forward_flops(img_size) + k * head_flops(self.head))
+        return 3.0 * (self.backbone.forward_flops(img_size, num_outputs=k) + k * head_flops(self.head))
 
     def extra_repr(self) -> str:
         return (
