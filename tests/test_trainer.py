@@ -243,3 +243,64 @@ def test_peak_flops_table_matches_device_names():
 
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989e12 and peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
     assert peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12 and peak_flops("Tesla T4", "bf16") is None
+
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+HOST_SIDE_FILES = ("ssl_vit/data/", "ssl_vit/train/signals.py")  # CPU tensors by design: decoding, gloo flags
+
+
+@pytest.mark.timeout(60)
+def test_no_host_device_synchronisation_inside_a_step(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+    """Between logged steps no code of ours reads a tensor's value back on the host (`.item()`, `bool(t)`, …):
+    objective, model, optimizer wrapper, NaN skip, gradient clipping and accumulation all stay on the device;
+    the window is reduced and read once per logged step. Host-side tensors (decoded batches, the gloo stop flags)
+    are exempt. Watched in a CPU run by patching the Tensor methods that would synchronise on a GPU."""
+    from ssl_vit.train import trainer as trainer_module
+
+    inside_step = [False]
+    loader_tensors: dict[int, torch.Tensor] = {}  # the batches as the loader hands them over (kept: ids stay unique)
+    reads: list[str] = []  # reads by our code inside a step
+    logged_reads = [0]  # reads by our code outside the steps: proves the watch works
+
+    def watch(name: str):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename.replace(os.sep, "/")
+            host_side = id(self) in loader_tensors or any(part in caller for part in HOST_SIDE_FILES)
+            if "/ssl_vit/" in caller and not host_side:
+                if inside_step[0]:
+                    reads.append(f"{name} from {caller}:{sys._getframe(1).f_lineno}")
+                else:
+                    logged_reads[0] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, watch(name))
+    original_step = trainer_module.Trainer._step
+
+    def step(self, *args, **kwargs):
+        inside_step[0] = True
+        try:
+            return original_step(self, *args, **kwargs)
+        finally:
+            inside_step[0] = False
+
+    original_next_batch = trainer_module.Trainer._next_batch
+
+    def next_batch(self, *args, **kwargs):
+        batch, stopping = original_next_batch(self, *args, **kwargs)
+        loader_tensors.update((id(v), v) for v in batch.values() if torch.is_tensor(v))
+        return batch, stopping
+
+    monkeypatch.setattr(trainer_module.Trainer, "_step", step)
+    monkeypatch.setattr(trainer_module.Trainer, "_next_batch", next_batch)
+    run_dir = tmp_path / "run"
+    assert pretrain(shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
+                                        "train.global_batch": 32, "optim.grad_clip": 1.0,
+                                        "optim.warmup_steps": 1}) == 0
+    assert reads == []
+    assert logged_reads[0] > 0
+    assert len(records(run_dir)) == 1 and math.isfinite(records(run_dir)[0]["loss"])
