@@ -108,6 +108,18 @@ def build_pair(name: str, img_size: int | None, device: torch.device) -> tuple[M
     return ours.to(device).train(), reference.to(device).train()
 
 
+def enable_checkpointing(model: MaskedPatchPrediction | ReferenceMPP) -> None:
+    """Activation checkpointing of every block, non-reentrant, in either implementation."""
+    if isinstance(model, MaskedPatchPrediction):
+        model.backbone.set_grad_checkpointing()
+        return
+    hf = model.vit  # transformers 5 renamed the method and its argument; older versions have the first name only
+    if hasattr(hf, "activation_checkpointing_enable"):
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Parameters plus optimizer state: what the implementation holds between steps (grads are set to None)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -169,8 +181,8 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, gpu: str 
     ours, reference = build_pair(name, args.img_size, device)
     img_size = ours.backbone.config.img_size
     if args.grad_checkpointing:
-        ours.backbone.set_grad_checkpointing()
-        reference.vit.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(ours)
+        enable_checkpointing(reference)
     images = torch.randint(0, 256, (args.batch, 3, img_size, img_size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
     runners = {"ours": Runner(ours, args, images, device), "reference": Runner(reference, args, images, device)}

@@ -55,6 +55,28 @@ def test_loader_vs_gpu_quick_reports_loader_and_step_rates(tmp_path: Path) -> No
     assert out["data"]["shard_bytes_per_image"] > 0
 
 
+@pytest.mark.timeout(120)
+def test_memory_quick_counts_parameters_and_adamw_state_exactly() -> None:
+    """The fake-tensor estimate holds hand-computable parts exactly: fp32 parameters (4 bytes each) and fused
+    AdamW's two moments plus one fp32 step count per tensor; checkpointing cuts the activations."""
+    from ssl_vit.models import create_model
+    from ssl_vit.objectives.mpp import MaskedPatchPrediction
+
+    out = run_bench("memory.py", "--quick", "--json")
+    params = list(MaskedPatchPrediction(create_model("vit_nano_patch4")).parameters())
+    param_bytes = 4 * sum(p.numel() for p in params)
+    plain, checkpointed = out["results"]
+    assert (plain["grad_checkpointing"], checkpointed["grad_checkpointing"]) == (False, True)
+    for r in out["results"]:
+        assert r["ours"]["params"] == r["reference"]["params"] == param_bytes  # same weights in both
+        assert r["ours"]["optimizer"] == 2 * param_bytes + 4 * len(params)
+        assert r["ours_peak_bytes"] == r["ours"]["total"] >= sum(v for k, v in r["ours"].items() if k != "total")
+        assert r["ratio"] == pytest.approx(r["reference_peak_bytes"] / r["ours_peak_bytes"])
+        assert r["fits"] is True
+    assert checkpointed["ours"]["activations"] < 0.6 * plain["ours"]["activations"]
+    assert out["ratio"] == min(r["ratio"] for r in out["results"])
+
+
 def test_interleaved_alternates_the_order_and_times_each_block() -> None:
     calls: list[str] = []
     times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3,

@@ -1,0 +1,148 @@
+"""Peak memory of one MPP training step at full size, ours against the Hugging Face reference, without the GPU.
+
+    .venv/bin/python bench/memory.py                     # ViT-B/16 @256 and ViT-L/16 @128 (plain, checkpointed), bf16
+    .venv/bin/python bench/memory.py --quick --json      # smoke: vit_nano_patch4, seconds
+    python bench/memory.py --model vit_huge_patch14 --batch 64 --grad-checkpointing --budget-gib 139
+
+Why: "does ViT-L/16 at batch 128 fit in 80 GB?" should be answerable before renting the GPU. Both
+implementations are built on the meta device and materialised as fake tensors (`FakeTensorMode`: shapes,
+dtypes and devices, no storage) and run a training step (forward under autocast, backward, fused AdamW,
+`zero_grad(set_to_none=True)`) that creates the optimizer state, then a second one under torch's `MemTracker`,
+which sees every tensor allocated and freed and keeps the peak by category: parameters, gradients, optimizer
+state, activations, temporaries — the steady state of training. The fake tensors live on the CPU and autocast is
+the CPU's bf16 policy (matmuls in bf16, norms and softmax in fp32, as on CUDA); the attention saves what the
+flash kernels save (output and log-sum-exp). Not seen: the CUDA context (~0.5 GiB) and the caching
+allocator's rounding and fragmentation, so leave headroom below the budget.
+
+`ratio` = reference peak ÷ our peak (higher is better: ours needs less), the smallest over the settings.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+import common  # noqa: E402  (bench/common.py, a sibling script module)
+from step import build_pair, enable_checkpointing  # noqa: E402  (bench/step.py: the two implementations)
+
+from ssl_vit.models import list_models  # noqa: E402
+from ssl_vit.train.optim import param_groups  # noqa: E402
+
+TITLE = "bench/memory.py — peak memory of an MPP training step, ours vs Hugging Face ViT (estimated, fake tensors)"
+GIB = 2**30
+# (model, batch, activation checkpointing): issue 7's two GPU settings, and ViT-L/16 without checkpointing.
+DEFAULT_SETTINGS = [("vit_base_patch16", 256, False), ("vit_large_patch16", 128, False),
+                    ("vit_large_patch16", 128, True)]
+QUICK_SETTINGS = [("vit_nano_patch4", 8, False), ("vit_nano_patch4", 8, True)]
+CATEGORIES = {"Parameter": "params", "Gradient": "grads", "Optstate": "optimizer", "Activation": "activations",
+              "Temp": "temporaries"}
+
+
+def peak_memory(name: str, impl: str, batch: int, *, checkpointing: bool, bf16: bool) -> dict:
+    """Peak bytes, by category and in total, of a steady-state training step of `impl` ("ours" | "reference")."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    with torch.device("meta"):
+        ours, reference = build_pair(name, None, torch.device("meta"))
+    model = ours if impl == "ours" else reference
+    side = ours.backbone.config.img_size
+    if checkpointing:
+        enable_checkpointing(model)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device="cpu").train()  # (meta → fake) every tensor: shapes, no storage
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=True)
+        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8)  # (B, 3, S, S)
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = model(images)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        step()  # untracked: creates the optimizer state, which the tracker then counts from the start
+        tracker = MemTracker()
+        tracker.track_external(model, optimizer, images)
+        with tracker:
+            step()
+        snapshot = tracker.get_tracker_snapshot("peak")
+    per_device = next(iter(snapshot.values()))  # one (fake) device
+    out = {label: 0 for label in CATEGORIES.values()}
+    for kind, value in per_device.items():
+        label = CATEGORIES.get(getattr(kind, "value", kind))
+        if label:
+            out[label] += int(value)
+    out["total"] = int(per_device["Total"])
+    return out
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="one registered model (with --batch; default: the three "
+                                                      "settings of issue 7, see the module doc)")
+    parser.add_argument("--batch", type=int, default=None, help="images per step per device (with --model)")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="recompute each block in the backward")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast bf16 (default) or fp32")
+    parser.add_argument("--budget-gib", type=float, default=78.0,
+                        help="device memory to compare against (default 78: what an H100 80GB hands to a process)")
+    common.add_common_args(parser)
+    args = parser.parse_args(argv)
+    if (args.model is None) != (args.batch is None):
+        parser.error("give --model and --batch together (or neither, for the default settings)")
+    if args.model is not None:
+        if args.model not in list_models():
+            parser.error(f"unknown --model {args.model}; registered: {', '.join(list_models())}")
+        if args.batch < 1:
+            parser.error("--batch must be at least 1")
+        args.settings = [(args.model, args.batch, args.grad_checkpointing)]
+    else:
+        args.settings = QUICK_SETTINGS if args.quick else DEFAULT_SETTINGS
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    common.apply_threads(args)
+    results = []
+    bar = tqdm(total=2 * len(args.settings), desc="fake-tensor steps", unit="run", file=sys.stderr)
+    for name, batch, checkpointing in args.settings:
+        record = {"model": name, "batch": batch, "grad_checkpointing": checkpointing}
+        for impl in ("ours", "reference"):
+            record[impl] = peak_memory(name, impl, batch, checkpointing=checkpointing, bf16=args.precision == "bf16")
+            bar.update()
+        record["ours_peak_bytes"] = record["ours"]["total"]
+        record["reference_peak_bytes"] = record["reference"]["total"]
+        record["ratio"] = record["reference_peak_bytes"] / record["ours_peak_bytes"]
+        record["fits"] = record["ours_peak_bytes"] <= args.budget_gib * GIB
+        results.append(record)
+    bar.close()
+    result = {
+        "benchmark": "memory",
+        "command": common.command_line("bench/memory.py", argv),
+        "machine": common.machine_info("cpu"),
+        "settings": {"precision": args.precision, "budget_gib": args.budget_gib, "method": "FakeTensorMode + MemTracker"},
+        "ratio": min(r["ratio"] for r in results),
+        "results": results,
+    }
+    rows = [[r["model"], r["batch"], "yes" if r["grad_checkpointing"] else "no",
+             *(f"{r['ours'][k] / GIB:.2f}" for k in ("params", "grads", "optimizer", "activations", "temporaries")),
+             f"**{r['ours_peak_bytes'] / GIB:.1f}**", f"{r['reference_peak_bytes'] / GIB:.1f}", f"{r['ratio']:.2f}×",
+             ("yes" if r["fits"] else "**no**") + f" ({args.budget_gib:g} GiB)"]
+            for r in results]
+    table = common.markdown_table(
+        ["model", "batch", "checkpointing", "params", "grads", "AdamW state", "activations", "temp",
+         "ours peak GiB", "HF ref peak GiB", "ref ÷ ours", "fits"], rows)
+    notes = (f"{args.precision}, a steady-state training step on fake tensors under torch's MemTracker; the category columns "
+             "are ours at the moment of the peak (GiB). Not counted: CUDA context and caching-allocator "
+             "fragmentation. Reference: transformers ViTModel (sdpa) + the same head and loss.")
+    common.finish(args, result, table, title=TITLE, notes=notes)
+    return result
+
+
+if __name__ == "__main__":
+    common.run_main(main)
