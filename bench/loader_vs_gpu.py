@@ -85,9 +85,11 @@ def prepare_shards(cache: Path, count: int, resize_shorter: int, quality: int) -
         make_photos(photos / "img", count)
         (photos / "complete").touch()
     shard_size = max(count * 30_000 // 32, 100_000)  # ~32 shards at ~30 kB per image: most workers own some
-    out = cache / f"shards-{count}-s{resize_shorter}-q{quality}-{shard_size // 1000}k"  # every build option named
+    # Every build option is named here and in the directory name, so a change of build_split's defaults can
+    # never meet an old cache ("built with different options").
+    out = cache / f"shards-{count}-s{resize_shorter}-q{quality}-{shard_size // 1000}k-header"
     build_split(photos / "img", out, "train", labels="none", seed=0, resize_shorter=resize_shorter,
-                quality=quality, shard_size=shard_size, workers=1, progress=True)
+                quality=quality, shard_size=shard_size, check="header", workers=1, progress=True)
     return out, photos / "img"
 
 
