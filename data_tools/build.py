@@ -211,6 +211,11 @@ def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[S
         if writer is not None:
             _close(writer, out, record, next_input=len(order))
             writer = None
+    except OSError as err:  # reading inputs fails per sample (a skip); this is the output side: disk, permissions
+        where = writer.tmp if writer is not None else out
+        raise DataToolsError(
+            f"cannot write to {where}: {err.strerror or err} — {len(record.shards)} finished shards are kept; free "
+            "space (or fix the output directory), then rerun the same command to resume from there") from None
     except BrokenProcessPool:
         raise DataToolsError(
             f"a worker process died (out of memory, or a crash inside an image decoder) after {len(record.shards)} "

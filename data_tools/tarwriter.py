@@ -93,5 +93,10 @@ class ShardWriter:
         return self._hash.hexdigest(), size
 
     def abort(self) -> None:
-        self._file.close()
+        """Drop the partial shard. Closing flushes the buffer, which fails again on a full disk: the file goes
+        either way, and the error that stopped the build is the one to report."""
+        try:
+            self._file.close()
+        except OSError:
+            pass
         self.tmp.unlink(missing_ok=True)

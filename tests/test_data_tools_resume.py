@@ -120,3 +120,42 @@ def test_two_splits_share_one_out(tiny, tmp_path, reference):
     assert splits["test"]["num_samples"] == 10 and splits["test"]["filenames"] == ["test-000000.tar"]
     assert {k: v for k, v in visible_files(out).items() if k.startswith("train")} == {
         k: v for k, v in reference.items() if k.startswith("train")}
+
+
+@pytest.mark.timeout(60)
+def test_disk_full_mid_build_names_the_file_and_the_rerun_resumes(tiny, tmp_path, reference, monkeypatch):
+    """ENOSPC while writing the 4th shard: one clear error naming the file and what is kept; no partial shard
+    under a real name; the same command afterwards finishes with the same bytes as an uninterrupted build."""
+    import errno
+
+    from data_tools import tarwriter
+    from data_tools.errors import DataToolsError
+
+    original = tarwriter.ShardWriter.__init__
+
+    class FullDisk:
+        """A file whose writes fail as on a full disk, and whose close (a flush) fails too."""
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        close = flush = lambda self: self.write(b"")
+
+    def init(self, final: Path) -> None:
+        original(self, final)
+        if final.name.endswith("000003.tar"):
+            self._file.close()
+            self._file = FullDisk()
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(tarwriter.ShardWriter, "__init__", init)
+    with pytest.raises(DataToolsError) as caught:
+        build_split(tiny, out, "train", max_count=2, progress=False)
+    message = str(caught.value)
+    assert "train-000003.tar.tmp" in message and "No space left on device" in message
+    assert "3 finished shards are kept" in message and "rerun the same command" in message
+    assert sorted(p.name for p in out.glob("*.tar")) == [f"train-00000{i}.tar" for i in range(3)]
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    build_split(tiny, out, "train", max_count=2, progress=False)
+    assert visible_files(out) == reference
