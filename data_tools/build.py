@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import DataToolsError
-from .info import read_info, set_split, split_entry
+from .info import INFO_NAME, read_info, set_split, split_entry
 from .layout import clear_split, remove_stale, shard_name, skipped_path, split_files, write_skipped
 from .options import BuildOptions, describe_differences, parse_size
 from .parallel import batched, ordered_map
@@ -108,6 +108,7 @@ def build_split(
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         clear_split(out, split)
+    inputs = _shared_class_list(out, split, inputs)
 
     record = _resume_record(out, src, opts, inputs)
     if record.complete:
@@ -148,6 +149,29 @@ def _source_path(src: str | Path | None, list_file: str | Path | None) -> Path:
     return Path(src)
 
 
+def _shared_class_list(out: Path, split: str, inputs: Inputs) -> Inputs:
+    """Label k must be the same class in every split of one OUT, or train and test disagree silently (a test
+    folder missing one class would shift every later index). So a labelled split built next to others takes
+    their class list; a class that list lacks is an error, since the other split's labels are already written."""
+    if not inputs.class_names:
+        return inputs
+    others = {name: entry["class_names"] for name, entry in sorted(read_info(out)["splits"].items())
+              if name != split and entry.get("class_names")}
+    if not others:
+        return inputs
+    other, names = next(iter(others.items()))
+    known = set(names)
+    missing = [name for name in inputs.class_names if name not in known]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (f" … ({len(missing)} in all)" if len(missing) > 5 else "")
+        raise DataToolsError(
+            f"split '{split}' has classes that split '{other}' in {out / INFO_NAME} lacks: {shown}. The splits of "
+            f"one OUT share one class list, so a label means the same class in each. Build '{split}' into a new "
+            f"OUT first and then '{other}' next to it (a split with fewer classes takes the fuller list), or "
+            f"check the class names")
+    return inputs.with_class_names(names)
+
+
 def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> Progress:
     """The progress to continue from: fresh, a resumable prefix, or complete (refusing any mismatch)."""
     split = opts.split
@@ -157,13 +181,13 @@ def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> 
             raise DataToolsError(
                 f"{out} already holds split '{split}' from a build without a progress record "
                 f"({progress_path(out, split).name}); rerun with --overwrite to replace it")
-        return Progress(options=opts.record(), inputs=inputs.digest)
+        return Progress(options=opts.record(), inputs=inputs.fingerprint)
     if record.options != opts.record():
         raise DataToolsError(
             f"split '{split}' in {out} was {'built' if record.complete else 'started'} with different options "
             f"({describe_differences(record.options, opts.record())}); rerun with the same options to resume "
             "it, or add --overwrite to rebuild it from scratch")
-    if record.inputs != inputs.digest:
+    if record.inputs != inputs.fingerprint:
         raise DataToolsError(
             f"the files in {src} changed since split '{split}' was started in {out}; "
             "rerun with --overwrite to rebuild it from scratch")

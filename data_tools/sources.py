@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import posixpath
 import random
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import DataToolsError
@@ -37,6 +39,25 @@ class Inputs:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason) decided while listing
     # sha256 over every (rel, label, size, mtime): a resumed build refuses to mix two different inputs.
     digest: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """The digest and the class list together: what a resumed build must find unchanged (same files, same
+        label indices)."""
+        return hashlib.sha256((self.digest + json.dumps(self.class_names)).encode()).hexdigest()
+
+    def with_class_names(self, names: list[str]) -> "Inputs":
+        """The same files, labelled by their class's index in `names` (which holds every class used here)."""
+        index = {name: i for i, name in enumerate(names)}
+        sources = [replace(s, cls=index[s.class_name]) if s.class_name is not None else s for s in self.sources]
+        return Inputs(sources, list(names), self.skipped, self.digest)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that puts "class2" before "class10" and label "2" before "10" (timm orders class folders so);
+    ties such as "01" and "1" fall back to the text, so the order is total."""
+    parts = re.split(r"(\d+)", name)  # text, digits, text, …: the types line up position by position
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
 def is_list_file(path: Path) -> bool:
@@ -94,6 +115,7 @@ def _collect_folder(root: Path, labels: str, follow_symlinks: bool) -> Inputs:
         raise DataToolsError(
             f"{root} has no class folders (expected {root}/<class>/<image>); "
             "use --labels none for a folder of unlabelled images")
+    class_dirs.sort(key=lambda d: natural_key(d[0]))
     class_names = [rel for rel, _ in class_dirs]
     sources = []
     for cls, (name, path) in enumerate(class_dirs):
@@ -198,7 +220,7 @@ def _collect_list(list_file: Path, labels: str) -> Inputs:
                 f"{list_file} lines {first_line[rel]} and {line} both list {rel}; remove the duplicate")
         first_line[rel] = line
         entries.append((rel, str(base / written), name))
-    class_names = sorted({name for _, _, name in entries if name is not None})
+    class_names = sorted({name for _, _, name in entries if name is not None}, key=natural_key)
     index = {name: i for i, name in enumerate(class_names)}
     sources = [Source(path, rel, index[name] if name is not None else -1, name) for rel, path, name in entries]
     return Inputs(sorted(sources, key=lambda s: s.rel), class_names)

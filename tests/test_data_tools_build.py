@@ -19,6 +19,7 @@ from test_data_tools_support import by_path, read_split  # noqa: E402
 
 from data_tools.build import build_split  # noqa: E402
 from data_tools.cli import main  # noqa: E402
+from data_tools.errors import DataToolsError  # noqa: E402
 
 # imagegen.VARIANTS index → what the build must do with it
 PASSED = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # RGB files of these formats: byte for byte
@@ -198,3 +199,40 @@ def test_csv_and_tsv_lists(tmp_path, suffix):
         assert samples["imgs/1.jpg"]["image"] == (tmp_path / "lists" / "imgs" / "1.jpg").read_bytes()
         skipped = (out / "train_skipped.tsv").read_text().splitlines()
         assert skipped[0] == "path\treason" and skipped[1].startswith("imgs/missing.jpg\tcannot read")
+
+
+def test_class_order_is_natural_for_folders_and_lists(tmp_path):
+    """"class2" before "class10" (as timm orders class folders), label "2" before "10" in a list."""
+    make_image_folder(tmp_path / "src", classes=("class10", "class2", "class1"), per_class=1, mixed=False)
+    build_split(tmp_path / "src", tmp_path / "o1", "train", progress=False)
+    info = json.loads((tmp_path / "o1" / "_info.json").read_text())["splits"]["train"]
+    assert info["class_names"] == ["class1", "class2", "class10"]
+    assert by_path(read_split(tmp_path / "o1"))["class10/img_000.jpg"]["cls"] == 2
+    rows = ["path,label"] + [f"src/class{c}/img_000.jpg,{c}" for c in (10, 2, 1)]
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    build_split(tmp_path / "list.csv", tmp_path / "o2", "train", progress=False)
+    info = json.loads((tmp_path / "o2" / "_info.json").read_text())["splits"]["train"]
+    assert info["class_names"] == ["1", "2", "10"]
+    assert by_path(read_split(tmp_path / "o2"))["src/class10/img_000.jpg"]["cls"] == 2
+
+
+def test_splits_of_one_out_share_the_class_list(tmp_path):
+    """A test folder missing a class keeps train's indices (no silent shift); an unknown class is refused."""
+    make_image_folder(tmp_path / "train", classes=("ant", "bee", "cat"), per_class=2, mixed=False)
+    make_image_folder(tmp_path / "test", classes=("ant", "cat"), per_class=2, mixed=False, seed=1)
+    make_image_folder(tmp_path / "val", classes=("ant", "dog"), per_class=1, mixed=False, seed=2)
+    out = tmp_path / "out"
+    build_split(tmp_path / "train", out, "train", progress=False)
+    build_split(tmp_path / "test", out, "test", progress=False)
+    splits = json.loads((out / "_info.json").read_text())["splits"]
+    assert splits["test"]["class_names"] == splits["train"]["class_names"] == ["ant", "bee", "cat"]
+    assert {s["json"]["class"]: s["cls"] for s in read_split(out, "test")} == {"ant": 0, "cat": 2}
+    with pytest.raises(DataToolsError) as caught:
+        build_split(tmp_path / "val", out, "val", progress=False)
+    message = str(caught.value)
+    assert "split 'val' has classes that split 'test'" in message and "'dog'" in message
+    assert "val" not in json.loads((out / "_info.json").read_text())["splits"]
+    # the same build again finds its split up to date: the adopted list is what a rerun compares against
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("test")}
+    assert build_split(tmp_path / "test", out, "test", progress=False).up_to_date
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name.startswith("test")} == before

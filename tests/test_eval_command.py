@@ -152,3 +152,18 @@ def test_trainer_checkpoint_is_read_with_its_recipe(tmp_path):
     loaded = source.build()
     for key, value in backbone.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_train_and_test_with_different_class_lists_fail_before_any_work(tmp_path):
+    """Shards built apart from folders that differ in one class: label 1 would be two classes. One line, early."""
+    from eval_fixtures import write_split
+
+    write_split(tmp_path / "a", "train", num_classes=3, per_class=2, num_shards=1)
+    write_split(tmp_path / "b", "validation", num_classes=4, per_class=1, num_shards=1)
+    with pytest.raises(ConfigError) as caught:
+        eval_cli("knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(tmp_path / "a"),
+                 "--test", str(tmp_path / "b"), "--out", str(tmp_path / "o"), *TINY)
+    message = str(caught.value)
+    assert "list different classes (3 vs 4; label 3 is nothing vs 'c3')" in message
+    assert str(tmp_path / "a") in message and "split 'validation'" in message
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -95,6 +95,28 @@ class EvalContext:
             self._shards[split] = resolve_spec(spec, name)
         return self._shards[split]
 
+    def num_classes(self) -> int | None:
+        """The class count of the labelled data, from the shards' class lists; None when they list none.
+
+        Train and test must list the same classes in the same order, or label k names two different classes
+        and every score is silently wrong (shards built into separate directories from folders that differ
+        in one class do exactly that): a mismatch is an error naming both.
+        """
+        lists = {split: self.shards(split).class_names
+                 for split, spec in zip(SPLITS, (self.data.train, self.data.test)) if spec}  # none: given features
+        train, test = lists.get("train"), lists.get("test")
+        if train is not None and test is not None and tuple(train) != tuple(test):
+            first = next((i for i, (a, b) in enumerate(zip(train, test)) if a != b), min(len(train), len(test)))
+            at = lambda names: repr(names[first]) if first < len(names) else "nothing"  # noqa: E731
+            (train_spec, train_split), (test_spec, test_split) = self.data.spec("train"), self.data.spec("test")
+            raise ConfigError(
+                f"the train data ({train_spec}, split '{train_split}') and the test data ({test_spec}, split "
+                f"'{test_split}') list different classes ({len(train)} vs {len(test)}; label {first} is {at(train)} "
+                f"vs {at(test)}), so a label would name different classes. Build both splits into one shard "
+                "directory (a split built next to another takes its class list), or from the same class folders")
+        names = next((n for n in (train, test) if n is not None), None)
+        return None if names is None else len(names)
+
     def eval_batches(
         self, split: str, image_size: int | None = None, *, batch_size: int | None = None,
         num_workers: int | None = None, crop_pct: float | None = None,
@@ -137,8 +159,10 @@ class EvalContext:
         self, pool: Pool | None = None, layers: Sequence[int] | None = None
     ) -> tuple[Features, Features, int]:
         """(train features, test features, number of classes) — what every feature-based protocol starts from."""
+        listed = self.num_classes()  # first: class lists that disagree fail before any feature is extracted
         train, test = self.features("train", pool, layers), self.features("test", pool, layers)
-        return train, test, int(max(train.labels.max(), test.labels.max())) + 1
+        seen = int(max(train.labels.max(), test.labels.max())) + 1
+        return train, test, max(listed or 0, seen)
 
     def _load_or_extract(self, split: str, pool: Pool, layers: Sequence[int] | None) -> Features:
         spec, name = self.data.spec(split)

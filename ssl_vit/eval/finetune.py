@@ -82,7 +82,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
         raise ConfigError("fine-tuning needs an Accelerator in the evaluation context")
     run_dir = Path(ctx.out_dir or "runs/eval") / "finetune"
     train_shards = ctx.shards("train")
-    num_classes = cfg.data.num_classes or train_shards.num_classes
+    num_classes = cfg.data.num_classes or ctx.num_classes()
     if not num_classes:
         raise ConfigError(f"{ctx.data.train}: the shards list no class_names; set data.num_classes in the fine-tuning recipe")
     per_epoch = steps_per_epoch(train_shards.num_samples, cfg.train.global_batch) if train_shards.num_samples else None

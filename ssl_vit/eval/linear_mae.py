@@ -42,7 +42,7 @@ def mae_linear_probe(
     layers = ctx.layers if layers is None else layers
     accelerator = ctx.accelerator
     shards = ctx.shards("train")
-    num_classes = num_classes or shards.num_classes
+    num_classes = num_classes or ctx.num_classes()
     if not num_classes:
         raise ConfigError(f"{ctx.data.train}: the shards do not list class_names; pass linear.num_classes=N")
     if warmup_epochs >= epochs:

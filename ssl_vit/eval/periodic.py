@@ -66,7 +66,8 @@ def check_periodic(cfg: Any) -> None:
         build(name, **options)
     ctx = EvalContext(backbone_factory=lambda: None, data=settings)  # type: ignore[arg-type, return-value]
     for split in ("train", "test"):
-        ctx.shards(split)
+        ctx.shards(split)  # a missing or unresolvable spec fails here, naming the flag
+    ctx.num_classes()  # … and class lists that disagree, before any training step
 
 
 def evaluate_during_pretraining(
