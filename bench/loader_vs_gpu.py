@@ -25,6 +25,7 @@ holds the step's slow-down by the workers; "host waits in next()" is the time th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -79,17 +80,24 @@ def prepare_shards(cache: Path, count: int, resize_shorter: int, quality: int) -
     """(shard directory, photo folder): `count` photos resized to `resize_shorter` at JPEG `quality`, as shards;
     built once, then reused (build_split finds a complete split up to date)."""
     from data_tools.build import build_split
+    from data_tools.errors import DataToolsError
 
     photos = cache / f"photos-{count}"
     if not (photos / "complete").exists():
         make_photos(photos / "img", count)
         (photos / "complete").touch()
     shard_size = max(count * 30_000 // 32, 100_000)  # ~32 shards at ~30 kB per image: most workers own some
-    # Every build option is named here and in the directory name, so a change of build_split's defaults can
-    # never meet an old cache ("built with different options").
+    # Every build option is named here and in the directory name; a cache that another version of the build
+    # refuses to resume is rebuilt.
     out = cache / f"shards-{count}-s{resize_shorter}-q{quality}-{shard_size // 1000}k-header"
-    build_split(photos / "img", out, "train", labels="none", seed=0, resize_shorter=resize_shorter,
-                quality=quality, shard_size=shard_size, check="header", workers=1, progress=True)
+    build = functools.partial(build_split, photos / "img", out, "train", labels="none", seed=0,
+                              resize_shorter=resize_shorter, quality=quality, shard_size=shard_size, check="header",
+                              workers=1, progress=True)
+    try:
+        build()
+    except DataToolsError as err:  # a cache left by another version of the build: it is only a cache
+        print(f"rebuilding the cached shards: {err}", file=sys.stderr)
+        build(overwrite=True)
     return out, photos / "img"
 
 

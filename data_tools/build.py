@@ -189,8 +189,9 @@ def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> 
             "it, or add --overwrite to rebuild it from scratch")
     if record.inputs != inputs.fingerprint:
         raise DataToolsError(
-            f"the files in {src} changed since split '{split}' was started in {out}; "
-            "rerun with --overwrite to rebuild it from scratch")
+            f"the inputs of split '{split}' in {out} changed since it was started (files in {src}, their labels, "
+            "or the class list: another split's, or that of an older ssl_vit); rerun with --overwrite to rebuild "
+            "it from scratch")
     if record.complete and intact_prefix(out, record.shards, hash_files=False) == len(record.shards):
         return record
     # Finished shards are trusted only if their bytes still hash to what was recorded.

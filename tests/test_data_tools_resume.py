@@ -94,6 +94,22 @@ def test_resume_with_other_options_is_refused_and_overwrite_rebuilds(tiny, tmp_p
     assert visible_files(out) == reference
 
 
+def test_resume_after_the_inputs_changed_is_refused(tiny, tmp_path):
+    """A new file in SRC (or another label, or class list) between start and resume: refused, nothing touched."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny, src)
+    out = tmp_path / "out"
+    _start_and_kill(src, out, hang_after=1, workers=1)
+    shutil.copy(src / "a" / sorted(p.name for p in (src / "a").iterdir())[0], src / "a" / "extra.jpg")
+    before = visible_files(out)
+    refused = run_cli("build", str(src), str(out), *OPTS)
+    assert refused.returncode == 2
+    assert "the inputs of split 'train'" in refused.stderr and "--overwrite" in refused.stderr
+    assert visible_files(out) == before
+
+
 def test_damaged_finished_shard_is_rewritten_on_resume(tiny, tmp_path, reference):
     out = tmp_path / "out"
     build_split(tiny, out, "train", max_count=2, progress=False)
