@@ -29,7 +29,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common  # noqa: E402  (bench/common.py, a sibling script module)
 from step import build_pair, enable_checkpointing  # noqa: E402  (bench/step.py: the two implementations)
 
-from ssl_vit.models import list_models  # noqa: E402
+from ssl_vit.models import create_model, list_models  # noqa: E402
 from ssl_vit.train.optim import param_groups  # noqa: E402
 
 TITLE = "bench/memory.py — peak memory of an MPP training step, ours vs Hugging Face ViT (estimated, fake tensors)"
@@ -42,13 +42,14 @@ CATEGORIES = {"Parameter": "params", "Gradient": "grads", "Optstate": "optimizer
               "Temp": "temporaries"}
 
 
-def peak_memory(name: str, impl: str, batch: int, *, checkpointing: bool, bf16: bool) -> dict:
+def peak_memory(name: str, impl: str, batch: int, *, checkpointing: bool, bf16: bool,
+                img_size: int | None = None) -> dict:
     """Peak bytes, by category and in total, of a steady-state training step of `impl` ("ours" | "reference")."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
     with torch.device("meta"):
-        ours, reference = build_pair(name, None, torch.device("meta"))
+        ours, reference = build_pair(name, img_size, torch.device("meta"))
     model = ours if impl == "ours" else reference
     side = ours.backbone.config.img_size
     if checkpointing:
@@ -86,6 +87,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="one registered model (with --batch; default: the three "
                                                       "settings of issue 7, see the module doc)")
     parser.add_argument("--batch", type=int, default=None, help="images per step per device (with --model)")
+    parser.add_argument("--img-size", type=int, default=None, help="image side (default: the model's, 224)")
     parser.add_argument("--grad-checkpointing", action="store_true", help="recompute each block in the backward")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="autocast bf16 (default) or fp32")
     parser.add_argument("--budget-gib", type=float, default=78.0,
@@ -111,9 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     bar = tqdm(total=2 * len(args.settings), desc="fake-tensor steps", unit="run", file=sys.stderr)
     for name, batch, checkpointing in args.settings:
-        record = {"model": name, "batch": batch, "grad_checkpointing": checkpointing}
+        with torch.device("meta"):
+            side = args.img_size or create_model(name).config.img_size
+        record = {"model": name, "img_size": side, "batch": batch, "grad_checkpointing": checkpointing}
         for impl in ("ours", "reference"):
-            record[impl] = peak_memory(name, impl, batch, checkpointing=checkpointing, bf16=args.precision == "bf16")
+            record[impl] = peak_memory(name, impl, batch, checkpointing=checkpointing, bf16=args.precision == "bf16",
+                                       img_size=args.img_size)
             bar.update()
         record["ours_peak_bytes"] = record["ours"]["total"]
         record["reference_peak_bytes"] = record["reference"]["total"]
@@ -129,13 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
         "ratio": min(r["ratio"] for r in results),
         "results": results,
     }
-    rows = [[r["model"], r["batch"], "yes" if r["grad_checkpointing"] else "no",
+    rows = [[r["model"], f"{r['img_size']}px", r["batch"], "yes" if r["grad_checkpointing"] else "no",
              *(f"{r['ours'][k] / GIB:.2f}" for k in ("params", "grads", "optimizer", "activations", "temporaries")),
              f"**{r['ours_peak_bytes'] / GIB:.1f}**", f"{r['reference_peak_bytes'] / GIB:.1f}", f"{r['ratio']:.2f}×",
              ("yes" if r["fits"] else "**no**") + f" ({args.budget_gib:g} GiB)"]
             for r in results]
     table = common.markdown_table(
-        ["model", "batch", "checkpointing", "params", "grads", "AdamW state", "activations", "temp",
+        ["model", "size", "batch", "checkpointing", "params", "grads", "AdamW state", "activations", "temp",
          "ours peak GiB", "HF ref peak GiB", "ref ÷ ours", "fits"], rows)
     notes = (f"{args.precision}, a steady-state training step on fake tensors under torch's MemTracker; the category columns "
              "are ours at the moment of the peak (GiB). Not counted: CUDA context and caching-allocator "

@@ -67,6 +67,7 @@ def test_memory_quick_counts_parameters_and_adamw_state_exactly() -> None:
     param_bytes = 4 * sum(p.numel() for p in params)
     plain, checkpointed = out["results"]
     assert (plain["grad_checkpointing"], checkpointed["grad_checkpointing"]) == (False, True)
+    assert plain["img_size"] == 32
     for r in out["results"]:
         assert r["ours"]["params"] == r["reference"]["params"] == param_bytes  # same weights in both
         assert r["ours"]["optimizer"] == 2 * param_bytes + 4 * len(params)
