@@ -108,9 +108,9 @@ def build_split(
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         clear_split(out, split)
-    inputs = _shared_class_list(out, split, inputs)
 
     record = _resume_record(out, src, opts, inputs)
+    inputs = _labelling(out, split, inputs, record)
     if record.complete:
         entry = _entry(opts, record, inputs)
         if read_info(out)["splits"].get(split) != entry:  # e.g. _info.json deleted since: restore the entry
@@ -149,16 +149,35 @@ def _source_path(src: str | Path | None, list_file: str | Path | None) -> Path:
     return Path(src)
 
 
-def _shared_class_list(out: Path, split: str, inputs: Inputs) -> Inputs:
+def _labelling(out: Path, split: str, inputs: Inputs, record: Progress) -> Inputs:
+    """The inputs labelled with the class list this build writes: for a split already (partly) written, the
+    list its shards hold — a resume or rerun must not renumber them —, else the shared list of the OUT."""
+    if not inputs.class_names:
+        return inputs
+    if record.shards or record.complete:
+        written = record.class_names or _list_of_older_versions(out, split, inputs)
+    else:
+        written = _shared_class_names(out, split, inputs)
+    record.class_names = list(written)
+    return inputs.with_class_names(written)
+
+
+def _list_of_older_versions(out: Path, split: str, inputs: Inputs) -> list[str]:
+    """A record without a class list comes from a version that sorted class names as text and shared nothing:
+    the split's `_info.json` entry says which list its shards hold, or else that order does."""
+    entry = read_info(out)["splits"].get(split) or {}
+    names = entry.get("class_names")
+    return list(names) if names and set(names) >= set(inputs.class_names) else sorted(inputs.class_names)
+
+
+def _shared_class_names(out: Path, split: str, inputs: Inputs) -> list[str]:
     """Label k must be the same class in every split of one OUT, or train and test disagree silently (a test
     folder missing one class would shift every later index). So a labelled split built next to others takes
     their class list; a class that list lacks is an error, since the other split's labels are already written."""
-    if not inputs.class_names:
-        return inputs
     others = {name: entry["class_names"] for name, entry in sorted(read_info(out)["splits"].items())
               if name != split and entry.get("class_names")}
     if not others:
-        return inputs
+        return inputs.class_names
     other, names = next(iter(others.items()))
     known = set(names)
     missing = [name for name in inputs.class_names if name not in known]
@@ -169,7 +188,7 @@ def _shared_class_list(out: Path, split: str, inputs: Inputs) -> Inputs:
             f"one OUT share one class list, so a label means the same class in each. Build '{split}' into a new "
             f"OUT first and then '{other}' next to it (a split with fewer classes takes the fuller list), or "
             f"check the class names")
-    return inputs.with_class_names(names)
+    return list(names)
 
 
 def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> Progress:
@@ -181,17 +200,16 @@ def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> 
             raise DataToolsError(
                 f"{out} already holds split '{split}' from a build without a progress record "
                 f"({progress_path(out, split).name}); rerun with --overwrite to replace it")
-        return Progress(options=opts.record(), inputs=inputs.fingerprint)
+        return Progress(options=opts.record(), inputs=inputs.digest)
     if record.options != opts.record():
         raise DataToolsError(
             f"split '{split}' in {out} was {'built' if record.complete else 'started'} with different options "
             f"({describe_differences(record.options, opts.record())}); rerun with the same options to resume "
             "it, or add --overwrite to rebuild it from scratch")
-    if record.inputs != inputs.fingerprint:
+    if record.inputs != inputs.digest:
         raise DataToolsError(
-            f"the inputs of split '{split}' in {out} changed since it was started (files in {src}, their labels, "
-            "or the class list: another split's, or that of an older ssl_vit); rerun with --overwrite to rebuild "
-            "it from scratch")
+            f"the files in {src} (or their labels) changed since split '{split}' was started in {out}; "
+            "rerun with --overwrite to rebuild it from scratch")
     if record.complete and intact_prefix(out, record.shards, hash_files=False) == len(record.shards):
         return record
     # Finished shards are trusted only if their bytes still hash to what was recorded.

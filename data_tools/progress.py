@@ -1,7 +1,7 @@
 """`OUT/.NAME.progress.json`: what an interrupted build had finished, so the same command can resume.
 
 Written (atomically) after every shard. It holds the options and an input digest — a resume with
-anything different is refused — and, per finished shard, its sha256, size, sample count and how far into
+anything different is refused —, the class list the labels index, and, per finished shard, its sha256, size, sample count and how far into
 the shuffled input order it reached. A resume keeps the longest prefix of recorded shards whose files are
 still intact and carries on from the input after the last one; since shard boundaries are a pure function
 of the inputs and options, the result is byte-identical to an uninterrupted build.
@@ -34,6 +34,8 @@ class Progress:
     shards: list[ShardRecord] = field(default_factory=list)
     skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (input index, rel path, reason)
     complete: bool = False
+    # The class list the shards are labelled with; None in records of versions that did not keep it.
+    class_names: list[str] | None = None
 
 
 def progress_path(out: Path, split: str) -> Path:
@@ -50,7 +52,8 @@ def load_progress(out: Path, split: str) -> Progress | None:
             options=raw["options"], inputs=raw["inputs"],
             shards=[ShardRecord(**s) for s in raw["shards"]],
             skipped=[(int(i), str(rel), str(reason)) for i, rel, reason in raw["skipped"]],
-            complete=bool(raw["complete"]))
+            complete=bool(raw["complete"]),
+            class_names=[str(n) for n in raw["class_names"]] if raw.get("class_names") is not None else None)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataToolsError(f"{path} is unreadable ({err}); rerun with --overwrite to rebuild split {split}") from None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import posixpath
 import random
@@ -39,12 +38,6 @@ class Inputs:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (rel, reason) decided while listing
     # sha256 over every (rel, label, size, mtime): a resumed build refuses to mix two different inputs.
     digest: str = ""
-
-    @property
-    def fingerprint(self) -> str:
-        """The digest and the class list together: what a resumed build must find unchanged (same files, same
-        label indices)."""
-        return hashlib.sha256((self.digest + json.dumps(self.class_names)).encode()).hexdigest()
 
     def with_class_names(self, names: list[str]) -> "Inputs":
         """The same files, labelled by their class's index in `names` (which holds every class used here)."""

@@ -95,7 +95,7 @@ def test_resume_with_other_options_is_refused_and_overwrite_rebuilds(tiny, tmp_p
 
 
 def test_resume_after_the_inputs_changed_is_refused(tiny, tmp_path):
-    """A new file in SRC (or another label, or class list) between start and resume: refused, nothing touched."""
+    """A new file in SRC (or another label) between start and resume: refused, nothing touched."""
     import shutil
 
     src = tmp_path / "src"
@@ -106,7 +106,7 @@ def test_resume_after_the_inputs_changed_is_refused(tiny, tmp_path):
     before = visible_files(out)
     refused = run_cli("build", str(src), str(out), *OPTS)
     assert refused.returncode == 2
-    assert "the inputs of split 'train'" in refused.stderr and "--overwrite" in refused.stderr
+    assert "changed since split 'train' was started" in refused.stderr and "--overwrite" in refused.stderr
     assert visible_files(out) == before
 
 
@@ -175,3 +175,26 @@ def test_disk_full_mid_build_names_the_file_and_the_rerun_resumes(tiny, tmp_path
     monkeypatch.undo()
     build_split(tiny, out, "train", max_count=2, progress=False)
     assert visible_files(out) == reference
+
+
+def test_a_rerun_never_renumbers_what_an_older_version_wrote(tmp_path):
+    """Shards written before the class list was recorded (then: text order, "c10" before "c2") stay as they are:
+    the rerun finds the split up to date under the list its `_info.json` names, and a resume continues with it."""
+    from imagegen import make_image_folder as make
+
+    make(tmp_path / "src", classes=("c2", "c10"), per_class=3, mixed=False)
+    out = tmp_path / "out"
+    build_split(tmp_path / "src", out, "train", max_count=2, progress=False)
+    info_path, record_path = out / "_info.json", out / ".train.progress.json"
+    info, record = json.loads(info_path.read_text()), json.loads(record_path.read_text())
+    assert info["splits"]["train"]["class_names"] == record["class_names"] == ["c2", "c10"]
+    # Make it look like an older version's build: text order in the index, no list in the record.
+    info["splits"]["train"]["class_names"] = ["c10", "c2"]
+    del record["class_names"]
+    info_path.write_text(json.dumps(info))
+    record_path.write_text(json.dumps(record))
+    before = visible_files(out)
+    assert build_split(tmp_path / "src", out, "train", max_count=2, progress=False).up_to_date
+    after = visible_files(out)
+    assert json.loads(after["_info.json"])["splits"]["train"]["class_names"] == ["c10", "c2"]
+    assert {k: v for k, v in after.items() if k.endswith(".tar")} == {k: v for k, v in before.items() if k.endswith(".tar")}
