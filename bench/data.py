@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,26 +146,24 @@ def ours(shards: Path, workers: int, seed: int):
 
 def time_build(images: Path, reps: int) -> dict:
     """Seconds of `build_split` (pass-through, 1 worker; `check="full"`, which decodes every image, and the
-    default `check="header"`) and of `tar cf` on the same folder, interleaved; median of `reps`."""
+    default `check="header"`) and of `tar cf` on the same folder, interleaved (common.interleaved: the order
+    turns every repetition); median of `reps`."""
     from data_tools.build import build_split
 
     size = sum(p.stat().st_size for p in images.rglob("*.jpg")) / 1e6
-    times: dict[str, list[float]] = {"tar": [], "full": [], "header": []}
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        for _ in range(reps):
-            start = time.perf_counter()
-            subprocess.run(["tar", "cf", f"{tmp}/all.tar", "-C", str(images), "."], check=True)
-            times["tar"].append(time.perf_counter() - start)
-            for check in ("full", "header"):  # named explicitly: the default changed once and a row lied
-                start = time.perf_counter()
-                build_split(images, Path(tmp) / check, "train", labels="folder", seed=0, workers=1,
-                            overwrite=True, progress=False, check=check)
-                times[check].append(time.perf_counter() - start)
-    tar = statistics.median(times["tar"])
-    result = {"mb": size, "tar_mb_per_s": size / tar}
+
+        def build(check: str) -> Callable[[], None]:  # named explicitly: the default changed once and a row lied
+            return lambda: build_split(images, Path(tmp) / check, "train", labels="folder", seed=0, workers=1,
+                                       overwrite=True, progress=False, check=check)
+
+        tar = lambda: subprocess.run(["tar", "cf", f"{tmp}/all.tar", "-C", str(images), "."], check=True)  # noqa: E731
+        times = common.interleaved({"tar": tar, "full": build("full"), "header": build("header")}, reps=reps)
+    tar_s = statistics.median(times["tar"])
+    result = {"mb": size, "tar_mb_per_s": size / tar_s}
     for check in ("full", "header"):
         seconds = statistics.median(times[check])
-        result[check] = {"seconds": seconds, "mb_per_s": size / seconds, "ratio": tar / seconds}
+        result[check] = {"seconds": seconds, "mb_per_s": size / seconds, "ratio": tar_s / seconds}
     return result
 
 
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_runs": ours_s,
         "baseline_runs": base_s,
         "workers": workers,
-        "build": time_build(images, 1 if args.quick else 2),
+        "build": time_build(images, 1 if args.quick else 5),
         "images": n_images,
         "count": count,
         "reps": reps,
@@ -222,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     notes = (f"Load average {os.getloadavg()[0]:.2f} at the end (other work slows both sides alike). {n_images} "
              f"images 500×375 JPEG q90, crops 224, batches of {BATCH}, {count} images per measurement, median of "
-             f"{reps} interleaved runs.")
+             f"{reps} interleaved runs; the shard build: median of {1 if args.quick else 5} interleaved runs of "
+             "`tar cf`, `--check full` and `--check header`.")
     common.finish(args, result, table(result), title="bench/data.py — train stream and shard build", notes=notes)
     return result
 
