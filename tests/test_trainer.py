@@ -307,17 +307,16 @@ def test_no_host_device_synchronisation_inside_a_step(shards: Path, tmp_path: Pa
 
 
 @pytest.mark.timeout(240)
-def test_compiled_training_matches_eager_and_checkpoints_plain_names(shards: Path, tmp_path: Path, pretrain,
-                                                                     monkeypatch):
+def test_compiled_training_matches_eager_and_checkpoints_plain_names(shards: Path, tmp_path: Path, pretrain):
     """`train.compile=true` (inductor, as on a GPU): the same per-step losses as eager within float tolerance,
     and checkpoints keyed by the model's own names (no `_orig_mod.` prefix), so they load anywhere. Inductor
     draws random numbers its own way (the corruption would differ), so here it is told to draw as eager does."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
     settings = {"train.total_steps": 4, "train.log_every": 1, "train.checkpoint_every": 4, "optim.warmup_steps": 2}
     assert pretrain(shards, tmp_path / "eager", **settings) == 0
-    assert pretrain(shards, tmp_path / "compiled", **settings, **{"train.compile": "true"}) == 0
+    with inductor_config.patch(fallback_random=True):  # the config's own patcher restores it exactly
+        assert pretrain(shards, tmp_path / "compiled", **settings, **{"train.compile": "true"}) == 0
     eager, compiled = records(tmp_path / "eager"), records(tmp_path / "compiled")
     assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
     state = torch.load(tmp_path / "compiled" / "checkpoints" / ckpt.checkpoint_name(4) / "state.pt", weights_only=True)
