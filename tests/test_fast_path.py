@@ -120,3 +120,21 @@ def test_compiled_step_is_one_graph_and_matches_eager(checkpointing: bool) -> No
     for (name, p), q in zip(mpp.named_parameters(), twin.parameters()):
         assert torch.allclose(p, q, atol=1e-6, rtol=1e-5), name
     torch._dynamo.reset()
+
+
+@pytest.mark.timeout(120)
+def test_compiled_step_takes_a_second_batch_size_symbolically() -> None:
+    """A second batch shape makes dynamo recompile with a symbolic batch size (what happens when one process
+    compiles for two shapes); the corruption's random draws from the default RNG (the trainer's; an explicit
+    generator is for eager analysis) must trace then too, and the step must equal eager's for both shapes."""
+    torch._dynamo.reset()
+    mpp = objective().train()
+    compiled = torch.compile(mpp, backend="aot_eager", fullgraph=True, dynamic=True)
+    for n in (4, 6):
+        batch = images(n)
+        torch.manual_seed(3)
+        loss, _ = compiled(batch)
+        torch.manual_seed(3)
+        eager, _ = mpp(batch)
+        assert loss.item() == pytest.approx(eager.item(), rel=1e-5), n
+    torch._dynamo.reset()

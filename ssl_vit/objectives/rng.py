@@ -9,17 +9,20 @@ from __future__ import annotations
 import torch
 
 
-def _draw_device(device: torch.device, generator: torch.Generator | None) -> torch.device:
-    return torch.device(device) if generator is None else generator.device
+def _where(device: torch.device, generator: torch.Generator | None) -> dict:
+    """Keyword arguments of a draw. Without a generator the `generator` keyword is left out altogether: passing
+    `generator=None` selects the generator overload, which `torch.compile` cannot trace with a symbolic batch
+    size (a recompile for a second batch shape then fails)."""
+    if generator is None:
+        return {"device": torch.device(device)}
+    return {"device": generator.device, "generator": generator}
 
 
 def uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """U[0, 1) float32 of `shape` on `device`."""
-    out = torch.rand(shape, generator=generator, device=_draw_device(device, generator))
-    return out.to(device)
+    return torch.rand(shape, **_where(device, generator)).to(device)
 
 
 def randint(high: int, shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform int64 in [0, high) of `shape` on `device`."""
-    out = torch.randint(0, high, shape, generator=generator, device=_draw_device(device, generator))
-    return out.to(device)
+    return torch.randint(0, high, shape, **_where(device, generator)).to(device)
