@@ -1,8 +1,8 @@
 """`OUT/.NAME.progress.json`: what an interrupted build had finished, so the same command can resume.
 
 Written (atomically) after every shard. It holds the options and an input digest — a resume with
-anything different is refused —, the class list the labels index, and, per finished shard, its sha256, size, sample count and how far into
-the shuffled input order it reached. A resume keeps the longest prefix of recorded shards whose files are
+anything different is refused —, the class list the labels index, and, per finished shard, its sha256,
+size, sample count and how far into the shuffled input order it reached. A resume keeps the longest prefix of recorded shards whose files are
 still intact and carries on from the input after the last one; since shard boundaries are a pure function
 of the inputs and options, the result is byte-identical to an uninterrupted build.
 """

@@ -7,6 +7,7 @@ the samples, the property that makes an interrupted build resumable to the ident
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tarfile
@@ -95,8 +96,6 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the partial shard. Closing flushes the buffer, which fails again on a full disk: the file goes
         either way, and the error that stopped the build is the one to report."""
-        try:
+        with contextlib.suppress(OSError):
             self._file.close()
-        except OSError:
-            pass
         self.tmp.unlink(missing_ok=True)

@@ -10,21 +10,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..models.vit import Mlp
 
 HEADS = ("mlp", "linear")
-
-
-class MlpHead(nn.Module):
-    """(…, D) → (…, out): Linear → GELU → Linear, the paper's one-hidden-layer pre-training head."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def build_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> nn.Module:
@@ -35,7 +23,7 @@ def build_head(kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = No
         hidden = in_dim if hidden_dim is None else int(hidden_dim)
         if hidden < 1:
             raise ConfigError(f"head_hidden_dim must be a positive width, got {hidden_dim!r}")
-        return MlpHead(in_dim, hidden, out_dim)
+        return Mlp(in_dim, hidden, out_dim)  # the blocks' MLP module: Linear → GELU → Linear, fc1/fc2 keys
     raise ConfigError(f"unknown MPP head '{kind}'; choose one of: {', '.join(HEADS)}")
 
 
