@@ -81,6 +81,9 @@ def test_all_with_smoke_recipe_writes_results_json_and_markdown(data, tmp_path):
     md = (out / "results.md").read_text()
     assert md.startswith("# Evaluation: random-init vit_nano_patch4 (seed 0)")
     assert f"| fewshot/2shot | {record['metrics']['fewshot/2shot']:.2f} ± " in md
+    # the smoke recipe asks for all three few-shot protocols; each is named in both files
+    assert set(record["fewshot_protocols"]) == {"fewshot/{k}shot", "fewshot/{k}shot_fixed_l2", "fewshot/{k}shot_plus{v}_labels"}
+    assert "- `fewshot/{k}shot_fixed_l2`: big_vision's protocol" in md and "fewshot/2shot_plus2_labels" in md
 
 
 def test_compare_puts_runs_side_by_side(tmp_path, capsys):

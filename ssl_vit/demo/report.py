@@ -93,7 +93,8 @@ def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, summar
         "**Measured against the goal.**\n" + "\n".join(_verdicts(pretrained, random_init)),
         TARGET_WHY if target == "pixels" else f"**Target.** `{target}`, as configured.",
         "**How to read the figures.** Few-shot: closed-form least squares onto {-1, 1}^10 from k labelled "
-        "images per class (the paper's protocol), mean ± std over draws. Figure 7: principal components of the "
+        "images per class, L2 chosen on those k alone (leave-one-out; GCV at 1 shot), mean ± std over draws; "
+        "big_vision's fixed-L2 protocol (the paper's code) is in `eval/comparison.md` as `_fixed_l2`. Figure 7: principal components of the "
         "patch-embedding filters, cosine similarity of position embeddings, mean attention distance per head "
         "(`analysis/analysis.md` explains each). Masked prediction: original, corrupted input (grey = [MASK], "
         "outlined = replaced or kept), target and prediction for the corrupted patches; for `pixels` the "

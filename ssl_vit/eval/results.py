@@ -46,7 +46,10 @@ def metrics_table(columns: Sequence[tuple[str, dict[str, float]]]) -> str:
 def write_results(out_dir: Path, label: str, metrics: dict[str, float], meta: dict) -> Path:
     """Write results.json and results.md into `out_dir`; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    protocols = fewshot_protocols(metrics)
     record = {"label": label, "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+    if protocols:
+        record["fewshot_protocols"] = protocols
     path = out_dir / RESULTS_JSON
     path.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
     header = [f"# Evaluation: {label}", ""]
@@ -54,8 +57,26 @@ def write_results(out_dir: Path, label: str, metrics: dict[str, float], meta: di
         if meta.get(key) is not None:
             header.append(f"- {key}: `{meta[key]}`")
     header += ["", "Accuracies in percent; few-shot figures are mean ± std over draws (see ssl_vit/eval/*.py)."]
+    header += [f"- `{pattern}`: {text}" for pattern, text in protocols.items()]
     (out_dir / RESULTS_MD).write_text("\n".join(header) + "\n\n" + metrics_table([(label, metrics)]))
     return path
+
+
+def fewshot_protocols(metrics: dict[str, float]) -> dict[str, str]:
+    """The few-shot protocols (pattern → description) whose metrics appear in `metrics`."""
+    from .fewshot import PROTOCOLS
+
+    shown = {}
+    for name in metrics:
+        if not name.startswith("fewshot/") or name.endswith(("_std", "_log2_l2")):
+            continue
+        if "_plus" in name:
+            shown["fewshot/{k}shot_plus{v}_labels"] = PROTOCOLS["fewshot/{k}shot_plus{v}_labels"]
+        elif name.endswith("_fixed_l2"):
+            shown["fewshot/{k}shot_fixed_l2"] = PROTOCOLS["fewshot/{k}shot_fixed_l2"]
+        else:
+            shown["fewshot/{k}shot"] = PROTOCOLS["fewshot/{k}shot"]
+    return {k: shown[k] for k in PROTOCOLS if k in shown}
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
