@@ -170,3 +170,33 @@ def test_train_and_test_with_different_class_lists_fail_before_any_work(tmp_path
     assert "list different classes (3 vs 4; label 3 is nothing vs 'c3')" in message
     assert str(tmp_path / "a") in message and "split 'validation'" in message
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_random_baseline_is_the_checkpoints_own_step0_weights(tmp_path):
+    """A run with train.seed=3 and lr 1e-30 (lr must be positive): its one step moves no weight by more than 1e-30,
+    so its checkpoint holds the step-0 weights; --baseline random rebuilds them."""
+    from trainer_fixtures import run_pretrain, smoke_overrides, write_pretrain_shards
+
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    shards = write_pretrain_shards(tmp_path / "shards", num_samples=16)
+    run = tmp_path / "run"
+    proc = run_pretrain(smoke_overrides(shards, run, **{
+        "train.seed": 3, "train.total_steps": 1, "optim.lr": 1e-30, "optim.min_lr": 0.0, "optim.warmup_steps": 0,
+        "train.checkpoint_every": 1, "train.log_every": 1}))
+    assert proc.returncode == 0, proc.stderr
+    source = resolve_backbone(str(run), seed=0)  # the evaluation's own seed (0) must not decide the baseline
+    assert source.train_seed == 3
+    step0 = source.build().state_dict()
+    baseline = source.random_baseline(0)
+    assert baseline.label == "random-init vit_nano_patch4 (seed 3)"
+    rebuilt = baseline.build(img_size=32).state_dict()
+    assert rebuilt.keys() == step0.keys()
+    for key in step0:  # random weights are ~1e-2: a different draw would miss by far more than 1e-20
+        torch.testing.assert_close(rebuilt[key], step0[key], rtol=0, atol=1e-20, msg=key)
+    other = resolve_backbone("random:vit_nano_patch4:0").build(img_size=32).state_dict()
+    assert not torch.equal(other["patch_embed.proj.weight"], step0["patch_embed.proj.weight"])  # seed 0 would differ
+    # at another resolution the baseline is those same draws, resampled (as the pretrained weights are)
+    at48 = baseline.build(img_size=48).state_dict()
+    assert torch.equal(at48["blocks.0.attn.qkv.weight"], rebuilt["blocks.0.attn.qkv.weight"])
+    assert at48["pos_embed"].shape[1] == 1 + 12 * 12

@@ -42,6 +42,10 @@ def test_export_round_trip_is_strict_and_exact(run_dir: Path, tmp_path: Path, ca
     assert f"wrote {out}" in capsys.readouterr().out
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["model"]["embed_dim"] == 64 and info["model"]["global_pool"] == "avg" and info["step"] == 6
+    assert info["train_seed"] == 0  # the smoke recipe's train.seed: `eval --baseline random` rebuilds the init from it
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    assert resolve_backbone(str(out), seed=5).random_baseline(5).seed == 0
 
     tensors = load_file(str(out))
     assert not any(k.startswith(("backbone.", "module.", "_orig_mod.")) or k == "mask_token" for k in tensors)

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     save_backbone(objective.backbone, output, metadata={
         "source_checkpoint": str(path), "step": int(state["step"]), "objective": cfg.objective.name,
         "objective_kwargs": cfg.objective.kwargs, "registered_name": cfg.model.name,
+        "train_seed": cfg.train.seed,  # rebuilds the initial weights: `ssl-vit eval --baseline random`
     })
     params = sum(p.numel() for p in objective.backbone.parameters())
     print(f"wrote {output} and {output.with_suffix('.json')}: {cfg.model.name} ({params / 1e6:.2f}M parameters) "

@@ -10,6 +10,12 @@ Accepted forms:
     then `--model NAME` says what to build.
 `build(**overrides)` makes a fresh model with ViTConfig overrides (e.g. `img_size=384` for fine-tuning;
 `load_backbone` resamples the position embeddings in 2D) and the weights loaded.
+
+`random_baseline()` is the checkpoint's own initial weights: the pretraining seeded `torch.manual_seed(train.seed)`
+and built the backbone from its recorded config before anything else drew a random number, so the same seed and
+config rebuild them exactly (tested against a run's step-0 weights). A trainer checkpoint records `train.seed` in
+its config, an export made by `ssl-vit export` in its JSON; for other weights the seed is unknown and the
+evaluation's seed stands in (the command says so).
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ class BackboneSource:
     config: ViTConfig
     _weights: Path | Mapping | None = field(default=None, repr=False)  # a file or a state dict; None: random init
     seed: int = 0
+    train_seed: int | None = None  # the pretraining's `train.seed`, when the checkpoint records it
+    init_as_recorded: bool = False  # random init: draw at `config` (the checkpoint's), then resample to the request
 
     @property
     def model_name(self) -> str | None:
@@ -49,7 +57,10 @@ class BackboneSource:
         if self._weights is None:
             with torch.random.fork_rng(devices=[]):  # the same init every time, global RNG untouched
                 torch.manual_seed(self.seed)
-                return VisionTransformer(config)
+                if not self.init_as_recorded or config == self.config:
+                    return VisionTransformer(config)
+                init = VisionTransformer(self.config)  # the draws the pretraining made, at its own resolution
+            return load_backbone(init.state_dict(), VisionTransformer(config))
         try:
             return load_backbone(self._weights, VisionTransformer(config))
         except CheckpointError as err:
@@ -58,11 +69,12 @@ class BackboneSource:
             raise
 
     def random_baseline(self, seed: int | None = None) -> "BackboneSource":
-        """The same architecture at random initialisation: what `--baseline random` evaluates alongside."""
-        seed = self.seed if seed is None else seed
+        """The checkpoint's own initial weights (its `train_seed`), else `seed`: what `--baseline random` adds."""
+        seed = self.train_seed if self.train_seed is not None else (self.seed if seed is None else seed)
         name = self.model_name or f"vit_d{self.config.embed_dim}x{self.config.depth}"
         return BackboneSource(f"random-init {name} (seed {seed})", f"{RANDOM}:{name}:{seed}",
-                              _random_fingerprint(self.config, seed), self.config, None, seed)
+                              _random_fingerprint(self.config, seed, "as-recorded"), self.config, None, seed,
+                              train_seed=seed, init_as_recorded=True)
 
 
 def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -> BackboneSource:
@@ -87,7 +99,8 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
             f"--checkpoint {path} holds bare weights without the model's configuration; pass --model NAME"
             f"{hint} (see `ssl-vit models` or ssl_vit.models.list_models())"
         )
-    return BackboneSource(path.stem, str(path), _file_fingerprint(path, model), config, path, seed)
+    return BackboneSource(path.stem, str(path), _file_fingerprint(path, model), config, path, seed,
+                          train_seed=_exported_train_seed(path))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -109,8 +122,18 @@ def _model_config(name: str, where: str) -> ViTConfig:
         raise CheckpointError(f"{where}: {err.args[0]}") from None
 
 
-def _random_fingerprint(config: ViTConfig, seed: int) -> str:
-    return "random:" + hashlib.sha256(json.dumps([config.to_dict(), seed, torch.__version__]).encode()).hexdigest()[:16]
+def _random_fingerprint(config: ViTConfig, seed: int, *how: str) -> str:
+    return "random:" + hashlib.sha256(json.dumps([config.to_dict(), seed, torch.__version__, *how]).encode()).hexdigest()[:16]
+
+
+def _exported_train_seed(path: Path) -> int | None:
+    """`train_seed` from an `ssl-vit export` sidecar JSON, if there is one that records it."""
+    sidecar = path.with_suffix(".json")
+    try:
+        seed = json.loads(sidecar.read_text()).get("train_seed") if sidecar.is_file() else None
+    except (ValueError, AttributeError, OSError):
+        return None  # saved_config reports an unreadable sidecar; the seed is only a default
+    return seed if isinstance(seed, int) else None
 
 
 def _file_fingerprint(path: Path, model: str | None) -> str:
@@ -132,28 +155,35 @@ def _from_trainer(state_file: Path, model: str | None) -> BackboneSource:
     from ssl_vit.train.checkpoint import read_state
 
     state = read_state(state_file.parent)
-    if model:
-        config = _model_config(model, str(state_file))
-    else:
-        config = _trainer_config(state_file, state)
+    recipe = _trainer_recipe(state_file, state)
+    config = _model_config(model, str(state_file)) if model else _trainer_config(recipe, state_file)
     step = state.get("step")
     run = state_file.parent.parent.parent.name if state_file.parent.parent.name == "checkpoints" else state_file.parent.name
     label = f"{run}@{step}" if step is not None else run
-    return BackboneSource(label, str(state_file.parent), _file_fingerprint(state_file, model), config, state["model"])
+    return BackboneSource(label, str(state_file.parent), _file_fingerprint(state_file, model), config, state["model"],
+                          train_seed=None if recipe is None else recipe.train.seed)
 
 
-def _trainer_config(state_file: Path, state: Mapping) -> ViTConfig:
+def _trainer_recipe(state_file: Path, state: Mapping):
+    """The pretraining recipe a checkpoint was written with (config.yaml next to it, else inside state.pt)."""
     import yaml
 
-    from ssl_vit.config import config_from_mapping, model_overrides
+    from ssl_vit.config import config_from_mapping
 
     recipe_file = state_file.parent / "config.yaml"
     raw = state.get("config")
     if recipe_file.is_file():
         raw = yaml.safe_load(recipe_file.read_text())
     if not isinstance(raw, Mapping):
+        return None
+    return config_from_mapping(dict(raw), str(recipe_file))
+
+
+def _trainer_config(cfg, state_file: Path) -> ViTConfig:
+    from ssl_vit.config import model_overrides
+
+    if cfg is None:
         raise CheckpointError(f"{state_file.parent}: no config.yaml to tell the architecture; pass --model NAME")
-    cfg = config_from_mapping(dict(raw), str(recipe_file))
     overrides = {k: v for k, v in model_overrides(cfg).items() if k != "drop_path_rate"}  # eval: no stochastic depth
     return model_config(cfg.model.name, **overrides)
 

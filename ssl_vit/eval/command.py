@@ -51,7 +51,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="append", default=[], metavar="MODEL",
                         help="also evaluate MODEL at random initialisation (same as --checkpoint random:MODEL)")
     parser.add_argument("--baseline", choices=["random"], default=None,
-                        help="add the first checkpoint's architecture at random initialisation (same seed)")
+                        help="add the first checkpoint's own initial weights (its recorded train.seed) as a baseline")
     parser.add_argument("--model", default=None, help="the architecture of a bare state dict, e.g. vit_base_patch16")
     parser.add_argument("--train", default=None, help="labelled training data spec (shard directory or URL list)")
     parser.add_argument("--test", default=None, help="labelled test data spec")
@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no backbone given: pass --checkpoint PATH (or random:MODEL, or --random-init MODEL)")
     sources = [resolve_backbone(c, args.model, recipe.seed) for c in checkpoints]
     if args.baseline == "random":
+        if sources[0].train_seed is None:
+            print(f"--baseline random: {sources[0].spec} records no training seed; the baseline is seed {recipe.seed}'s "
+                  "initialisation, not necessarily the checkpoint's own", file=sys.stderr)
         sources.append(sources[0].random_baseline(recipe.seed))
     finetune = evaluators.get("finetune")
     out = Path(args.out or "runs/eval")
