@@ -1,6 +1,7 @@
 """The one way ssl_vit opens a PyTorch pickle: weights-only, so a checkpoint from a stranger cannot run code."""
 from __future__ import annotations
 
+import argparse
 import pickle
 import re
 from pathlib import Path
@@ -10,16 +11,22 @@ import torch
 
 from .errors import CheckpointError
 
+# Plain-data classes that well-known checkpoints pickle next to their tensors and that construct nothing else:
+# MAE's `checkpoint-*.pth` (and DeiT's, and many training scripts') store the run's `args` as a Namespace.
+SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+
 
 def load_weights_only(path: str | Path, trust_hint: str = "") -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, with every failure as one `CheckpointError` line.
 
+    `argparse.Namespace` (the `args` MAE-style checkpoints hold) is allowed: it only sets attributes.
     A pickle that needs a code object (a `__reduce__` payload, a custom class) is refused, naming the global it
     asked for; `trust_hint` tells the user what to do if the file is theirs. Truncated or corrupt files say so.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except pickle.UnpicklingError as err:

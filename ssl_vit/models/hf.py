@@ -40,7 +40,7 @@ _HF_TOP = {  # HF prefix -> ours
     "layernorm.": "norm.",
     "classifier.": "head.",
 }
-_HF_DROPPED = ("pooler.", "embeddings.mask_token")  # HF-only extras with no counterpart in a ViT backbone
+HF_DROPPED = ("pooler.", "embeddings.mask_token")  # HF-only extras with no counterpart in a ViT backbone
 _HF_BLOCK_KEY = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
 def hf_to_timm(state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> StateDict:
     """Rename Hugging Face ViT keys to timm's and concatenate query/key/value into the fused `qkv`.
@@ -53,7 +53,7 @@ def hf_to_timm(state_dict: Mapping[str, torch.Tensor], source: str = "state dict
     qkv: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
     for key, value in state_dict.items():
         name = key.removeprefix("vit.")
-        if name.startswith(_HF_DROPPED):
+        if name.startswith(HF_DROPPED):
             continue
         block = _HF_BLOCK_KEY.match(name)
         if block and block[2] in _HF_QKV:

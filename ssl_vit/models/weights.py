@@ -18,6 +18,7 @@ import math
 import os
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -28,7 +29,9 @@ from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..safe_load import load_weights_only
-from .hf import HF_PREFIXES, hf_to_timm
+from .formats import folder_kind, read_folder
+from .hf import HF_DROPPED, HF_PREFIXES, hf_to_timm
+from .mae import is_mae, split_mae
 from .pos_embed import resample_pos_embed, sincos_2d
 from .registry import MODEL_CONFIGS, create_model
 from .unwrap import StateDict, unwrap_module, unwrap_state_dict
@@ -87,9 +90,12 @@ def _config_from_dict(fields: Mapping, where: str) -> ViTConfig:
 
 
 def saved_config(path: str | Path) -> ViTConfig | None:
-    """The architecture an exported backbone records — its sidecar JSON, else its safetensors header — or None
-    for bare weights (timm, Hugging Face), whose size must come from a model name or their shapes."""
+    """The architecture an exported backbone records — its sidecar JSON, else its safetensors header, else (for a
+    Hugging Face or timm folder) its config.json — or None for bare weights (timm, Hugging Face, MAE files),
+    whose size must come from a model name or their shapes."""
     path = Path(path)
+    if path.is_dir():
+        return read_folder(path)[1]
     sidecar = path.with_suffix(".json")
     if sidecar.exists():
         try:
@@ -104,21 +110,28 @@ def saved_config(path: str | Path) -> ViTConfig | None:
                 header = f.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err}); is it complete?") from None
-        if header.get("format") == FORMAT and "config" in header:
-            return _config_from_dict(json.loads(header["config"]), str(path))
+        # `config` beside format ssl_vit.backbone (our single file); `ssl_vit_config` in our hf / timm folders.
+        recorded = header.get("config") if header.get("format") == FORMAT else header.get("ssl_vit_config")
+        if recorded:
+            return _config_from_dict(json.loads(recorded), str(path))
     return None
 
 
 def _read_file(path: Path) -> tuple[Mapping, ViTConfig | None]:
-    """The object stored in `path` and the config saved next to it (sidecar JSON or safetensors header), if any."""
+    """The object stored in `path` (a weights file, or a Hugging Face / timm folder) and the config saved with it."""
     if not path.exists():
         raise CheckpointError(
-            f"{path}: no such file; give an exported .safetensors, a .pth/.bin state dict or a checkpoint"
+            f"{path}: no such file; give an exported .safetensors, a .pth/.bin state dict, a checkpoint, or a "
+            "Hugging Face / timm folder"
         )
     if path.is_dir():
-        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
-        listing = ", ".join(found) or "none found"
-        raise CheckpointError(f"{path} is a directory; pass one weights file inside it ({listing})")
+        if folder_kind(path) is None:
+            found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+            listing = ", ".join(found) or "none found"
+            raise CheckpointError(f"{path} is a directory; pass one weights file inside it ({listing}), or a "
+                                  "Hugging Face / timm folder (with its config.json)")
+        weights, config = read_folder(path)
+        return _read_file(weights)[0], config
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -319,6 +332,46 @@ def _fit_pos_embed(pos_embed: torch.Tensor, model: VisionTransformer, source: st
 
 
 # ------------------------------------------------------------------------------------------------ loading
+@dataclass
+class LoadReport:
+    """What loading a checkpoint into a model did, key by key (in the model's names where the model has them)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)  # model keys filled from the checkpoint
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint lacks: kept as initialised
+    dropped: list[str] = field(default_factory=list)  # checkpoint keys not used (decoder, pooler, other head…)
+
+
+def read_weights(path_or_state_dict: str | Path | Mapping) -> tuple[StateDict, ViTConfig | None, str, list[str]]:
+    """(backbone tensors in timm or Hugging Face names, the recorded config or None, a name for messages, the
+    keys dropped on the way: MAE's decoder) of any source `load_backbone` accepts."""
+    if isinstance(path_or_state_dict, (str, Path)):
+        source = str(path_or_state_dict)
+        raw, config = _read_file(Path(path_or_state_dict))
+    else:
+        source, raw, config = "state dict", path_or_state_dict, None
+    state = _extract(raw, source)
+    dropped: list[str] = []
+    if is_mae(state):
+        state, dropped = split_mae(state)
+    return state, config, source, dropped
+
+
+def fit_weights(
+    state: Mapping[str, torch.Tensor], model: VisionTransformer, source: str = "state dict"
+) -> tuple[StateDict, list[str]]:
+    """(weights that load into `model`, the checkpoint keys left out) for timm- or Hugging-Face-layout `state`."""
+    if detect_format(state, source) == "hf":
+        dropped = [k for k in state if k.removeprefix("vit.").startswith(HF_DROPPED)]
+        state = hf_to_timm(state, source)
+    else:
+        dropped = []
+    fitted = filter_timm(state, model, source)
+    renamed_fc_norm = "fc_norm.weight" in state and "norm.weight" not in state  # timm's fc_norm became our norm
+    dropped += [k for k in state if k not in fitted and not (renamed_fc_norm and k.startswith("fc_norm."))]
+    return fitted, dropped
+
+
 def load_backbone(
     path_or_state_dict: str | Path | Mapping,
     model: VisionTransformer | str | None = None,
@@ -327,33 +380,39 @@ def load_backbone(
 ) -> VisionTransformer:
     """Load weights into `model` (built from the saved config when None; a registered name builds that) and return it.
 
-    `strict` refuses keys the model lacks and missing keys, except the head: a model with a classifier keeps its
-    zero-initialised head when the checkpoint has none or one of another size (fine-tuning replaces it).
-    A model built on the `meta` device gets the checkpoint's tensors assigned, never allocated twice.
+    Sources: our exports, timm / Hugging Face state dicts and folders, trainer checkpoints and MAE checkpoints
+    (decoder dropped). `strict` refuses keys the model lacks and missing keys, except the head: a model with a
+    classifier keeps its zero-initialised head when the checkpoint has none or one of another size
+    (fine-tuning replaces it). A model built on the `meta` device gets the checkpoint's tensors assigned.
     """
-    if isinstance(path_or_state_dict, (str, Path)):
-        source = str(path_or_state_dict)
-        raw, config = _read_file(Path(path_or_state_dict))
-    else:
-        source, raw, config = "state dict", path_or_state_dict, None
-    state = _extract(raw, source)
-    fmt = detect_format(state, source)
+    return load_backbone_with_report(path_or_state_dict, model, strict=strict)[0]
+
+
+def load_backbone_with_report(
+    path_or_state_dict: str | Path | Mapping,
+    model: VisionTransformer | str | None = None,
+    *,
+    strict: bool = True,
+) -> tuple[VisionTransformer, LoadReport]:
+    """`load_backbone`, also returning which keys loaded, which the model kept, and which were dropped."""
+    state, config, source, dropped = read_weights(path_or_state_dict)
     if model is None:
         model = VisionTransformer(config or infer_config(state))
     elif isinstance(model, str):
         model = create_model(model)
-    fitted = filter_hf(state, model, source) if fmt == "hf" else filter_timm(state, model, source)
+    fitted, left_out = fit_weights(state, model, source)
     on_meta = any(p.is_meta for p in model.parameters())
     missing, unexpected = model.load_state_dict(fitted, strict=False, assign=on_meta)
-    missing = [k for k in missing if not k.startswith("head.")]
-    if missing or unexpected:
+    problem_missing = [k for k in missing if not k.startswith("head.")]
+    if problem_missing or unexpected:
         problems = "; ".join(
             f"{label}: {', '.join(keys[:8])}{' …' if len(keys) > 8 else ''} ({len(keys)})"
-            for label, keys in (("missing from the checkpoint", missing), ("not in the model", unexpected))
+            for label, keys in (("missing from the checkpoint", problem_missing), ("not in the model", unexpected))
             if keys
         )
         if strict:
             raise CheckpointError(f"{source} does not fit the model: {problems}.{_size_hint(state)} "
                                   "Pass strict=False to load what fits.")
         warnings.warn(f"{source}: loaded what fits; {problems}", stacklevel=2)
-    return model
+    loaded = [k for k in fitted if k not in set(unexpected)]
+    return model, LoadReport(source, loaded, list(missing), dropped + left_out + list(unexpected))

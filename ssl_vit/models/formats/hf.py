@@ -1,0 +1,99 @@
+"""The Hugging Face folder: what `ViTModel.save_pretrained` writes, so `ViTModel.from_pretrained(folder)` loads it.
+
+    config.json               a transformers `ViTConfig` (model_type "vit", architectures ["ViTModel"])
+    model.safetensors         Hub-layout keys (`encoder.layer.{i}.attention.attention.query.weight`, …)
+    preprocessor_config.json  a `BitImageProcessor`: resize the shorter side, centre-crop, rescale, normalise
+
+transformers itself is not needed to write it. `ViTModel` has a [class] token and no average pooling: a GAP
+model's features are `last_hidden_state[:, 1:].mean(1)` (the model card says so), and config.json records our
+pooling under `ssl_vit` (transformers keeps unknown config fields as attributes).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from safetensors.torch import save_file
+
+from ...errors import CheckpointError
+from ..hf import to_hf_config, to_hf_state_dict
+from ..vit import ViTConfig, VisionTransformer
+from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+_PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as image processors store them
+
+
+def hf_config_json(config: ViTConfig) -> dict:
+    """config.json of a `ViTModel` with our architecture, as `transformers.ViTConfig.save_pretrained` writes it."""
+    if not config.class_token:
+        raise CheckpointError("Hugging Face's ViTModel always has a [class] token; this model was built with "
+                              "class_token=False: export it with --format timm or safetensors")
+    return {
+        "architectures": ["ViTModel"],
+        "model_type": "vit",
+        **to_hf_config(config),
+        "encoder_stride": config.patch_size,
+        "initializer_range": 0.02,
+        "pooler_act": "tanh",
+        "pooler_output_size": config.embed_dim,
+        "ssl_vit": {"global_pool": config.global_pool, "pos_embed": config.pos_embed},
+    }
+
+
+def preprocessor_json(preprocessing: Preprocessing, img_size: int) -> dict:
+    """preprocessor_config.json: timm's / our eval transform (shorter side → S / crop_pct, centre crop S)."""
+    p = preprocessing
+    return {
+        "image_processor_type": "BitImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": p.resize_shorter(img_size)},
+        "resample": _PIL_RESAMPLE[p.interpolation],
+        "do_center_crop": True,
+        "crop_size": {"height": img_size, "width": img_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+        "do_convert_rgb": True,
+    }
+
+
+def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing) -> list[Path]:
+    config = model.config
+    hf_config = hf_config_json(config)  # refuses a model without [class] token before anything is written
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(model, layout="hub").items()}
+    weights = out / WEIGHTS_FILE
+    tmp = weights.with_name(weights.name + ".tmp")
+    # transformers refuses safetensors files whose header lacks format "pt".
+    save_file(tensors, str(tmp), metadata={"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
+    os.replace(tmp, weights)
+    return [write_json(out / CONFIG_FILE, hf_config), weights,
+            write_json(out / PREPROCESSOR_FILE, preprocessor_json(preprocessing, config.img_size))]
+
+
+def config_from_hf(info: Mapping, where: str) -> ViTConfig:
+    """Our ViTConfig from a transformers ViT config.json (ours or anybody's)."""
+    if info.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointError(f"{where}: hidden_act {info['hidden_act']!r} is not the exact GELU ssl_vit's ViT uses")
+    try:
+        hidden = int(info["hidden_size"])
+        extras = info.get("ssl_vit") or {}
+        return ViTConfig(
+            img_size=int(info.get("image_size", 224)),
+            patch_size=int(info.get("patch_size", 16)),
+            in_chans=int(info.get("num_channels", 3)),
+            embed_dim=hidden,
+            depth=int(info["num_hidden_layers"]),
+            num_heads=int(info["num_attention_heads"]),
+            mlp_ratio=int(info.get("intermediate_size", 4 * hidden)) / hidden,
+            qkv_bias=bool(info.get("qkv_bias", True)),
+            norm_eps=float(info.get("layer_norm_eps", 1e-12)),
+            global_pool=extras.get("global_pool", "token"),
+            pos_embed=extras.get("pos_embed", "learn"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: not a usable ViT config ({type(err).__name__}: {err})") from None
