@@ -22,22 +22,10 @@ from ssl_vit.errors import CheckpointError
 from ssl_vit.models import create_model, load_backbone
 from ssl_vit.models.formats import Preprocessing, write_folder
 from ssl_vit.models.formats.timm import TIMM_VITS, timm_architecture
+from weights_fixtures import images, randomized
 
 NANO = "vit_nano_patch4"
 PRE = Preprocessing(crop_pct=0.875)
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every tensor random (LayerNorms and biases too), so a swapped or skipped key changes the outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
-
-
-def images(n: int = 3) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 # -------------------------------------------------------------------------------------------- Hugging Face

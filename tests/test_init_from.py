@@ -17,16 +17,9 @@ from ssl_vit.models.formats import Preprocessing, write_folder
 from ssl_vit.models.init_from import init_from
 from ssl_vit.models.vit import Block
 from ssl_vit.objectives import build
+from weights_fixtures import images, randomized
 
 NANO = "vit_nano_patch4"
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
 
 
 def mpp(**overrides) -> torch.nn.Module:
@@ -38,7 +31,7 @@ def mpp(**overrides) -> torch.nn.Module:
 def assert_backbone_equals(backbone: torch.nn.Module, source: torch.nn.Module) -> None:
     ours, theirs = backbone.state_dict(), source.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    x = images()
     with torch.no_grad():
         assert torch.equal(backbone.eval().forward_features(x), source.eval().forward_features(x))
 
@@ -83,7 +76,7 @@ def test_from_a_hugging_face_folder(tmp_path: Path) -> None:
     objective = mpp()
     line = init_from(tmp_path / "hf", objective.backbone, objective)
     assert line.endswith(f"loaded 30 tensors; {NEW_MPP}dropped 2 (pooler.* ×2)")
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    x = images()
     with torch.no_grad():
         reference = hf(pixel_values=x).last_hidden_state
         assert (objective.backbone.eval().forward_features(x) - reference).abs().max().item() < 1e-5
