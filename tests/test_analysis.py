@@ -12,13 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from ssl_vit.analysis import figure7, masked, plots, report  # noqa: E402
-from ssl_vit.errors import DataError, UserError  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
-from ssl_vit.objectives.mpp import MaskedPatchPrediction  # noqa: E402
-from ssl_vit.objectives.targets import decode_class  # noqa: E402
+from ssl_vit.analysis import figure7, masked, plots, report
+from ssl_vit.errors import DataError, UserError
+from ssl_vit.models import create_model
+from ssl_vit.objectives.mpp import MaskedPatchPrediction
+from ssl_vit.objectives.targets import decode_class
 
 
 def assert_png(path: Path, min_side: int = 150) -> tuple[int, int]:
@@ -329,13 +327,12 @@ def test_position_similarity_of_a_large_grid_is_one_image(tmp_path):
 
 # ---------------------------------------------------------------------------------------- ssl-vit analyze
 @pytest.fixture(scope="module")
-def pretrain_run(tmp_path_factory):
+def pretrain_run(tmp_path_factory, pretrain_shards_32):
     """A 4-step smoke pretraining of vit_nano_patch4 (mean-colour MPP) through the real CLI: run dir + shards."""
-    from trainer_fixtures import run_pretrain, smoke_overrides, write_pretrain_shards
+    from trainer_fixtures import run_pretrain, smoke_overrides
 
-    root = tmp_path_factory.mktemp("analyze")
-    shards = write_pretrain_shards(root / "shards", num_samples=32)
-    run_dir = root / "run"
+    shards = pretrain_shards_32
+    run_dir = tmp_path_factory.mktemp("analyze") / "run"
     overrides = smoke_overrides(shards, run_dir, **{"train.total_steps": 4, "train.checkpoint_every": 4,
                                                    "train.log_every": 1, "optim.warmup_steps": 1})
     done = run_pretrain(overrides, timeout=120)

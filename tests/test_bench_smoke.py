@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from ssl_vit.train.metrics import peak_flops
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-import common  # noqa: E402  (bench/common.py)
-from ssl_vit.train.metrics import peak_flops  # noqa: E402
 
 
 def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
@@ -78,22 +77,22 @@ def test_memory_quick_counts_parameters_and_adamw_state_exactly() -> None:
     assert out["ratio"] == min(r["ratio"] for r in out["results"])
 
 
-def test_interleaved_alternates_the_order_and_times_each_block() -> None:
+def test_interleaved_alternates_the_order_and_times_each_block(bench_common) -> None:
     calls: list[str] = []
-    times = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3,
-                               sync=lambda: calls.append("sync"))
+    times = bench_common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3,
+                                     sync=lambda: calls.append("sync"))
     assert [c for c in calls if c != "sync"] == ["a", "b", "b", "a", "a", "b"]
     assert calls.count("sync") == 12  # before and after every block
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
-    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench_common.median([3.0, 1.0, 2.0]) == 2.0
 
 
-def test_append_record_writes_header_once_then_sections(tmp_path: Path) -> None:
+def test_append_record_writes_header_once_then_sections(tmp_path: Path, bench_common) -> None:
     path = tmp_path / "docs" / "benchmarks.md"
-    machine = common.machine_info("cpu")
+    machine = bench_common.machine_info("cpu")
     for i in range(2):
-        common.append_record(path, title=f"bench/x.py run {i}", command="python bench/x.py --y", machine=machine,
-                             body="| a |\n|---|\n| 1 |", notes="A note.")
+        bench_common.append_record(path, title=f"bench/x.py run {i}", command="python bench/x.py --y",
+                                   machine=machine, body="| a |\n|---|\n| 1 |", notes="A note.")
     text = path.read_text()
     assert text.count("# Benchmarks") == 1 and text.count("## bench/x.py run") == 2
     assert "`python bench/x.py --y`" in text and "A note." in text

@@ -6,35 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 
-sys.path.insert(0, str(Path(__file__).parent))
+from trainer_fixtures import REPO, SMOKE, cli_env, write_pretrain_shards
 
-from trainer_fixtures import REPO, SMOKE, cli_env, write_pretrain_shards  # noqa: E402
-
-from ssl_vit import cli  # noqa: E402
+from ssl_vit import cli
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=16, shard_size=16)
-
-
-@pytest.fixture
-def ssl_vit(capsys):
-    """Run the CLI in this process; returns (exit status, stderr)."""
-
-    def run(*argv: str) -> tuple[int, str]:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        try:
-            rc = cli.main(list(argv))
-        finally:
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
-        return rc, capsys.readouterr().err
-
-    return run
 
 
 def test_invalid_yaml_from_a_real_process(tmp_path: Path):

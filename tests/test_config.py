@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from ssl_vit.config import (  # noqa: E402
+from ssl_vit.config import (
     PretrainConfig,
     accumulation_steps,
     config_from_mapping,
     load_config,
     parse_override,
 )
-from ssl_vit.errors import ConfigError  # noqa: E402
+from ssl_vit.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = sorted((REPO / "recipes" / "pretrain").glob("*.yaml"))

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import solid_samples, write_shards  # noqa: E402
+from shardgen import solid_samples, write_shards
 
-from ssl_vit.data import ShardSet, resolve_spec, steps_per_epoch  # noqa: E402
-from ssl_vit.errors import ConfigError, DataError  # noqa: E402
+from ssl_vit.data import ShardSet, resolve_spec, steps_per_epoch
+from ssl_vit.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import io
 import itertools
 import multiprocessing
 import shutil
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -17,13 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import PALETTE, Sample, encode, solid_samples, unique_samples, write_shards  # noqa: E402
+from shardgen import PALETTE, Sample, encode, solid_samples, unique_samples, write_shards
 
-from ssl_vit.data import ShardSet, Stream, build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
-from ssl_vit.data.split import reader_parts  # noqa: E402
-from ssl_vit.data.tarstream import TarError, iter_members  # noqa: E402
-from ssl_vit.errors import ConfigError, DataError  # noqa: E402
+from ssl_vit.data import ShardSet, Stream, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data.split import reader_parts
+from ssl_vit.data.tarstream import TarError, iter_members
+from ssl_vit.errors import ConfigError, DataError
 
 SMALL = {"batch_size": 8, "image_size": 16, "shuffle_buffer": 20}
 

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import make_image_folder, noise_image  # noqa: E402
-from test_data_tools_support import by_path, read_split  # noqa: E402
+from imagegen import make_image_folder, noise_image
+from test_data_tools_support import by_path, read_split
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.cli import main  # noqa: E402
-from data_tools.errors import DataToolsError  # noqa: E402
+from data_tools.build import build_split
+from data_tools.cli import main
+from data_tools.errors import DataToolsError
 
 # imagegen.VARIANTS index → what the build must do with it
 PASSED = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # RGB files of these formats: byte for byte

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import io
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import noise_image  # noqa: E402
+from imagegen import noise_image
 
-import data_tools.images as images  # noqa: E402
-from data_tools.headers import jpeg_pass_through_size  # noqa: E402
-from data_tools.images import BadImage, prepare_image  # noqa: E402
+import data_tools.images as images
+from data_tools.headers import jpeg_pass_through_size
+from data_tools.images import BadImage, prepare_image
 
 
 def _jpeg(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

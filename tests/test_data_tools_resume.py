@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import make_image_folder  # noqa: E402
-from test_data_tools_support import REPO, read_split, run_cli, visible_files  # noqa: E402
+from imagegen import make_image_folder
+from test_data_tools_support import REPO, read_split, run_cli, visible_files
 
-from data_tools.build import build_split  # noqa: E402
+from data_tools.build import build_split
 
 OPTS = ["--split", "train", "--max-count", "2", "--no-progress"]
 

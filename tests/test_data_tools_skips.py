@@ -5,19 +5,17 @@ import io
 import json
 import os
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import noise_image  # noqa: E402
-from test_data_tools_support import by_path, read_split  # noqa: E402
+from imagegen import noise_image
+from test_data_tools_support import by_path, read_split
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.cli import main  # noqa: E402
-from data_tools.images import BadImage, prepare_image  # noqa: E402
-from data_tools.options import parse_size  # noqa: E402
+from data_tools.build import build_split
+from data_tools.cli import main
+from data_tools.images import BadImage, prepare_image
+from data_tools.options import parse_size
 
 
 def _jpeg(rng: random.Random) -> bytes:

@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import make_image_folder  # noqa: E402
-from test_data_tools_support import run_cli  # noqa: E402
+from imagegen import make_image_folder
+from test_data_tools_support import run_cli
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.cli import main  # noqa: E402
+from data_tools.build import build_split
+from data_tools.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.cli import main  # noqa: E402
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
 
 LAUNCH_CONFIG = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
 # 4 per process × 2 processes × 2 accumulation = 16: exercises no_sync on the first micro-batch.
@@ -44,8 +38,8 @@ def rank_summaries(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.timeout(400)
-def test_two_processes_stay_in_sync_exit_cleanly_and_resume(tmp_path: Path, capsys):
-    data = write_pretrain_shards(tmp_path / "shards", num_samples=48, shard_size=16)
+def test_two_processes_stay_in_sync_exit_cleanly_and_resume(pretrain_shards: Path, tmp_path: Path, pretrain, capsys):
+    data = pretrain_shards
     assert len(list(data.glob("train-*.tar"))) == 3
     run_dir = tmp_path / "run"
 
@@ -68,14 +62,8 @@ def test_two_processes_stay_in_sync_exit_cleanly_and_resume(tmp_path: Path, caps
 
     # One process continues the 2-process run from a named checkpoint: same global batch (4 × 1 × 4), another
     # data order.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        rc = main(["pretrain", "--config", str(SMOKE), "--resume", str(run_dir / "checkpoints" / "step_0000009"),
-                   *smoke_overrides(data, run_dir, **{**RUN, "data.num_workers": 0, "train.total_steps": 10})])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    rc = pretrain(data, run_dir, "--resume", str(run_dir / "checkpoints" / "step_0000009"),
+                  **{**RUN, "data.num_workers": 0, "train.total_steps": 10})
     assert rc == 0
     out = capsys.readouterr().out
     assert f"resumed from {run_dir / 'checkpoints' / 'step_0000009'} at step 9" in out

@@ -2,37 +2,23 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_fixtures import SMOKE, smoke_overrides, write_pretrain_shards  # noqa: E402
-
-from ssl_vit import create_model  # noqa: E402
-from ssl_vit.cli import main  # noqa: E402
-from ssl_vit.models.weights import load_backbone  # noqa: E402
+from ssl_vit import create_model
+from ssl_vit.cli import main
+from ssl_vit.models.weights import load_backbone
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    data = write_pretrain_shards(root / "shards", num_samples=32, shard_size=16)
-    run = root / "run"
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.checkpoint_every": 3,
-                     "model.overrides.global_pool": "avg"}
-        assert main(["pretrain", "--config", str(SMOKE), *smoke_overrides(data, run, **overrides)]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+def run_dir(tmp_path_factory, pretrain_shards_32: Path, pretrain) -> Path:
+    run = tmp_path_factory.mktemp("export") / "run"
+    overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.checkpoint_every": 3,
+                 "model.overrides.global_pool": "avg"}
+    assert pretrain(pretrain_shards_32, run, **overrides) == 0
     return run
 
 

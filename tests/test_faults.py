@@ -36,38 +36,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eval_fixtures import write_dataset  # noqa: E402
-from imagegen import noise_image  # noqa: E402
-from shardgen import Sample, encode, unique_samples, write_shards  # noqa: E402
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, write_pretrain_shards  # noqa: E402
+from eval_fixtures import write_dataset
+from imagegen import noise_image
+from shardgen import Sample, encode, unique_samples, write_shards
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
 
-from data_tools.cli import main as shards_main  # noqa: E402
-from ssl_vit.cli import main  # noqa: E402
-from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
-from ssl_vit.errors import CheckpointError, DataError  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
-from ssl_vit.train import checkpoint as ckpt  # noqa: E402
-from ssl_vit.train.signals import HostAgreement  # noqa: E402
+from data_tools.cli import main as shards_main
+from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.errors import CheckpointError, DataError
+from ssl_vit.models import create_model
+from ssl_vit.train import checkpoint as ckpt
+from ssl_vit.train.signals import HostAgreement
 
 TINY_EVAL = ["image_size=32", "batch_size=8", "num_workers=0", "crop_pct=1.0", "knn.k=[1]"]
 
 
 # --------------------------------------------------------------------------------------------------- helpers
-def cli(capsys, *argv: str) -> tuple[int, str]:
-    """`ssl-vit ARGV` in this process with a fresh Accelerate state; returns (exit status, stderr)."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        rc = main(list(argv))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    return rc, capsys.readouterr().err
-
-
 def one_error_line(err: str) -> str:
     """The user-facing error: exactly one `error: ` line, the last one, and no traceback."""
     lines = err.strip().splitlines()
@@ -199,28 +184,23 @@ def test_a_url_that_does_not_exist_is_named_quickly(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------- bad data: CLI
-@pytest.fixture(scope="module")
-def pretrain_shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("pretrain_shards"), num_samples=32, shard_size=16)
-
-
 @pytest.mark.timeout(60)
-def test_pretrain_with_a_missing_shard_names_it(pretrain_shards: Path, tmp_path: Path, capsys):
-    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+def test_pretrain_with_a_missing_shard_names_it(pretrain_shards_32: Path, tmp_path: Path, ssl_vit):
+    data = Path(shutil.copytree(pretrain_shards_32, tmp_path / "data"))
     (data / "train-000001.tar").unlink()
-    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), *smoke_overrides(data, tmp_path / "run"))
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), *smoke_overrides(data, tmp_path / "run"))
     assert rc == 2
     assert f"1 of 2 shards of {data / '_info.json'} do not exist: {data / 'train-000001.tar'}" in one_error_line(err)
-    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), f"data.train={data}/train-{{000000..000001}}.tar",
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), f"data.train={data}/train-{{000000..000001}}.tar",
                   f"output_dir={tmp_path / 'run'}", "train.total_steps=2", "optim.warmup_steps=1")
     assert rc == 2 and f"do not exist: {data / 'train-000001.tar'}" in one_error_line(err)
 
 
 @pytest.mark.timeout(60)
-def test_pretrain_on_a_cut_shard_stops_with_one_line_naming_it(pretrain_shards: Path, tmp_path: Path, capsys):
-    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+def test_pretrain_on_a_cut_shard_stops_with_one_line_naming_it(pretrain_shards_32: Path, tmp_path: Path, ssl_vit):
+    data = Path(shutil.copytree(pretrain_shards_32, tmp_path / "data"))
     _cut(data / "train-000000.tar", at_member_boundary=False)
-    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE),
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE),
                   *smoke_overrides(data, tmp_path / "run", **{"train.total_steps": 4, "optim.warmup_steps": 1}))
     assert rc == 2
     assert f"shard {data / 'train-000000.tar'} is unreadable after" in one_error_line(err)
@@ -228,10 +208,10 @@ def test_pretrain_on_a_cut_shard_stops_with_one_line_naming_it(pretrain_shards: 
 
 
 @pytest.mark.timeout(60)
-def test_eval_on_a_cut_shard_stops_with_one_line_naming_it(tmp_path: Path, capsys):
+def test_eval_on_a_cut_shard_stops_with_one_line_naming_it(tmp_path: Path, ssl_vit):
     data = write_dataset(tmp_path / "data")
     _cut(data / "validation-000001.tar", at_member_boundary=False)
-    rc, err = cli(capsys, "eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test",
+    rc, err = ssl_vit("eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test",
                   str(data), "--out", str(tmp_path / "out"), "--no-cache", *TINY_EVAL)
     assert rc == 2 and f"shard {data / 'validation-000001.tar'} is unreadable after" in one_error_line(err)
 
@@ -249,12 +229,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.timeout(180)
-def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_shards: Path, tmp_path: Path):
+def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_shards_32: Path, tmp_path: Path):
     """Rank 1 alone reads the cut shard; rank 0 would wait for it in DDP's all-reduce (on CPU gloo then fails
     with "Connection closed by peer" once rank 1 has left; NCCL waits for its timeout). Both must stop with the
     same one-line error. `--monitor_interval 10` gives the second rank time to print it: the launcher kills the
     others as soon as one rank has exited with an error."""
-    data = Path(shutil.copytree(pretrain_shards, tmp_path / "data"))
+    data = Path(shutil.copytree(pretrain_shards_32, tmp_path / "data"))
     _cut(data / "train-000001.tar", at_member_boundary=False)
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
@@ -322,17 +302,10 @@ def test_a_really_full_disk_under_torch_save_keeps_latest_and_says_so(tmp_path: 
 
 # ----------------------------------------------------------------------- checkpoints of another model, with code
 @pytest.fixture(scope="module")
-def nano_run(tmp_path_factory, pretrain_shards: Path) -> Path:
+def nano_run(tmp_path_factory, pretrain_shards_32: Path, pretrain) -> Path:
     """A 2-step vit_nano_patch4 run: checkpoints/step_0000002."""
     run = tmp_path_factory.mktemp("nano") / "run"
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        assert main(["pretrain", "--config", str(SMOKE),
-                     *smoke_overrides(pretrain_shards, run, **{"train.total_steps": 2, "optim.warmup_steps": 1})]) == 0
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    assert pretrain(pretrain_shards_32, run, **{"train.total_steps": 2, "optim.warmup_steps": 1}) == 0
     return run
 
 
@@ -342,10 +315,10 @@ def eval_data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.timeout(60)
-def test_resume_from_a_checkpoint_of_another_model_size(nano_run: Path, pretrain_shards: Path, tmp_path: Path, capsys):
+def test_resume_from_a_checkpoint_of_another_model_size(nano_run: Path, pretrain_shards_32: Path, tmp_path: Path, ssl_vit):
     checkpoint = nano_run / "checkpoints" / "step_0000002"
-    rc, err = cli(capsys, "pretrain", "--config", str(SMOKE), "model.name=vit_micro_patch4",
-                  *smoke_overrides(pretrain_shards, tmp_path / "run"), "--resume", str(checkpoint))
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), "model.name=vit_micro_patch4",
+                  *smoke_overrides(pretrain_shards_32, tmp_path / "run"), "--resume", str(checkpoint))
     assert rc == 2
     line = one_error_line(err)
     assert f"{checkpoint} does not fit this model and objective" in line and "config.yaml" in line
@@ -353,13 +326,13 @@ def test_resume_from_a_checkpoint_of_another_model_size(nano_run: Path, pretrain
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("form", ["run", "state_dict"])
-def test_eval_with_a_model_that_does_not_fit_the_checkpoint(nano_run: Path, eval_data: Path, tmp_path: Path, capsys,
+def test_eval_with_a_model_that_does_not_fit_the_checkpoint(nano_run: Path, eval_data: Path, tmp_path: Path, ssl_vit,
                                                             form: str):
     checkpoint = nano_run
     if form == "state_dict":
         checkpoint = tmp_path / "nano.pth"
         torch.save(create_model("vit_nano_patch4").state_dict(), checkpoint)
-    rc, err = cli(capsys, "eval", "knn", "--checkpoint", str(checkpoint), "--model", "vit_micro_patch4", "--train",
+    rc, err = ssl_vit("eval", "knn", "--checkpoint", str(checkpoint), "--model", "vit_micro_patch4", "--train",
                   str(eval_data), "--test", str(eval_data), "--out", str(tmp_path / "out"), "--no-cache", *TINY_EVAL)
     assert rc == 2
     line = one_error_line(err)
@@ -390,14 +363,14 @@ def evil_run(nano_run: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("command", ["pretrain --resume", "export", "eval --checkpoint", "eval bare file"])
-def test_a_checkpoint_that_carries_code_is_refused(evil_run, pretrain_shards: Path, eval_data: Path, tmp_path: Path,
-                                                   capsys, command: str):
+def test_a_checkpoint_that_carries_code_is_refused(evil_run, pretrain_shards_32: Path, eval_data: Path, tmp_path: Path,
+                                                   ssl_vit, command: str):
     run, marker = evil_run
     state_file = run / "checkpoints" / "step_0000002" / "state.pt"
     evaluate = ["knn", "--train", str(eval_data), "--test", str(eval_data), "--out", str(tmp_path / "e"),
                 "--no-cache", *TINY_EVAL]
     argv = {
-        "pretrain --resume": ["pretrain", "--config", str(SMOKE), *smoke_overrides(pretrain_shards, tmp_path / "new"),
+        "pretrain --resume": ["pretrain", "--config", str(SMOKE), *smoke_overrides(pretrain_shards_32, tmp_path / "new"),
                               "--resume", str(state_file.parent)],
         "export": ["export", str(run), str(tmp_path / "b.safetensors")],
         "eval --checkpoint": ["eval", *evaluate[:1], "--checkpoint", str(run), *evaluate[1:]],
@@ -408,7 +381,7 @@ def test_a_checkpoint_that_carries_code_is_refused(evil_run, pretrain_shards: Pa
         torch.save({"model": torch.load(state_file, weights_only=False)["model"], "x": RunsCode(marker)},
                    state_file.with_name("weights.pth"))
         marker.unlink()  # weights_only=False above ran the code: that is what loading must never do
-    rc, err = cli(capsys, *argv)
+    rc, err = ssl_vit(*argv)
     assert rc == 2
     line = one_error_line(err)
     assert "refusing to load: unpickling it would run code (io.open)" in line, line  # builtins.open pickles so

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eval_fixtures import write_dataset  # noqa: E402
+from eval_fixtures import write_dataset
 
 from ssl_vit.data.normalize import normalize_uint8
 from ssl_vit.errors import ConfigError

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eval_fixtures import write_dataset  # noqa: E402
+from eval_fixtures import write_dataset
 
 from ssl_vit.errors import ConfigError
 from ssl_vit.eval import command

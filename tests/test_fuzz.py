@@ -14,7 +14,6 @@ import io
 import itertools
 import json
 import random
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from imagegen import noise_image  # noqa: E402
-from shardgen import encode  # noqa: E402
+from imagegen import noise_image
+from shardgen import encode
 
-from data_tools.cli import main as shards_main  # noqa: E402
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
-from ssl_vit.data.shards import read_shard  # noqa: E402
-from ssl_vit.data.tarstream import TarError, iter_members  # noqa: E402
-from ssl_vit.errors import DataError  # noqa: E402
+from data_tools.cli import main as shards_main
+from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data.shards import read_shard
+from ssl_vit.data.tarstream import TarError, iter_members
+from ssl_vit.errors import DataError
 
 FUZZ = settings(max_examples=100, deadline=None, database=None,  # no .hypothesis/ examples in the repository
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

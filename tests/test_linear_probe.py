@@ -80,10 +80,6 @@ def test_lars_scales_matrix_updates_by_the_trust_ratio():
 
 
 def test_mae_protocol_trains_on_tiny_shards(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from eval_fixtures import write_dataset
 
     from ssl_vit.eval.context import DataConfig, EvalContext

@@ -6,26 +6,17 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_fixtures import REPO, cli_env, pretrain_command, run_pretrain, smoke_overrides, write_pretrain_shards  # noqa: E402
+from trainer_fixtures import REPO, cli_env, pretrain_command, run_pretrain, smoke_overrides
 
 STEPS, EVERY = 50, 10
 # drop_path_rate makes every step draw from the torch RNG besides the corruption: both must be restored.
 RUN = {"train.total_steps": STEPS, "train.checkpoint_every": EVERY, "train.log_every": 1,
        "model.overrides.drop_path_rate": 0.1, "optim.warmup_steps": 5}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=48, shard_size=16)
 
 
 def losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -53,22 +44,23 @@ def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: 
 
 
 @pytest.mark.timeout(240)
-def test_kill9_at_a_random_step_then_resume_reproduces_the_run_exactly(shards: Path, tmp_path: Path):
+def test_kill9_at_a_random_step_then_resume_reproduces_the_run_exactly(pretrain_shards: Path, tmp_path: Path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = run_pretrain(smoke_overrides(shards, whole, **RUN), "--resume", "auto")
+    done = run_pretrain(smoke_overrides(pretrain_shards, whole, **RUN), "--resume", "auto")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--resume auto: no checkpoint in" in done.stdout and "starting from step 0" in done.stdout
 
     seed = random.randrange(10**6)
     kill_at = random.Random(seed).randint(EVERY + 1, 3 * EVERY)  # after the first checkpoint, well before the end
-    proc = start_and_wait(pretrain_command(smoke_overrides(shards, killed, **RUN)), killed / "metrics.jsonl", kill_at)
+    command = pretrain_command(smoke_overrides(pretrain_shards, killed, **RUN))
+    proc = start_and_wait(command, killed / "metrics.jsonl", kill_at)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     reached = last_logged_step(killed / "metrics.jsonl")
     assert proc.returncode == -signal.SIGKILL and reached < STEPS, (seed, reached)
     expected_ckpt = killed / "checkpoints" / f"step_{reached // EVERY * EVERY:07d}"
 
-    resumed = run_pretrain(smoke_overrides(shards, killed, **RUN), "--resume", "auto")
+    resumed = run_pretrain(smoke_overrides(pretrain_shards, killed, **RUN), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {expected_ckpt} at step {reached // EVERY * EVERY}" in resumed.stdout, (seed, resumed.stdout)
 
@@ -82,9 +74,9 @@ def test_kill9_at_a_random_step_then_resume_reproduces_the_run_exactly(shards: P
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_checkpoints_and_exits_zero_with_a_resume_line(shards: Path, tmp_path: Path):
+def test_sigterm_checkpoints_and_exits_zero_with_a_resume_line(pretrain_shards: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    overrides = smoke_overrides(shards, run_dir, **{"train.total_steps": 2000, "train.log_every": 1})
+    overrides = smoke_overrides(pretrain_shards, run_dir, **{"train.total_steps": 2000, "train.log_every": 1})
     proc = start_and_wait(pretrain_command(overrides), run_dir / "metrics.jsonl", 3)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

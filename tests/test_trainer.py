@@ -10,38 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_fixtures import SMOKE, smoke_overrides, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.cli import main  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
-from ssl_vit.objectives import build  # noqa: E402
-from ssl_vit.train import checkpoint as ckpt  # noqa: E402
-from ssl_vit.train.optim import lr_factor, param_groups  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=48, shard_size=16)
-
-
-@pytest.fixture
-def pretrain():
-    """Run `ssl-vit pretrain --config smoke.yaml …` in this process with a fresh Accelerate state."""
-
-    def run(data: Path, run_dir: Path, *args: str, **overrides: object) -> int:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-        try:
-            return main(["pretrain", "--config", str(SMOKE), *smoke_overrides(data, run_dir, **overrides), *args])
-        finally:
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
-
-    return run
+from ssl_vit.models import create_model
+from ssl_vit.objectives import build
+from ssl_vit.train import checkpoint as ckpt
+from ssl_vit.train.optim import lr_factor, param_groups
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -73,9 +46,9 @@ def test_no_weight_decay_on_norms_biases_positions_and_tokens():
 
 # ------------------------------------------------------------------------------------------------ training
 @pytest.mark.timeout(120)
-def test_smoke_recipe_learns_and_logs_every_step(shards: Path, tmp_path: Path, pretrain):
+def test_smoke_recipe_learns_and_logs_every_step(pretrain_shards: Path, tmp_path: Path, pretrain):
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.total_steps": 80, "train.log_every": 1, "train.checkpoint_every": 40}) == 0
+    assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 80, "train.log_every": 1, "train.checkpoint_every": 40}) == 0
     log = records(run_dir)
     assert [r["step"] for r in log] == list(range(1, 81))
     first, last = (sum(r["loss"] for r in part) / 20 for part in (log[:20], log[-20:]))
@@ -103,10 +76,10 @@ def test_smoke_recipe_learns_and_logs_every_step(shards: Path, tmp_path: Path, p
 
 
 @pytest.mark.timeout(60)
-def test_injected_nan_skips_the_update_and_is_counted(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+def test_injected_nan_skips_the_update_and_is_counted(pretrain_shards: Path, tmp_path: Path, pretrain, monkeypatch):
     monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "5")
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.total_steps": 7, "optim.warmup_steps": 2, "train.log_every": 1,
+    assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 7, "optim.warmup_steps": 2, "train.log_every": 1,
                                         "train.checkpoint_every": 1, "train.keep_last": 10}) == 0
     log = records(run_dir)
     assert [r["loss"] is None for r in log] == [False] * 4 + [True] + [False] * 2
@@ -121,10 +94,10 @@ def test_injected_nan_skips_the_update_and_is_counted(shards: Path, tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(shards, tmp_path, pretrain, monkeypatch, capsys):
+def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(pretrain_shards, tmp_path, pretrain, monkeypatch, capsys):
     monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "3,4,5")
     run_dir = tmp_path / "run"
-    rc = pretrain(shards, run_dir, **{"train.total_steps": 9, "optim.warmup_steps": 2, "train.log_every": 1,
+    rc = pretrain(pretrain_shards, run_dir, **{"train.total_steps": 9, "optim.warmup_steps": 2, "train.log_every": 1,
                                       "train.checkpoint_every": 2, "train.max_nonfinite": 3})
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
@@ -133,7 +106,7 @@ def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(shards, tmp_path
 
 
 @pytest.mark.timeout(60)
-def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(shards, tmp_path, pretrain, monkeypatch,
+def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(pretrain_shards, tmp_path, pretrain, monkeypatch,
                                                                            capsys):
     """The disk fills while `latest` is being replaced: the run stops with one line, `latest` intact."""
     run_dir = tmp_path / "run"
@@ -149,7 +122,7 @@ def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(shard
 
     monkeypatch.setattr(ckpt, "_publish", failing_publish)
     overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2}
-    assert pretrain(shards, run_dir, **overrides) == 2
+    assert pretrain(pretrain_shards, run_dir, **overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     root = run_dir / "checkpoints"
     assert f"could not write checkpoint {root / 'step_0000004'}" in err and "No space left on device" in err
@@ -157,7 +130,7 @@ def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(shard
 
 
 @pytest.mark.timeout(60)
-def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(shards, tmp_path, pretrain, monkeypatch, capsys):
+def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(pretrain_shards, tmp_path, pretrain, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     real_write = ckpt._write
     calls = {"state": 0}
@@ -172,7 +145,7 @@ def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(shards, tmp_p
 
     monkeypatch.setattr(ckpt, "_write", failing_write)
     overrides = {"train.total_steps": 6, "optim.warmup_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2}
-    assert pretrain(shards, run_dir, **overrides) == 2
+    assert pretrain(pretrain_shards, run_dir, **overrides) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     root = run_dir / "checkpoints"
     assert f"could not write checkpoint {root / 'step_0000004'}" in err and "No space left on device" in err
@@ -181,19 +154,19 @@ def test_failed_checkpoint_write_leaves_latest_at_the_previous_one(shards, tmp_p
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000002"]  # no half-written directory left
 
     monkeypatch.setattr(ckpt, "_write", real_write)
-    assert pretrain(shards, run_dir, "--resume", "auto", **overrides) == 0
+    assert pretrain(pretrain_shards, run_dir, "--resume", "auto", **overrides) == 0
     assert "resumed from" in capsys.readouterr().out
     assert [r["step"] for r in records(run_dir)] == [1, 2, 3, 4, 5, 6]  # steps 3–4 re-run, logged once
     assert (root / "latest").read_text().strip() == "step_0000006"
 
 
 @pytest.mark.timeout(120)
-def test_tensorboard_tracker_receives_the_logged_metrics(shards: Path, tmp_path: Path, pretrain):
+def test_tensorboard_tracker_receives_the_logged_metrics(pretrain_shards: Path, tmp_path: Path, pretrain):
     """`train.log_with=[tensorboard]` goes through Accelerate's tracker: event files with the same scalars."""
     from tensorboard_reader import read_scalars
 
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.total_steps": 4, "train.log_every": 2, "train.checkpoint_every": 4,
+    assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 2, "train.checkpoint_every": 4,
                                         "train.log_with": "[tensorboard]", "optim.warmup_steps": 1}) == 0
     scalars = read_scalars(run_dir)
     logged = {r["step"]: r["loss"] for r in records(run_dir)}
@@ -223,7 +196,7 @@ def test_evaluators_run_during_pretraining_and_are_logged(tmp_path: Path, pretra
 
 
 @pytest.mark.timeout(120)
-def test_mfu_is_logged_from_the_objectives_analytic_flops(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+def test_mfu_is_logged_from_the_objectives_analytic_flops(pretrain_shards: Path, tmp_path: Path, pretrain, monkeypatch):
     """On a GPU of the peak table each record carries `mfu`; here the table is pretended to know the CPU."""
     from ssl_vit.models import create_model
     from ssl_vit.objectives import build
@@ -231,7 +204,7 @@ def test_mfu_is_logged_from_the_objectives_analytic_flops(shards: Path, tmp_path
 
     monkeypatch.setattr(metrics, "device_peak_flops", lambda device, precision="bf16": 1e12)
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.total_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,
+    assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,
                                         "optim.warmup_steps": 1}) == 0
     flops = build("mpp", create_model("vit_nano_patch4"), target="mean_color").flops_per_image()
     for record in records(run_dir):
@@ -250,7 +223,7 @@ HOST_SIDE_FILES = ("ssl_vit/data/", "ssl_vit/train/signals.py")  # CPU tensors b
 
 
 @pytest.mark.timeout(60)
-def test_no_host_device_synchronisation_inside_a_step(shards: Path, tmp_path: Path, pretrain, monkeypatch):
+def test_no_host_device_synchronisation_inside_a_step(pretrain_shards: Path, tmp_path: Path, pretrain, monkeypatch):
     """Between logged steps no code of ours reads a tensor's value back on the host (`.item()`, `bool(t)`, …):
     objective, model, optimizer wrapper, NaN skip, gradient clipping and accumulation all stay on the device;
     the window is reduced and read once per logged step. Host-side tensors (decoded batches, the gloo stop flags)
@@ -298,7 +271,7 @@ def test_no_host_device_synchronisation_inside_a_step(shards: Path, tmp_path: Pa
     monkeypatch.setattr(trainer_module.Trainer, "_step", step)
     monkeypatch.setattr(trainer_module.Trainer, "_next_batch", next_batch)
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
+    assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
                                         "train.global_batch": 32, "optim.grad_clip": 1.0,
                                         "optim.warmup_steps": 1}) == 0
     assert reads == []
@@ -307,16 +280,16 @@ def test_no_host_device_synchronisation_inside_a_step(shards: Path, tmp_path: Pa
 
 
 @pytest.mark.timeout(240)
-def test_compiled_training_matches_eager_and_checkpoints_plain_names(shards: Path, tmp_path: Path, pretrain):
+def test_compiled_training_matches_eager_and_checkpoints_plain_names(pretrain_shards: Path, tmp_path: Path, pretrain):
     """`train.compile=true` (inductor, as on a GPU): the same per-step losses as eager within float tolerance,
     and checkpoints keyed by the model's own names (no `_orig_mod.` prefix), so they load anywhere. Inductor
     draws random numbers its own way (the corruption would differ), so here it is told to draw as eager does."""
     import torch._inductor.config as inductor_config
 
     settings = {"train.total_steps": 4, "train.log_every": 1, "train.checkpoint_every": 4, "optim.warmup_steps": 2}
-    assert pretrain(shards, tmp_path / "eager", **settings) == 0
+    assert pretrain(pretrain_shards, tmp_path / "eager", **settings) == 0
     with inductor_config.patch(fallback_random=True):  # the config's own patcher restores it exactly
-        assert pretrain(shards, tmp_path / "compiled", **settings, **{"train.compile": "true"}) == 0
+        assert pretrain(pretrain_shards, tmp_path / "compiled", **settings, **{"train.compile": "true"}) == 0
     eager, compiled = records(tmp_path / "eager"), records(tmp_path / "compiled")
     assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
     state = torch.load(tmp_path / "compiled" / "checkpoints" / ckpt.checkpoint_name(4) / "state.pt", weights_only=True)
