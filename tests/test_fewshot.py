@@ -109,3 +109,18 @@ def test_fewshot_reports_mean_std_and_fixed_l2_per_shot_count():
     assert {"fewshot/5shot_plus10_labels", "fewshot/5shot_plus10_labels_std", "fewshot/5shot_plus10_labels_log2_l2"} <= set(extra)
     assert out["fewshot/10shot"] == pytest.approx(100.0)  # well-separated clusters, centres shared by train and test
     assert -6 <= out["fewshot/10shot_log2_l2"] <= 10
+
+
+def test_train_holdout_scores_on_training_images_only():
+    """The selection figure reads no test label (shuffled test labels: identical) and only held-out train images."""
+    train, test = blobs(30, 4, 8, seed=5, spread=1.5), blobs(10, 4, 8, seed=6, spread=1.5)
+    permuted = Features(test.x, test.labels.flip(0), test.keys)
+    a = FewShot(shots=[1, 5], seeds=2, train_holdout=0.25).run(features_context(train, test))
+    b = FewShot(shots=[1, 5], seeds=2, train_holdout=0.25).run(features_context(train, permuted))
+    assert a["fewshot/5shot_train_holdout"] == b["fewshot/5shot_train_holdout"] and a["fewshot/5shot"] != b["fewshot/5shot"]
+    from ssl_vit.eval.linear import split_holdout
+
+    fit, hold = split_holdout(len(train), 0.25, 0)
+    direct = FewShot(shots=[5], seeds=2).run(features_context(train.subset(fit), train.subset(hold)))
+    assert a["fewshot/5shot_train_holdout"] == direct["fewshot/5shot"]
+    assert a["fewshot/5shot_train_holdout_std"] == direct["fewshot/5shot_std"]

@@ -13,6 +13,10 @@ the result by several points, so how it is chosen is part of the protocol, and e
   by accuracy on v further labelled training images per class outside the shots.
 
 Each has `…_std`; the chosen strengths are summarised as `…_log2_l2` (mean log2). Test labels never choose L2.
+
+With `train_holdout: f` > 0, `fewshot/{k}shot_train_holdout` scores the k-labels protocol on a seeded fraction f
+of the *training* split, the shots drawn from the rest: a figure to choose models or recipes by without
+looking at test (what `ssl-vit study` selects on).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ PROTOCOLS = {  # metric-name pattern → the protocol it measures (written into 
     "fewshot/{k}shot": "k labels per class; L2 chosen on the k shots alone (leave-one-out, GCV at k = 1)",
     "fewshot/{k}shot_fixed_l2": "big_vision's protocol, as in the ViT paper's code: L2 fixed at 2^10",
     "fewshot/{k}shot_plus{v}_labels": "k + v labels per class: L2 chosen by accuracy on v more training images per class",
+    "fewshot/{k}shot_train_holdout": "k labels per class as above, drawn from the training split minus a held-out "
+                                     "part, scored on that part (for selection; test unused)",
 }
 L2_GRID = tuple(2.0**e for e in range(-6, 11))
 FIXED_L2 = 2.0**10
@@ -104,6 +110,7 @@ class FewShot:
         shots: Sequence[int] = (1, 5, 10, 25),
         seeds: int = 3,
         val_per_class: int = 0,
+        train_holdout: float = 0.0,
         l2_grid: Sequence[float] | None = None,
         fixed_l2: float = FIXED_L2,
         bias: float = BIAS_CONSTANT,
@@ -116,9 +123,12 @@ class FewShot:
             raise ConfigError(f"fewshot.seeds must be at least 1, got {seeds}")
         if int(val_per_class) < 0:
             raise ConfigError(f"fewshot.val_per_class must be 0 (off) or a positive count, got {val_per_class}")
+        if not 0 <= float(train_holdout) < 1:
+            raise ConfigError(f"fewshot.train_holdout must be 0 (off) or a fraction below 1, got {train_holdout}")
         self.shots = [int(k) for k in shots]
         self.seeds = int(seeds)
         self.val_per_class = int(val_per_class)
+        self.train_holdout = float(train_holdout)
         self.grid = tuple(float(v) for v in (l2_grid or L2_GRID))
         self.fixed_l2 = float(fixed_l2)
         self.bias = float(bias)
@@ -126,21 +136,34 @@ class FewShot:
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
         train, test, num_classes = ctx.train_test(self.pool, self.layers)
+        out = self._sweep(train, test, num_classes, ctx, "", self.val_per_class)
+        if self.train_holdout > 0:
+            from .linear import split_holdout
+
+            fit_idx, hold_idx = split_holdout(len(train), self.train_holdout, ctx.seed)
+            held = self._sweep(train.subset(fit_idx), train.subset(hold_idx), num_classes, ctx, "train holdout", 0)
+            for name in [f"fewshot/{k}shot" for k in self.shots if f"fewshot/{k}shot" in held]:
+                out[f"{name}_train_holdout"], out[f"{name}_train_holdout_std"] = held[name], held[f"{name}_std"]
+        return out
+
+    def _sweep(self, train: Features, test: Features, num_classes: int, ctx: EvalContext, what: str,
+               val_per_class: int) -> dict[str, float]:
         smallest = int(torch.bincount(train.labels)[torch.unique(train.labels)].min())  # images in the rarest class
         out: dict[str, float] = {}
         for shots in self.shots:
             if shots > smallest:
-                log.warning("fewshot: skipping %d-shot, the smallest training class has %d images", shots, smallest)
+                log.warning("fewshot%s: skipping %d-shot, the smallest training class has %d images",
+                            f" ({what})" if what else "", shots, smallest)
                 continue
             runs = [
                 fewshot_episode(
                     train, test, shots=shots, seed=ctx.seed * 1000 + seed, num_classes=num_classes,
-                    val_per_class=self.val_per_class, grid=self.grid, fixed_l2=self.fixed_l2, bias=self.bias,
+                    val_per_class=val_per_class, grid=self.grid, fixed_l2=self.fixed_l2, bias=self.bias,
                     device=ctx.device,
                 )
                 for seed in range(self.seeds)
             ]
-            out.update(_summarise(f"fewshot/{shots}shot", runs, self.val_per_class))
+            out.update(_summarise(f"fewshot/{shots}shot", runs, val_per_class))
         return out
 
 

@@ -70,7 +70,9 @@ def fewshot_protocols(metrics: dict[str, float]) -> dict[str, str]:
     for name in metrics:
         if not name.startswith("fewshot/") or name.endswith(("_std", "_log2_l2")):
             continue
-        if "_plus" in name:
+        if name.endswith("_train_holdout"):
+            shown["fewshot/{k}shot_train_holdout"] = PROTOCOLS["fewshot/{k}shot_train_holdout"]
+        elif "_plus" in name:
             shown["fewshot/{k}shot_plus{v}_labels"] = PROTOCOLS["fewshot/{k}shot_plus{v}_labels"]
         elif name.endswith("_fixed_l2"):
             shown["fewshot/{k}shot_fixed_l2"] = PROTOCOLS["fewshot/{k}shot_fixed_l2"]
