@@ -1,4 +1,4 @@
-"""`ssl-vit pretrain|export|eval|analyze|demo`: one table of subcommands, each a module imported only when used.
+"""`ssl-vit pretrain|export|eval|analyze|demo|study`: one table of subcommands, each a module imported only when used.
 
 A subcommand module has `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad recipe, data or
 checkpoint) reaches the user as one line, `error: …`, with exit status 2 and no traceback unless `--debug`.
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ssl_vit.eval.command", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
     "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
     "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),
+    "study": ("ssl_vit.commands.study", "a grid of targets × corruption rates × seeds, each against its own random init"),
 }
 
 

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, UserError
+from ..eval.results import read_pair
 from .report import write_demo_report
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
@@ -52,24 +53,24 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     if args.train is None:
-        train, test = _digit_shards(work)
+        train, test = digit_shards(work)
     else:
         train, test = args.train, args.test
 
     pretrain_dir = work / "pretrain"
     _stage("pretraining (masked patch prediction, labels unused)")
-    _call(["pretrain", "--config", args.recipe, "--resume", "auto", f"data.train={train}",
+    call_command(["pretrain", "--config", args.recipe, "--resume", "auto", f"data.train={train}",
            f"output_dir={pretrain_dir}", *(QUICK_PRETRAIN if args.quick else []), *args.overrides])
 
     eval_dir = work / "eval"
     _stage("evaluation: pretrained vs the same architecture at random initialisation")
-    _call(["eval", "all", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
+    call_command(["eval", "all", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
            "--test", test, "--config", args.eval_recipe, "--out", str(eval_dir), *(QUICK_EVAL if args.quick else [])])
-    pretrained, random_init = _read_eval(eval_dir)
+    pretrained, random_init = read_pair(eval_dir)
 
     analysis_dir = work / "analysis"
     _stage("analysis: Figure 7 and the masked-prediction picture")
-    _call(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"])
+    call_command(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"])
 
     summary = {"pretrained": _summary(pretrained), "random_init": _summary(random_init)}
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -83,7 +84,7 @@ def _stage(text: str) -> None:
     print(f"\n== {text}", file=sys.stderr, flush=True)
 
 
-def _call(argv: list[str]) -> None:
+def call_command(argv: list[str]) -> None:
     """Run one `ssl-vit` subcommand in this process; its own one-line error has already been printed."""
     from ..cli import main
 
@@ -92,7 +93,7 @@ def _call(argv: list[str]) -> None:
         raise UserError(f"the demo stopped: `ssl-vit {' '.join(argv[:2])} …` exited with {code} (see above)")
 
 
-def _digit_shards(work: Path) -> tuple[str, str]:
+def digit_shards(work: Path) -> tuple[str, str]:
     """The digits as an image folder, then as verified shards (`ssl-vit-shards build` + `verify`)."""
     from data_tools.cli import main as shards_main
 
@@ -110,17 +111,6 @@ def _digit_shards(work: Path) -> tuple[str, str]:
     if shards_main(["verify", str(shards)]) != 0:
         raise UserError(f"{shards}: the demo's shards failed verification (see above)")
     return f"{shards}:train", f"{shards}:test"
-
-
-def _read_eval(eval_dir: Path) -> tuple[dict, dict]:
-    """The (pretrained, random-init) metrics of an `eval all --baseline random` run."""
-    found = {}
-    for path in sorted(eval_dir.glob("*/results.json")):
-        record = json.loads(path.read_text())
-        found["random" if str(record.get("checkpoint", "")).startswith("random:") else "pretrained"] = record["metrics"]
-    if set(found) != {"pretrained", "random"}:
-        raise UserError(f"{eval_dir}: expected results of the pretrained and random-init runs, found {sorted(found)}")
-    return found["pretrained"], found["random"]
 
 
 def _summary(metrics: dict) -> dict:

@@ -81,6 +81,17 @@ def fewshot_protocols(metrics: dict[str, float]) -> dict[str, str]:
     return {k: shown[k] for k in PROTOCOLS if k in shown}
 
 
+def read_pair(eval_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The (pretrained, random-init) metrics of an `ssl-vit eval … --baseline random` run in `eval_dir`."""
+    found = {}
+    for path in sorted(Path(eval_dir).glob(f"*/{RESULTS_JSON}")):
+        record = json.loads(path.read_text())
+        found["random" if str(record.get("checkpoint", "")).startswith("random:") else "pretrained"] = record["metrics"]
+    if set(found) != {"pretrained", "random"}:
+        raise UserError(f"{eval_dir}: expected results of the pretrained and random-init runs, found {sorted(found)}")
+    return found["pretrained"], found["random"]
+
+
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     """results.json files named directly, in the given directories, or one level below them (multi-run outputs)."""
     found: list[Path] = []

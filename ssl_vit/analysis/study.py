@@ -1,0 +1,287 @@
+"""A study, not a single run: which MPP target and corruption rate beat their own random init, and by how much.
+
+One arm is one (target, corruption rate, seed): `ssl-vit pretrain` with the study's recipe and those three
+overrides, then `ssl-vit eval fewshot --baseline random`, which evaluates the pretrained backbone and the very
+weights it started from (its `train.seed`) with the same protocol and the same few-shot draws. The seed pairs
+them: the paired difference (pretrained − its random init) removes the init's share of the spread, which on
+small data is as large as the differences between targets. Over seeds the report gives, per configuration
+(target × rate) and shot count:
+
+- mean ± std (sample std over seeds) of the pretrained and of the random-init accuracy;
+- the paired difference, mean and its 95% confidence interval (Student t over seeds);
+- the few-shot curve of every configuration next to the random init (one figure);
+- a reference row: the same few-shot protocol on the raw pixels (least squares on the images themselves),
+  so "beats random init" is not mistaken for "learned something a linear model on pixels cannot";
+- comparisons between configurations, paired by seed (same init, same draws): the paper's questions.
+
+The configuration is *selected* on `fewshot/{k}shot_train_holdout`: few-shot accuracy on a held-out part of the
+training split (`fewshot.train_holdout`), never on test. Every stage resumes: a rerun reuses finished arms.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from ..errors import ConfigError
+
+# target name in the study → the pretraining overrides that select it
+TARGETS: dict[str, list[str]] = {
+    "mean_color": ["objective.kwargs.target=mean_color"],
+    "downsampled_color": ["objective.kwargs.target=downsampled_color"],
+    "pixels": ["objective.kwargs.target=pixels"],
+    "pixels_norm": ["objective.kwargs.target=pixels", "objective.kwargs.target_kwargs={normalize: true}"],
+}
+RATES = (0.5, 0.15)
+SHOTS = (1, 5, 10, 25)
+SELECT_ON = "fewshot/10shot_train_holdout"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One pretraining run of the grid."""
+
+    target: str
+    rate: float
+    seed: int
+
+    @property
+    def config(self) -> str:
+        """The configuration it belongs to (target × rate), shared by its seeds."""
+        return f"{self.target} @ {round(self.rate * 100)}%"
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}_r{round(self.rate * 100)}_s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        return [*TARGETS[self.target], f"objective.kwargs.corruption_rate={self.rate}", f"train.seed={self.seed}"]
+
+
+def grid(targets: Sequence[str], rates: Sequence[float], seeds: Sequence[int]) -> list[Arm]:
+    """Every (target, rate, seed), checked. Rates outermost, seeds innermost: a study stopped early has compared
+    every target at the first rate, each over all its seeds."""
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"study: unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if any(not 0 < r < 1 for r in rates):
+        raise ConfigError(f"study: corruption rates must be in (0, 1), got {list(rates)}")
+    if len(set(seeds)) < 2:
+        raise ConfigError("study: at least 2 distinct seeds are needed for a spread and an interval (3 or more advised)")
+    return [Arm(t, r, s) for r in rates for t in targets for s in seeds]
+
+
+# ----------------------------------------------------------------------------------------------- statistics
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a − b over pairs and its two-sided Student-t confidence interval: (mean, low, high)."""
+    from scipy.stats import t as student_t
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired_interval needs two equal-length samples of at least 2, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, sd = mean_std(diffs)
+    half = student_t.ppf(0.5 + level / 2, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+# ----------------------------------------------------------------------------------------------- running
+def run_arm(arm: Arm, work: Path, *, train: str, test: str, recipe: str, eval_recipe: str,
+            overrides: Sequence[str] = (), eval_overrides: Sequence[str] = (),
+            call: Callable[[list[str]], None]) -> tuple[dict, dict]:
+    """Pretrain and evaluate one arm (resuming either stage); returns (pretrained, random-init) metrics."""
+    arm_dir = work / "arms" / arm.name
+    pretrain_dir, eval_dir = arm_dir / "pretrain", arm_dir / "eval"
+    done = arm_dir / "metrics.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        return record["pretrained"], record["random_init"]
+    call(["pretrain", "--config", recipe, "--resume", "auto", f"data.train={train}", f"output_dir={pretrain_dir}",
+          *overrides, *arm.overrides()])
+    call(["eval", "fewshot", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
+          "--test", test, "--config", eval_recipe, "--out", str(eval_dir), *eval_overrides])
+    from ..eval.results import read_pair
+
+    pretrained, random_init = read_pair(eval_dir)
+    done.write_text(json.dumps({"arm": arm.__dict__, "pretrained": pretrained, "random_init": random_init}, indent=1))
+    return pretrained, random_init
+
+
+def pixel_reference(train: str, test: str, eval_recipe: str, eval_overrides: Sequence[str] = ()) -> dict[str, float]:
+    """The study's few-shot protocol on raw pixels (each image flattened, as the eval recipe crops it)."""
+    import torch
+
+    from ..eval.context import EvalContext, features_context
+    from ..eval.features import Features
+    from ..eval.recipe import load_eval_recipe
+    from ..eval.registry import build
+
+    recipe = load_eval_recipe(eval_recipe, list(eval_overrides))
+    recipe.data.train, recipe.data.test = train, test
+    ctx = EvalContext(backbone_factory=lambda: None, data=recipe.data, seed=recipe.seed)
+
+    def pixels(split: str) -> Features:
+        xs, labels, keys = [], [], []
+        with ctx.eval_batches(split) as stream:
+            for batch in stream:
+                xs.append(batch["image"].flatten(1).float())  # (B, 3·S·S) uint8 values as float
+                labels.append(batch["label"])
+                keys.extend(batch["key"])
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # key-sorted, as extracted features are
+        x, y = torch.cat(xs)[order], torch.cat(labels)[order]
+        return Features(x, y.long(), [keys[i] for i in order])
+
+    ctx.num_classes()  # class lists that disagree fail here, as in `ssl-vit eval`
+    options = recipe.evaluators.get("fewshot", {})
+    return build("fewshot", **options).run(features_context(pixels("train"), pixels("test"), seed=recipe.seed))
+
+
+# ----------------------------------------------------------------------------------------------- summary
+def summarise(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int] = SHOTS) -> dict:
+    """Per configuration: seeds, and per shot count the pretrained / random-init mean ± std and paired CI."""
+    configs: dict[str, list[Arm]] = {}
+    for arm in results:
+        configs.setdefault(arm.config, []).append(arm)
+    out = {}
+    for config, arms in configs.items():
+        arms = sorted(arms, key=lambda a: a.seed)
+        entry = {"target": arms[0].target, "rate": arms[0].rate, "seeds": [a.seed for a in arms], "shots": {}}
+        for k in shots:
+            key = f"fewshot/{k}shot"
+            if not all(key in results[a][0] and key in results[a][1] for a in arms):
+                continue
+            pre = [results[a][0][key] for a in arms]
+            rnd = [results[a][1][key] for a in arms]
+            row = {"pretrained": mean_std(pre), "random_init": mean_std(rnd), "per_seed": list(zip(pre, rnd))}
+            if len(arms) >= 2:
+                row["gain"] = paired_interval(pre, rnd)
+            holdout = [results[a][0].get(f"{key}_train_holdout") for a in arms]
+            if all(h is not None for h in holdout):
+                row["train_holdout"] = mean_std(holdout)
+            entry["shots"][str(k)] = row
+        out[config] = entry
+    return out
+
+
+def select(summary: Mapping[str, dict], select_on: str = SELECT_ON) -> str | None:
+    """The configuration with the best mean `fewshot/{k}shot_train_holdout` (training-split holdout, not test)."""
+    k = select_on.removeprefix("fewshot/").split("shot")[0]
+    scored = {c: e["shots"][k]["train_holdout"][0] for c, e in summary.items()
+              if k in e["shots"] and "train_holdout" in e["shots"][k]}
+    return max(scored, key=scored.get) if scored else None
+
+
+def comparisons(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[dict]:
+    """The paper's questions, paired by seed: mean colour vs 4×4 vs pixels (at each rate), 50% vs 15% (each target)."""
+    by = {(a.target, a.rate, a.seed): m[0] for a, m in results.items()}
+    targets = list(dict.fromkeys(a.target for a in results))
+    rates = list(dict.fromkeys(a.rate for a in results))
+    seeds = sorted({a.seed for a in results})
+    pairs = [((t1, r), (t2, r)) for r in rates for i, t1 in enumerate(targets) for t2 in targets[i + 1:]]
+    pairs += [((t, r1), (t, r2)) for t in targets for i, r1 in enumerate(rates) for r2 in rates[i + 1:]]
+    rows = []
+    for (ta, ra), (tb, rb) in pairs:
+        common = [s for s in seeds if (ta, ra, s) in by and (tb, rb, s) in by]
+        if len(common) < 2:
+            continue
+        row = {"comparison": f"{ta} @ {round(ra * 100)}% − {tb} @ {round(rb * 100)}%", "seeds": len(common)}
+        for k in shots:
+            key = f"fewshot/{k}shot"
+            if all(key in by[(ta, ra, s)] and key in by[(tb, rb, s)] for s in common):
+                row[f"{k}-shot"] = _interval([by[(ta, ra, s)][key] for s in common], [by[(tb, rb, s)][key] for s in common])
+        rows.append(row)
+    return rows
+
+
+def _interval(a: Sequence[float], b: Sequence[float]) -> str:
+    mean, lo, hi = paired_interval(a, b)
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+
+
+def _pm(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.1f} ± {pair[1]:.1f}"
+
+
+def table_rows(summary: Mapping[str, dict], reference: Mapping[str, float] | None, shots: Sequence[int]) -> list[dict]:
+    """One row per configuration: pretrained mean ± std and paired gain [95% CI] per shot count."""
+    rows = []
+    for config, entry in summary.items():
+        row = {"configuration": config, "seeds": ", ".join(map(str, entry["seeds"]))}
+        for k in shots:
+            cell = entry["shots"].get(str(k))
+            if cell is None:
+                continue
+            row[f"{k}-shot"] = _pm(cell["pretrained"])
+            row[f"{k}-shot gain [95% CI]"] = (f"{cell['gain'][0]:+.1f} [{cell['gain'][1]:+.1f}, {cell['gain'][2]:+.1f}]"
+                                              if "gain" in cell else "–")
+        rows.append(row)
+    first = next(iter(summary.values()), None)
+    if first is not None:  # the random init: per seed the same weights in every configuration
+        row = {"configuration": "random init (paired baseline)", "seeds": ", ".join(map(str, first["seeds"]))}
+        for k in shots:
+            if str(k) in first["shots"]:
+                row[f"{k}-shot"], row[f"{k}-shot gain [95% CI]"] = _pm(first["shots"][str(k)]["random_init"]), ""
+        rows.append(row)
+    if reference:
+        row = {"configuration": "reference: raw pixels + least squares", "seeds": "–"}
+        for k in shots:
+            if f"fewshot/{k}shot" in reference:
+                row[f"{k}-shot"] = _pm((reference[f"fewshot/{k}shot"], reference.get(f"fewshot/{k}shot_std", 0.0)))
+                row[f"{k}-shot gain [95% CI]"] = ""
+        rows.append(row)
+    return rows
+
+
+def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], reference: Mapping[str, float] | None,
+                       *, shots: Sequence[int] = SHOTS, select_on: str = SELECT_ON, note: str = "") -> Path:
+    """study.json (every figure, per seed) and study.md (tables, the few-shot curves, the selection)."""
+    from .plots import plot_fewshot
+    from .report import write_report
+
+    summary = summarise(results, shots)
+    chosen = select(summary, select_on)
+    record = {"summary": summary, "selected": chosen, "select_on": select_on, "reference_raw_pixels": reference,
+              "arms": {a.name: {"pretrained": m[0], "random_init": m[1]} for a, m in results.items()}}
+    (work / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+    curves = {c: {f"fewshot/{k}shot": v["pretrained"][0] for k, v in e["shots"].items()} for c, e in summary.items()}
+    first = next(iter(summary.values()), None)
+    if first is not None:
+        curves["random init"] = {f"fewshot/{k}shot": v["random_init"][0] for k, v in first["shots"].items()}
+    if reference:
+        curves["raw pixels"] = {k: v for k, v in reference.items() if "_" not in k}  # fewshot/{k}shot only
+    figures = {"Few-shot curve per configuration (mean over seeds)":
+               plot_fewshot(curves, work / "study_fewshot.png", title="Few-shot accuracy, k labels per class")} if curves else {}
+    compared = comparisons(results, shots)
+    tables = [{"title": "Pretrained few-shot accuracy (%, mean ± std over seeds) and gain over its own random init "
+                        "(points, paired by seed, mean [95% CI])", "rows": table_rows(summary, reference, shots)}]
+    if compared:
+        tables.append({"title": "Configurations compared, paired by seed (points, mean [95% CI])", "rows": compared})
+    k = select_on.removeprefix("fewshot/").split("shot")[0]
+    held = {c: e["shots"][k]["train_holdout"] for c, e in summary.items() if "train_holdout" in e["shots"].get(k, {})}
+    if held:
+        tables.append({"title": f"Selection figure: {k}-shot on the held-out part of the training split (%)",
+                       "rows": [{"configuration": c, select_on: _pm(v)} for c, v in held.items()]})
+    notes = [
+        "**Protocol.** Few-shot: `fewshot/{k}shot`, k labels per class, L2 chosen on the k shots alone "
+        "(leave-one-out; GCV at 1 shot), test accuracy averaged over draws; the same draws for every arm. Each "
+        "pretrained arm is paired with its own initial weights (same `train.seed`). Intervals: Student t over seeds.",
+        f"**Selection.** {'`' + chosen + '`' if chosen else 'none (no train-holdout figures)'}, by the best mean "
+        f"`{select_on}`: shots from the training split minus a held-out part, scored on that part. Test was not read.",
+    ]
+    if note:
+        notes.append(note)
+    return write_report(work, title="ssl_vit study: MPP targets × corruption rates × seeds",
+                        summary={"arms": len(results), "configurations": len(summary), "selected": chosen or "–"},
+                        figures=figures, tables=tables, notes=notes, filename="study.md")
+
+
+def progress(text: str) -> None:
+    print(f"\n== {text}", file=sys.stderr, flush=True)

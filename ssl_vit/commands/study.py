@@ -1,0 +1,69 @@
+"""`ssl-vit study`: a grid of pretraining runs (targets × corruption rates × seeds), each against its own random init.
+
+    ssl-vit study --workdir runs/study                         # the digits, the full grid (about an hour on 2 cores)
+    ssl-vit study --workdir runs/s --targets pixels mean_color --rates 0.5 --seeds 0 1 2 train.total_steps=150
+    ssl-vit study --train /data/x:train --test /data/x:test --workdir runs/mine      # your own shards
+
+Writes WORKDIR/study.md (tables, few-shot curves, the selected configuration), WORKDIR/study.json (every figure,
+per seed) and one folder per arm under WORKDIR/arms/. The logic is in `ssl_vit/analysis/study.py`. Rerunning
+the command resumes: finished arms are read back, an interrupted one continues from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..analysis.study import RATES, SELECT_ON, SHOTS, TARGETS
+
+    parser.add_argument("--workdir", default="runs/study", help="where shards, arms and the report go")
+    parser.add_argument("--train", default=None, metavar="SPEC", help="your own labelled training shards; default: the digits")
+    parser.add_argument("--test", default=None, metavar="SPEC", help="your own labelled test shards")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="MPP targets")
+    parser.add_argument("--rates", nargs="+", type=float, default=list(RATES), help="corruption rates")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="pretraining seeds (train.seed)")
+    parser.add_argument("--shots", nargs="+", type=int, default=list(SHOTS), help="few-shot shot counts")
+    parser.add_argument("--draws", type=int, default=5, help="few-shot draws per shot count")
+    parser.add_argument("--holdout", type=float, default=0.2,
+                        help="fraction of the training split held out to select on (few-shot, never test)")
+    parser.add_argument("--select-on", default=SELECT_ON, help="the selection metric (a *_train_holdout few-shot key)")
+    parser.add_argument("--recipe", default=str(RECIPES / "digits.yaml"), help="the pretraining recipe of every arm")
+    parser.add_argument("--eval-recipe", default=str(RECIPES / "eval.yaml"), help="the evaluation recipe (its fewshot options)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="pretraining overrides for every arm, e.g. train.total_steps=150")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import study
+    from ..demo.command import call_command, digit_shards
+
+    if (args.train is None) != (args.test is None):
+        raise ConfigError("give both --train and --test (your own shards), or neither (the digits)")
+    if args.draws < 1 or not 0 < args.holdout < 1:
+        raise ConfigError(f"--draws must be ≥ 1 and --holdout in (0, 1), got {args.draws} and {args.holdout}")
+    if not args.select_on.endswith("_train_holdout"):
+        raise ConfigError(f"--select-on {args.select_on}: select on a *_train_holdout metric, never on test")
+    arms = study.grid(args.targets, args.rates, args.seeds)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    train, test = (args.train, args.test) if args.train is not None else digit_shards(work)
+    eval_overrides = [f"fewshot.shots=[{','.join(map(str, args.shots))}]", f"fewshot.seeds={args.draws}",
+                      f"fewshot.train_holdout={args.holdout}"]
+
+    study.progress("reference: the same few-shot protocol on raw pixels")
+    reference = study.pixel_reference(train, test, args.eval_recipe, eval_overrides)
+    results = {}
+    for i, arm in enumerate(arms, 1):
+        study.progress(f"arm {i}/{len(arms)}: {arm.name} (target {arm.target}, {arm.rate:.0%} corrupted, seed {arm.seed})")
+        results[arm] = study.run_arm(arm, work, train=train, test=test, recipe=args.recipe, eval_recipe=args.eval_recipe,
+                                     overrides=args.overrides, eval_overrides=eval_overrides, call=call_command)
+        # after every arm: a study stopped early still leaves a report of what it finished
+        report = study.write_study_report(work, results, reference, shots=args.shots, select_on=args.select_on,
+                                          note="" if i == len(arms) else f"**Partial.** {i} of {len(arms)} arms finished.")
+    print(f"\nreport: {report}\nfigures: {work / 'study.json'}")
+    return 0

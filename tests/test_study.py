@@ -1,0 +1,80 @@
+"""`ssl-vit study`: its statistics checked by hand, and a tiny grid end to end (every arm paired with its own init)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ssl_vit.analysis.study import Arm, comparisons, grid, paired_interval, select, summarise
+from ssl_vit.errors import ConfigError
+
+
+def test_paired_interval_by_hand():
+    # differences 1, 2, 3: mean 2, sd 1, t(0.975, 2 dof) = 4.302653, half-width 4.302653 / sqrt(3)
+    mean, lo, hi = paired_interval([11.0, 12.0, 13.0], [10.0, 10.0, 10.0])
+    half = 4.302652729911275 / math.sqrt(3)
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half), abs=1e-9)
+
+
+def test_grid_checks_its_axes():
+    names = [a.name for a in grid(["pixels", "mean_color"], [0.5, 0.15], [0, 1])]
+    assert names[:4] == ["pixels_r50_s0", "pixels_r50_s1", "mean_color_r50_s0", "mean_color_r50_s1"] and len(names) == 8
+    with pytest.raises(ConfigError, match="unknown target"):
+        grid(["pixel"], [0.5], [0, 1])
+    with pytest.raises(ConfigError, match="at least 2 distinct seeds"):
+        grid(["pixels"], [0.5], [0, 0])
+
+
+def test_summary_selection_and_comparisons_from_known_figures():
+    """Selection reads the train-holdout figure only: the configuration best on test is not the one chosen."""
+    results = {}
+    for seed in (0, 1, 2):
+        rnd = {"fewshot/10shot": 50.0 + seed}
+        results[Arm("pixels", 0.5, seed)] = ({"fewshot/10shot": 70.0 + seed, "fewshot/10shot_train_holdout": 60.0}, rnd)
+        results[Arm("mean_color", 0.5, seed)] = ({"fewshot/10shot": 60.0 + 2 * seed, "fewshot/10shot_train_holdout": 65.0}, rnd)
+    summary = summarise(results, shots=[10])
+    pixels = summary["pixels @ 50%"]["shots"]["10"]
+    assert pixels["pretrained"] == pytest.approx((71.0, 1.0)) and pixels["random_init"] == pytest.approx((51.0, 1.0))
+    assert pixels["gain"] == pytest.approx((20.0, 20.0, 20.0))  # the same gain for every seed: no spread
+    assert select(summary, "fewshot/10shot_train_holdout") == "mean_color @ 50%"  # although pixels wins on test
+    (row,) = comparisons(results, [10])
+    assert row["comparison"] == "pixels @ 50% − mean_color @ 50%" and row["10-shot"].startswith("+9.0 [")
+
+
+@pytest.mark.timeout(600)
+def test_tiny_study_end_to_end(tmp_path, capsys):
+    from ssl_vit.cli import main
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    from eval_fixtures import write_dataset
+
+    data = write_dataset(tmp_path / "shards", train_per_class=16)  # labelled train and validation splits of tiny images
+    work = tmp_path / "study"
+    argv = ["study", "--workdir", str(work), "--train", f"{data}:train", "--test", f"{data}:validation",
+            "--targets", "pixels", "mean_color", "--rates", "0.5", "--seeds", "0", "1", "--shots", "1", "2",
+            "--draws", "2", "--holdout", "0.3", "--select-on", "fewshot/2shot_train_holdout",
+            "--recipe", "recipes/pretrain/smoke.yaml", "--eval-recipe", "recipes/eval/smoke.yaml",
+            "train.total_steps=2", "train.global_batch=8", "data.batch_size=8", "optim.warmup_steps=1",
+            "train.checkpoint_every=2", "train.log_every=1"]
+    assert main(argv) == 0
+    record = json.loads((work / "study.json").read_text())
+    assert set(record["arms"]) == {"pixels_r50_s0", "pixels_r50_s1", "mean_color_r50_s0", "mean_color_r50_s1"}
+    assert record["selected"] in ("pixels @ 50%", "mean_color @ 50%")
+    assert record["summary"]["pixels @ 50%"]["seeds"] == [0, 1]
+    assert "gain" in record["summary"]["pixels @ 50%"]["shots"]["2"]
+    assert {"fewshot/1shot", "fewshot/2shot"} <= set(record["reference_raw_pixels"])
+    # each arm's baseline is its own initial weights: seed 1's differs from seed 0's, and is the same for both targets
+    for arm in ("pixels_r50_s1", "mean_color_r50_s1"):
+        source = resolve_backbone(str(work / "arms" / arm / "pretrain"))
+        assert source.train_seed == 1
+    assert record["arms"]["pixels_r50_s1"]["random_init"] == record["arms"]["mean_color_r50_s1"]["random_init"]
+    assert record["arms"]["pixels_r50_s0"]["random_init"] != record["arms"]["pixels_r50_s1"]["random_init"]
+    report = (work / "study.md").read_text()
+    assert "reference: raw pixels + least squares" in report and "random init (paired baseline)" in report
+    assert (work / "study_fewshot.png").is_file()
+    # a rerun reads the finished arms back instead of training again
+    capsys.readouterr()
+    assert main(argv) == 0
+    rerun = capsys.readouterr()
+    assert "arm 4/4" in rerun.err and "training steps" not in rerun.out + rerun.err
