@@ -8,7 +8,7 @@ import torch
 
 from ssl_vit.eval import features_context
 from ssl_vit.eval.features import Features
-from ssl_vit.eval.knn import KNN, knn_votes
+from ssl_vit.eval.knn import KNN, knn_votes, topk_accuracy
 
 
 def brute_force(train_x, train_y, test_x, k, num_classes, t):
@@ -54,3 +54,26 @@ def test_evaluator_top1_against_hand_labelled_neighbours():
     assert out["knn/k1_top1"] == pytest.approx(200 / 3)  # z is labelled 1 but lies among class 0
     assert out["knn/k20_top1"] == pytest.approx(200 / 3)  # k clipped to 4; exp(sim/0.07) favours the near pair
     assert "knn/k1_top5" not in out  # 2 classes: top-5 is meaningless
+
+
+def test_topk_shares_ties_and_ignores_classes_without_votes():
+    votes = torch.tensor([[2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0],   # two classes tied for first
+                          [3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])  # label 6 got no vote
+    labels = torch.tensor([1, 6])
+    # top-1: row 0 ties 1-in-2 (torch.topk would always pick class 0), row 1 misses
+    assert topk_accuracy(votes, labels, 1) == pytest.approx(25.0)
+    assert topk_accuracy(votes, torch.tensor([0, 6]), 1) == pytest.approx(25.0)  # class order does not matter
+    # top-5: five zero-vote classes tie for places 3..5, so label 6 gets 3/5 credit unless unvoted classes are excluded
+    assert topk_accuracy(votes, labels, 5) == pytest.approx(100 * (1 + 3 / 5) / 2)
+    assert topk_accuracy(votes, labels, 5, min_score=0.0) == pytest.approx(50.0)
+
+
+def test_knn_top5_counts_only_voted_classes():
+    """k = 1: one class gets a vote; top-5 then equals top-1 (before, 4 unvoted classes filled the top 5)."""
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(7, 6, generator=g)
+    train = Features(centres.repeat(2, 1), torch.arange(7).repeat(2), [f"t{i}" for i in range(14)])
+    labels = torch.randint(0, 7, (20,), generator=g)
+    test = Features(torch.randn(20, 6, generator=g), labels, [f"q{i}" for i in range(20)])
+    out = KNN(k=[1]).run(features_context(train, test))
+    assert out["knn/k1_top5"] == out["knn/k1_top1"]
