@@ -79,13 +79,15 @@ def build_split(
     overwrite: bool = False,
     follow_symlinks: bool = False,
     check: str = "header",
+    max_pixels: int | None = None,
     progress: bool = True,
 ) -> BuildSummary:
     """Write `out/<split>-NNNNNN.tar` shards and the split's `_info.json` entry from a folder or file list.
 
     `src` is an image folder (`labels="folder"`: `src/<class>/.../<image>`; `"none"`: any tree, cls -1)
     or a .csv/.tsv list with `path` and `label` columns; `list_file` is the other way to give the list
-    (then `src` is None). Raises `DataToolsError` for anything the user must fix.
+    (then `src` is None). `max_pixels` caps width × height of any image (None: Pillow's bomb limit); larger
+    ones are skipped before they are decoded. Raises `DataToolsError` for anything the user must fix.
 
     `workers > 1` starts processes with the "spawn" method, which re-imports the calling script: call
     this from under `if __name__ == "__main__":` in scripts.
@@ -96,7 +98,7 @@ def build_split(
     opts = BuildOptions(
         split=split, source="list" if src.is_file() else "folder", labels=labels, seed=seed,
         shard_size=parse_size(shard_size), max_count=max_count, resize_shorter=resize_shorter,
-        quality=quality, check=check, follow_symlinks=follow_symlinks)
+        quality=quality, check=check, follow_symlinks=follow_symlinks, max_pixels=max_pixels)
     opts.validate()
     if workers < 1:
         raise DataToolsError(f"--workers must be at least 1, got {workers}")

@@ -64,6 +64,9 @@ def _parser() -> _Parser:
                    help="header (default): parse each image's header and check its end marker, which catches "
                         "truncated and non-image files at near copy speed; full: also decode all compressed data "
                         "(~6x slower; catches corruption inside it, which training would otherwise skip and count)")
+    b.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="skip images with more than N pixels (width x height) before decoding them "
+                        "(default: Pillow's decompression-bomb limit, 89,478,485)")
     b.add_argument("--workers", type=_positive_int, default=1, help="decoding processes (output is identical)")
     b.add_argument("--overwrite", action="store_true", help="delete this split's shards and rebuild from scratch")
     b.add_argument("--follow-symlinks", action="store_true", help="also follow symlinks that leave SRC")
@@ -74,6 +77,8 @@ def _parser() -> _Parser:
     v.add_argument("out", metavar="OUT")
     v.add_argument("--split", help="verify only this split (default: all in _info.json)")
     v.add_argument("--workers", type=_positive_int, default=1, help="processes checking shards in parallel")
+    v.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="report images with more than N pixels (default: Pillow's decompression-bomb limit)")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -85,13 +90,15 @@ def _build(args: argparse.Namespace) -> int:
         args.src, args.out, args.split, labels=args.labels, list_file=args.list_file, seed=args.seed,
         shard_size=args.shard_size, max_count=args.max_count, resize_shorter=args.resize_shorter,
         quality=args.quality, workers=args.workers, overwrite=args.overwrite,
-        follow_symlinks=args.follow_symlinks, check=args.check, progress=not args.no_progress)
+        follow_symlinks=args.follow_symlinks, check=args.check, max_pixels=args.max_pixels,
+        progress=not args.no_progress)
     print(summary.line())
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_out(args.out, args.split, workers=args.workers, progress=not args.no_progress)
+    report = verify_out(args.out, args.split, workers=args.workers, max_pixels=args.max_pixels,
+                        progress=not args.no_progress)
     for problem in report.problems:
         print(problem)
     print(report.line())

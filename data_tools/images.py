@@ -17,11 +17,13 @@ deterministic, so the same input gives the same bytes on every run.
 
 Extensions are never trusted. The default, `check="header"`, parses the header (a strict scanner for clean
 RGB JPEGs, Pillow for everything else) and checks that the end-of-image marker is present: it catches
-truncated, empty and non-image files while the build runs near the speed of copying; corruption inside the
-compressed data passes, and the train stream skips and counts such samples (`ssl-vit-shards verify` decodes
-everything). `check="full"` decodes all compressed data (JPEGs at
-1/8 DCT scale: the entropy decoding that finds truncation and corrupt streams is complete, the inverse
-DCT and upsampling are skipped — ~1.5× faster with the same verdicts).
+truncated, empty and non-image files while the build runs near the speed of copying. It does not decode the
+compressed data, so a JPEG whose scan is damaged but still ends in its end marker passes; the streams skip
+and count such samples, and `ssl-vit-shards verify` finds them. `check="full"` decodes all compressed data
+all or nothing (`decoding.py`: JPEGs by strict libjpeg-turbo at 1/8 DCT scale — the entropy decoding that
+finds damage is complete, the inverse DCT is skipped —, PNG CRCs, Pillow's warnings as errors). A file that
+is re-encoded is always decoded that strictly first, whatever `check` says: its pixels become the sample.
+Every image's pixel count is capped (`max_pixels`) before it is decoded.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
+from .decoding import UndecodableImage, check_pixel_cap, check_pixels, open_image
 from .headers import jpeg_pass_through_size
 
 PASS_THROUGH = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}
@@ -52,34 +55,38 @@ class Prepared:
     reencoded: str | None  # why it was re-encoded; None when passed through byte for byte
 
 
-def prepare_image(data: bytes, *, resize_shorter: int | None, quality: int, check: str) -> Prepared:
+def prepare_image(data: bytes, *, resize_shorter: int | None, quality: int, check: str,
+                  max_pixels: int | None = None) -> Prepared:
     """The stored form of one image file's bytes; raises `BadImage` with the reason when unusable."""
     if not data:
         raise BadImage("empty file")
     if check == "header":  # the common clean JPEG without Pillow's slower parse (same verdict, see headers.py)
         size = jpeg_pass_through_size(data)
         if size is not None and (resize_shorter is None or min(size) <= resize_shorter):
+            try:
+                check_pixel_cap(*size, max_pixels)
+            except UndecodableImage as err:
+                raise BadImage(str(err)) from None
             return Prepared("jpg", data, size[0], size[1], None)
-    with warnings.catch_warnings():
-        # Pillow warns about odd EXIF or very large images; the verdict comes from decoding instead.
-        warnings.simplefilter("ignore")
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size  # before `draft` shrinks it
+    try:
+        with open_image(data, max_pixels) as img:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # odd EXIF: the verdict comes from decoding instead
                 reason = _reencode_reason(img, data, resize_shorter)
                 if reason is None:
-                    _check(img, data, check)
+                    _check(img, data, check, max_pixels)  # before getexif(), which loads a PNG's pixels
                     if img.getexif().get(_ORIENTATION, 1) in range(2, 9):
                         reason = "EXIF orientation"
                 if reason is None:
-                    return Prepared(PASS_THROUGH[img.format], data, width, height, None)
-            return _reencode(data, reason, resize_shorter, quality)
-        except UnidentifiedImageError:
-            raise BadImage("not an image (no image format recognises it)") from None
-        except BadImage:
-            raise
-        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
-            raise BadImage(f"cannot decode: {type(err).__name__}: {err}") from None
+                    return Prepared(PASS_THROUGH[img.format], data, img.width, img.height, None)
+                check_pixels(img, data, max_pixels)  # its pixels become the sample: all or nothing first
+                return _reencode(img, reason, resize_shorter, quality)
+    except UndecodableImage as err:
+        raise BadImage(str(err)) from None
+    except BadImage:
+        raise
+    except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, ... on bad data
+        raise BadImage(f"cannot decode: {type(err).__name__}: {err}") from None
 
 
 def _reencode_reason(img: Image.Image, data: bytes, resize_shorter: int | None) -> str | None:
@@ -96,11 +103,9 @@ def _reencode_reason(img: Image.Image, data: bytes, resize_shorter: int | None) 
     return None
 
 
-def _check(img: Image.Image, data: bytes, check: str) -> None:
+def _check(img: Image.Image, data: bytes, check: str, max_pixels: int | None) -> None:
     if check == "full":
-        if img.format in ("JPEG", "MPO"):
-            img.draft("RGB", (1, 1))  # 1/8 DCT scale: every entropy-coded byte is still decoded
-        img.load()
+        check_pixels(img, data, max_pixels)
         return
     if img.format == "WEBP":
         complete = int.from_bytes(data[4:8], "little") + 8 <= len(data)
@@ -111,12 +116,12 @@ def _check(img: Image.Image, data: bytes, check: str) -> None:
         raise BadImage("truncated (no end-of-image marker)")
 
 
-def _reencode(data: bytes, reason: str, resize_shorter: int | None, quality: int) -> Prepared:
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        lossless = img.format in _LOSSLESS_FORMATS or img.mode in _PNG_MODES or "transparency" in img.info
-        icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
-        rgb = _to_rgb(ImageOps.exif_transpose(img))
+def _reencode(img: Image.Image, reason: str, resize_shorter: int | None, quality: int) -> Prepared:
+    """`img` has passed `check_pixels`; Pillow decodes it (again, for JPEGs) to convert and re-encode it."""
+    img.load()
+    lossless = img.format in _LOSSLESS_FORMATS or img.mode in _PNG_MODES or "transparency" in img.info
+    icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
+    rgb = _to_rgb(ImageOps.exif_transpose(img))
     if resize_shorter is not None and min(rgb.size) > resize_shorter:
         rgb = rgb.resize(_shorter_side_to(rgb.size, resize_shorter), Image.Resampling.LANCZOS)
     buf = io.BytesIO()

@@ -45,6 +45,7 @@ class BuildOptions:
     quality: int = 95
     check: str = "header"
     follow_symlinks: bool = False
+    max_pixels: int | None = None  # width × height cap; None: Pillow's decompression-bomb limit
 
     def validate(self) -> None:
         if not _SPLIT_RE.fullmatch(self.split):
@@ -60,12 +61,18 @@ class BuildOptions:
             raise DataToolsError(f"--max-count must be a positive number of samples, got {self.max_count}")
         if self.resize_shorter is not None and self.resize_shorter <= 0:
             raise DataToolsError(f"--resize-shorter must be a positive number of pixels, got {self.resize_shorter}")
+        if self.max_pixels is not None and self.max_pixels <= 0:
+            raise DataToolsError(f"--max-pixels must be a positive number of pixels, got {self.max_pixels}")
         if not 1 <= self.quality <= 100:
             raise DataToolsError(f"--quality must be between 1 and 100, got {self.quality}")
 
     def record(self) -> dict:
-        """The JSON-able form stored in the progress record and compared on resume."""
-        return dataclasses.asdict(self)
+        """The JSON-able form stored in the progress record and compared on resume. A newer option left at
+        its default is left out, so a build started by an earlier version still resumes."""
+        record = dataclasses.asdict(self)
+        if record["max_pixels"] is None:
+            del record["max_pixels"]
+        return record
 
 
 def describe_differences(old: dict, new: dict) -> str:

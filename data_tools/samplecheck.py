@@ -1,22 +1,21 @@
 """Is one sample read back from a shard what `build` promises? Returns the problems, [] when it is fine.
 
-The promise (docs/architecture.md): exactly one image under jpg/png/webp that fully decodes to RGB at the
-width and height its json states; `cls` an ASCII integer in range (-1 when unlabelled); `json` with
-path, class (the class name of `cls`, or null), width and height.
+The promise (docs/architecture.md): exactly one image under jpg/png/webp that fully decodes to RGB (all or
+nothing, within `max_pixels`: see decoding.py) at the width and height its json states; `cls` an ASCII
+integer in range (-1 when unlabelled); `json` with path, class (the class name of `cls`, or null), width and
+height.
 """
 from __future__ import annotations
 
-import io
 import json
-import warnings
 
-from PIL import Image
+from .decoding import UndecodableImage, check_pixels, open_image
 
 IMAGE_FORMATS = {"jpg": ("JPEG", "MPO"), "png": ("PNG",), "webp": ("WEBP",)}
 _META_KEYS = ("path", "class", "width", "height")
 
 
-def check_sample(parts: dict[str, bytes], class_names: list[str] | None) -> list[str]:
+def check_sample(parts: dict[str, bytes], class_names: list[str] | None, max_pixels: int | None = None) -> list[str]:
     images = [ext for ext in parts if ext in IMAGE_FORMATS]
     if len(images) != 1:
         return [f"expected one image (jpg, png or webp), found {', '.join(images) or 'none'}"]
@@ -31,7 +30,7 @@ def check_sample(parts: dict[str, bytes], class_names: list[str] | None) -> list
         expected = class_names[cls] if cls >= 0 else None
         if meta["class"] != expected:
             problems.append(f"json class {meta['class']!r} does not match cls {cls} ({expected!r})")
-    problems += _check_image(parts[ext], ext, meta)
+    problems += _check_image(parts[ext], ext, meta, max_pixels)
     return problems
 
 
@@ -70,17 +69,15 @@ def _check_meta(raw: bytes | None, problems: list[str]) -> dict | None:
     return meta
 
 
-def _check_image(data: bytes, ext: str, meta: dict | None) -> list[str]:
+def _check_image(data: bytes, ext: str, meta: dict | None, max_pixels: int | None) -> list[str]:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:
-                if img.format not in IMAGE_FORMATS[ext]:
-                    return [f"{ext} member holds a {img.format} image"]
-                img.load()
-                mode, size = img.mode, img.size
-    except Exception as err:  # Pillow reports bad data as OSError, SyntaxError, ValueError, ...
-        return [f"image does not decode ({type(err).__name__}: {err})"]
+        with open_image(data, max_pixels) as img:
+            if img.format not in IMAGE_FORMATS[ext]:
+                return [f"{ext} member holds a {img.format} image"]
+            mode, size = img.mode, img.size
+            check_pixels(img, data, max_pixels)
+    except UndecodableImage as err:
+        return [f"image does not decode ({err})"]
     problems = [] if mode == "RGB" else [f"image mode is {mode}, not RGB"]
     if meta is not None and size != (meta["width"], meta["height"]):
         problems.append(f"image is {size[0]}x{size[1]}, json says {meta['width']}x{meta['height']}")

@@ -44,7 +44,8 @@ def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
     except OSError as err:
         return Skipped(source.rel, f"cannot read: {err.strerror or err}", 0)
     try:
-        image = prepare_image(data, resize_shorter=opts.resize_shorter, quality=opts.quality, check=opts.check)
+        image = prepare_image(data, resize_shorter=opts.resize_shorter, quality=opts.quality, check=opts.check,
+                              max_pixels=opts.max_pixels)
     except BadImage as err:
         return Skipped(source.rel, str(err), len(data))
     meta = {"path": source.rel, "class": source.class_name, "width": image.width, "height": image.height}

@@ -9,6 +9,7 @@ opened. Members are read into memory, never extracted. Problems are reported as
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import tarfile
@@ -30,6 +31,7 @@ class ShardExpectation:
     sha256: str | None  # None when _info.json does not record it (e.g. written by another tool)
     bytes: int | None
     class_names: list[str] | None
+    max_pixels: int | None = None  # the decoding cap (None: Pillow's bomb limit)
 
 
 @dataclass
@@ -57,7 +59,8 @@ class VerifyReport:
                 f"{self.samples} samples: {verdict}")
 
 
-def verify_out(out: str | Path, split: str | None = None, *, workers: int = 1, progress: bool = True) -> VerifyReport:
+def verify_out(out: str | Path, split: str | None = None, *, workers: int = 1, max_pixels: int | None = None,
+               progress: bool = True) -> VerifyReport:
     out = Path(out)
     if not out.is_dir():
         raise DataToolsError(f"{out} is not a folder; give the OUT folder of `ssl-vit-shards build`")
@@ -77,12 +80,14 @@ def verify_out(out: str | Path, split: str | None = None, *, workers: int = 1, p
     if not names:
         report.problems.append(f"{INFO_NAME}: lists no splits")
     for name in names:
-        _verify_split(out, name, splits[name], report, workers, progress)
+        _verify_split(out, name, splits[name], report, workers, max_pixels, progress)
     return report
 
 
-def _verify_split(out: Path, name: str, entry: object, report: VerifyReport, workers: int, progress: bool) -> None:
+def _verify_split(out: Path, name: str, entry: object, report: VerifyReport, workers: int, max_pixels: int | None,
+                  progress: bool) -> None:
     expectations, problems = _expectations(out, name, entry)
+    expectations = [dataclasses.replace(e, max_pixels=max_pixels) for e in expectations]
     report.problems += problems
     seen: dict[str, str] = {}
     with tqdm(total=sum(e.count for e in expectations), unit="sample", desc=f"verify {name}",
@@ -168,7 +173,7 @@ def check_shard(expect: ShardExpectation) -> ShardResult:
         reader = _HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
-                _read_samples(tar, result, expect.class_names)
+                _read_samples(tar, result, expect)
         except (tarfile.TarError, OSError, EOFError) as err:
             result.problems.append(f"{name}: tar is truncated or corrupt after {result.samples} samples ({err})")
         while reader.read(1 << 20):  # hash whatever the tar reader did not need
@@ -182,7 +187,7 @@ def check_shard(expect: ShardExpectation) -> ShardResult:
     return result
 
 
-def _read_samples(tar: tarfile.TarFile, result: ShardResult, class_names: list[str] | None) -> None:
+def _read_samples(tar: tarfile.TarFile, result: ShardResult, expect: ShardExpectation) -> None:
     """Group consecutive members by key (`KEY.ext`, as WebDataset does) and check each finished group."""
     key, parts = None, {}
     for member in tar:
@@ -191,18 +196,17 @@ def _read_samples(tar: tarfile.TarFile, result: ShardResult, class_names: list[s
             result.problems.append(f"{result.name} {member.name}: not a KEY.ext file member")
             continue
         if prefix != key:
-            _finish_sample(result, key, parts, class_names)
+            _finish_sample(result, key, parts, expect)
             key, parts = prefix, {}
         if ext in parts:
             result.problems.append(f"{result.name} {key}: member .{ext} appears twice")
         parts[ext] = tar.extractfile(member).read()
-    _finish_sample(result, key, parts, class_names)
+    _finish_sample(result, key, parts, expect)
 
 
-def _finish_sample(result: ShardResult, key: str | None, parts: dict[str, bytes],
-                   class_names: list[str] | None) -> None:
+def _finish_sample(result: ShardResult, key: str | None, parts: dict[str, bytes], expect: ShardExpectation) -> None:
     if key is None:
         return
     result.samples += 1
     result.keys.append(key)
-    result.problems += [f"{result.name} {key}: {reason}" for reason in check_sample(parts, class_names)]
+    result.problems += [f"{result.name} {key}: {reason}" for reason in check_sample(parts, expect.class_names, expect.max_pixels)]

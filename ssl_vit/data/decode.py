@@ -2,13 +2,16 @@
 
 Decoding dominates the CPU cost of the pipeline. Three things keep it cheap:
 
-1. JPEGs go through simplejpeg (libjpeg-turbo, ~2× Pillow); Pillow is the fallback when simplejpeg is
-   missing or refuses a file, and decodes PNG/WebP.
+1. JPEGs go through simplejpeg (libjpeg-turbo, ~2× Pillow); Pillow decodes PNG/WebP and the rest.
 2. The crop is chosen from the header's width/height before any pixel is decoded (`choose_box(w, h)`).
 3. When the crop is at least twice the output size on both sides, the JPEG is decoded at 1/2, 1/4 or 1/8
-   scale in the DCT domain (libjpeg's scaled IDCT, via simplejpeg's `min_width/min_height` or Pillow's
-   `draft`), the box is mapped into the reduced image, and only then resized. The reduced image still has at
-   least S pixels across the box, so the final antialiased resize sees the same frequencies.
+   scale in the DCT domain (libjpeg's scaled IDCT, via simplejpeg's `min_width/min_height`), the box is
+   mapped into the reduced image, and only then resized. The reduced image still has at least S pixels
+   across the box, so the final antialiased resize sees the same frequencies.
+
+Decoding is all or nothing (`data_tools.decoding`): a JPEG that strict libjpeg-turbo refuses is not handed to
+a second decoder, a PNG must pass its CRCs, Pillow's warnings are errors, and an image above `max_pixels` is
+refused before decoding. The caller skips and counts what raises.
 
 The box is rounded to whole pixels of the (possibly reduced) image and resized with torch's antialiased
 bilinear uint8 kernel, which reproduces Pillow's BILINEAR resize (within 1/255) at 2-3× its speed.
@@ -16,23 +19,17 @@ EXIF orientation is not applied; `ssl-vit-shards` writes upright images.
 """
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from data_tools.decoding import decode_jpeg, is_jpeg, jpeg_size, load_strictly, open_image
 
 from .crops import CropBox
 
-try:
-    import simplejpeg
-except ImportError:  # optional: Pillow then decodes everything (the tests patch `simplejpeg = None`)
-    simplejpeg = None
-
-JPEG_MAGIC = b"\xff\xd8\xff"
 BoxChooser = Callable[[int, int], CropBox]
 
 
@@ -45,39 +42,26 @@ def dct_reduction(box: CropBox, size: int) -> int:
     return k
 
 
-def decode_crop(data: bytes, choose_box: BoxChooser, size: int, *, reduce: bool = True) -> np.ndarray:
+def decode_crop(
+    data: bytes, choose_box: BoxChooser, size: int, *, reduce: bool = True, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode `data`, crop `choose_box(width, height)` and resize it to (size, size, 3) uint8 RGB.
 
-    `reduce=False` is the plain path (full-resolution decode), kept for tests and comparisons.
-    Raises (PIL.UnidentifiedImageError, ValueError, OSError, ...) when the bytes are not a readable image.
+    `reduce=False` is the plain path (full-resolution decode), kept for tests and comparisons. `max_pixels`
+    caps width × height (None: Pillow's bomb limit). Raises `data_tools.decoding.UndecodableImage` when the
+    bytes are not one complete image within the cap.
     """
-    if data[:3] == JPEG_MAGIC and simplejpeg is not None:
-        try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        except Exception:  # noqa: BLE001 - any refusal: let Pillow try
-            pass  # Pillow reads some JPEGs libjpeg-turbo's strict mode refuses
-        else:
-            box = choose_box(width, height)
-            try:
-                return _crop_simplejpeg(data, width, height, box, size, reduce)
-            except Exception:  # noqa: BLE001 - simplejpeg refused a file its header parser accepted
-                return _crop_pil(Image.open(io.BytesIO(data)), lambda w, h: box, size, reduce)
-    return _crop_pil(Image.open(io.BytesIO(data)), choose_box, size, reduce)
-
-
-def _crop_simplejpeg(data: bytes, width: int, height: int, box: CropBox, size: int, reduce: bool) -> np.ndarray:
-    k = dct_reduction(box, size) if reduce else 1
-    pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // k), min_width=-(-width // k))
-    return _resize(pixels, box, size, width, height, k)
-
-
-def _crop_pil(img: Image.Image, choose_box: BoxChooser, size: int, reduce: bool) -> np.ndarray:
+    if is_jpeg(data):
+        width, height = jpeg_size(data, max_pixels)
+        box = choose_box(width, height)
+        k = dct_reduction(box, size) if reduce else 1
+        pixels = decode_jpeg(data, min_width=-(-width // k), min_height=-(-height // k))
+        return _resize(pixels, box, size, width, height, k)
+    img = open_image(data, max_pixels)
     width, height = img.size
     box = choose_box(width, height)
-    k = dct_reduction(box, size) if reduce and img.format == "JPEG" else 1
-    if k > 1:
-        img.draft("RGB", (width // k, height // k))  # Pillow picks the largest 1/k with the result >= this size
-    return _resize(np.array(img.convert("RGB")), box, size, width, height, k)
+    load_strictly(img, data)
+    return _resize(np.array(img.convert("RGB")), box, size, width, height, 1)
 
 
 def _resize(pixels: np.ndarray, box: CropBox, size: int, width: int, height: int, k: int) -> np.ndarray:

@@ -117,12 +117,14 @@ def train_items(
     ratio: tuple[float, float],
     hflip: bool,
     tally: BadSampleTally,
+    max_pixels: int | None = None,
 ) -> Iterator[TrainItem]:
     """Random-resized crop (+ flip) of each sample; unreadable samples are skipped and tallied."""
     for sample in samples:
         try:
             data, label = image_and_label(sample)
-            pixels = decode_crop(data, lambda w, h: random_resized_crop(w, h, rng, scale, ratio), image_size)
+            pixels = decode_crop(data, lambda w, h: random_resized_crop(w, h, rng, scale, ratio), image_size,
+                                 max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample, counted and reported
             tally.skip(sample["__url__"], sample["__key__"], exc)
             continue
@@ -132,12 +134,14 @@ def train_items(
         yield pixels, label
 
 
-def eval_items(samples: Iterable[dict], *, image_size: int, crop_pct: float) -> Iterator[EvalItem]:
+def eval_items(
+    samples: Iterable[dict], *, image_size: int, crop_pct: float, max_pixels: int | None = None
+) -> Iterator[EvalItem]:
     """Centre crop of each sample. Evaluation needs every sample, so an unreadable one stops the stream."""
     for sample in samples:
         try:
             data, label = image_and_label(sample)
-            pixels = decode_crop(data, lambda w, h: center_crop(w, h, crop_pct), image_size)
+            pixels = decode_crop(data, lambda w, h: center_crop(w, h, crop_pct), image_size, max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001
             raise DataError(
                 f"sample {sample['__key__']!r} of shard {sample['__url__']} cannot be decoded "

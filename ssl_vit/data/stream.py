@@ -26,7 +26,9 @@ ranks and workers. Ranks may get different numbers of samples: gather with paddi
 
 Broken data: an undecodable sample is skipped, counted per shard, and reported in the next batch's `skipped`;
 above `max_bad_fraction` (once `min_samples_for_bad_fraction` samples were seen by a worker) the train stream
-raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. An unreadable,
+raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. Decoding is
+all or nothing (`data_tools.decoding`), and an image above `max_pixels` (default: Pillow's bomb limit) is
+refused before it is decoded, so one file cannot drive a worker's memory. An unreadable,
 truncated or miscounted shard raises `DataError` naming it, in both streams (see `shards.py`).
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import ImageFile
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ssl_vit.errors import ConfigError, DataError
@@ -126,6 +129,7 @@ def build_train_stream(
     min_samples_for_bad_fraction: int = 20,
     pin_memory: bool = False,
     split: str | None = None,
+    max_pixels: int | None = None,
 ) -> Stream:
     """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec)."""
     _check_common(batch_size, image_size, rank, world_size, num_workers)
@@ -137,6 +141,7 @@ def build_train_stream(
         )
     if not 0 <= max_bad_fraction <= 1:
         raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
+    _check_max_pixels(max_pixels)
     resolved = resolve_spec(shards, split)
     options = _TrainOptions(
         batch_size=batch_size,
@@ -151,6 +156,7 @@ def build_train_stream(
         hflip=hflip,
         max_bad_fraction=max_bad_fraction,
         min_samples=min_samples_for_bad_fraction,
+        max_pixels=max_pixels,
     )
     dataset = _TrainDataset(resolved, options)
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
@@ -167,13 +173,15 @@ def build_eval_stream(
     crop_pct: float = 0.875,
     pin_memory: bool = False,
     split: str | None = None,
+    max_pixels: int | None = None,
 ) -> Stream:
     """The finite evaluation stream of `shards`: each sample exactly once over all ranks and workers."""
     _check_common(batch_size, image_size, rank, world_size, num_workers)
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    _check_max_pixels(max_pixels)
     resolved = resolve_spec(shards, split)
-    dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct))
+    dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct, max_pixels))
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
 
 
@@ -184,6 +192,15 @@ def _check_common(batch_size: int, image_size: int, rank: int, world_size: int, 
         )
     if not 0 <= rank < world_size:
         raise ConfigError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+
+
+def _check_max_pixels(max_pixels: int | None) -> None:
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ConfigError(f"max_pixels must be a positive number of pixels (or None for Pillow's limit), got {max_pixels}")
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise ConfigError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on, so truncated images would decode as grey; "
+            "turn it off before building a stream (some library or script set it)")
 
 
 def _worker() -> tuple[int, int]:
@@ -220,6 +237,7 @@ class _TrainOptions:
     hflip: bool
     max_bad_fraction: float
     min_samples: int
+    max_pixels: int | None
 
 
 class _ShardReader(IterableDataset):
@@ -246,7 +264,8 @@ class _TrainDataset(_ShardReader):
         tally = BadSampleTally(o.max_bad_fraction, o.min_samples, reader)
         raw = shuffled(self._epochs(parts, order_rng, reader), o.shuffle_buffer, buffer_rng)
         items = train_items(
-            raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally
+            raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally,
+            max_pixels=o.max_pixels,
         )
         return _reported(train_batches(items, o.batch_size, o.image_size, tally))
 
@@ -273,6 +292,7 @@ class _EvalOptions:
     rank: int
     world_size: int
     crop_pct: float
+    max_pixels: int | None
 
 
 class _EvalDataset(_ShardReader):
@@ -280,5 +300,5 @@ class _EvalDataset(_ShardReader):
         o = self.o
         _, parts = self._parts()
         raw = (sample for part in parts for sample in _read(self.shards, part))
-        items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct)
+        items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct, max_pixels=o.max_pixels)
         return _reported(eval_batches(items, o.batch_size, o.image_size))
