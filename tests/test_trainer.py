@@ -13,6 +13,7 @@ import torch
 
 from ssl_vit.models import create_model
 from ssl_vit.objectives import build
+from ssl_vit.objectives.mpp import MaskedPatchPrediction
 from ssl_vit.train import checkpoint as ckpt
 from ssl_vit.train.optim import lr_factor, param_groups
 
@@ -75,12 +76,28 @@ def test_smoke_recipe_learns_and_logs_every_step(pretrain_shards: Path, tmp_path
         assert set(rng) >= {"python", "numpy", "torch"}
 
 
+def inject_nan(monkeypatch, steps: set[int]) -> None:
+    """Make the MPP objective's loss NaN at the given steps (the smoke recipe takes one micro-batch per step)."""
+    forward = MaskedPatchPrediction.forward
+    calls = {"n": 0}
+
+    def nan_at_steps(self, *args, **kwargs):
+        loss, metrics = forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in steps:
+                loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(MaskedPatchPrediction, "forward", nan_at_steps)
+
+
 @pytest.mark.timeout(60)
 def test_injected_nan_skips_the_update_and_is_counted(pretrain_shards: Path, tmp_path: Path, pretrain, monkeypatch):
-    monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "5")
+    inject_nan(monkeypatch, {5})
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 7, "optim.warmup_steps": 2, "train.log_every": 1,
-                                        "train.checkpoint_every": 1, "train.keep_last": 10}) == 0
+                                                "train.checkpoint_every": 1, "train.keep_last": 10}) == 0
     log = records(run_dir)
     assert [r["loss"] is None for r in log] == [False] * 4 + [True] + [False] * 2
     assert [r["nonfinite_skipped"] for r in log] == [0, 0, 0, 0, 1, 1, 1]
@@ -95,10 +112,10 @@ def test_injected_nan_skips_the_update_and_is_counted(pretrain_shards: Path, tmp
 
 @pytest.mark.timeout(60)
 def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(pretrain_shards, tmp_path, pretrain, monkeypatch, capsys):
-    monkeypatch.setenv("SSL_VIT_INJECT_NAN_AT_STEP", "3,4,5")
+    inject_nan(monkeypatch, {3, 4, 5})
     run_dir = tmp_path / "run"
     rc = pretrain(pretrain_shards, run_dir, **{"train.total_steps": 9, "optim.warmup_steps": 2, "train.log_every": 1,
-                                      "train.checkpoint_every": 2, "train.max_nonfinite": 3})
+                                              "train.checkpoint_every": 2, "train.max_nonfinite": 3})
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert rc == 2
     assert err.startswith("error: 3 non-finite losses in a row (up to step 5, max_nonfinite=3)")
@@ -106,8 +123,8 @@ def test_nonfinite_streak_stops_naming_the_last_good_checkpoint(pretrain_shards,
 
 
 @pytest.mark.timeout(60)
-def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(pretrain_shards, tmp_path, pretrain, monkeypatch,
-                                                                           capsys):
+def test_failed_publish_of_latest_stops_with_the_previous_checkpoint_named(pretrain_shards, tmp_path, pretrain,
+                                                                           monkeypatch, capsys):
     """The disk fills while `latest` is being replaced: the run stops with one line, `latest` intact."""
     run_dir = tmp_path / "run"
     real_publish = ckpt._publish
@@ -167,7 +184,7 @@ def test_tensorboard_tracker_receives_the_logged_metrics(pretrain_shards: Path, 
 
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 2, "train.checkpoint_every": 4,
-                                        "train.log_with": "[tensorboard]", "optim.warmup_steps": 1}) == 0
+                                                "train.log_with": "[tensorboard]", "optim.warmup_steps": 1}) == 0
     scalars = read_scalars(run_dir)
     logged = {r["step"]: r["loss"] for r in records(run_dir)}
     assert sorted(scalars["loss"]) == [2, 4]
@@ -205,7 +222,7 @@ def test_mfu_is_logged_from_the_objectives_analytic_flops(pretrain_shards: Path,
     monkeypatch.setattr(metrics, "device_peak_flops", lambda device, precision="bf16": 1e12)
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,
-                                        "optim.warmup_steps": 1}) == 0
+                                                "optim.warmup_steps": 1}) == 0
     flops = build("mpp", create_model("vit_nano_patch4"), target="mean_color").flops_per_image()
     for record in records(run_dir):
         assert record["mfu"] == pytest.approx(record["images_per_s"] * flops / 1e12, rel=1e-6)
@@ -272,8 +289,8 @@ def test_no_host_device_synchronisation_inside_a_step(pretrain_shards: Path, tmp
     monkeypatch.setattr(trainer_module.Trainer, "_next_batch", next_batch)
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
-                                        "train.global_batch": 32, "optim.grad_clip": 1.0,
-                                        "optim.warmup_steps": 1}) == 0
+                                                "train.global_batch": 32, "optim.grad_clip": 1.0,
+                                                "optim.warmup_steps": 1}) == 0
     assert reads == []
     assert logged_reads[0] > 0
     assert len(records(run_dir)) == 1 and math.isfinite(records(run_dir)[0]["loss"])

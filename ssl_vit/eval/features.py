@@ -5,6 +5,12 @@ A feature is the [class] token after the final norm (`pool="cls"`), the mean of 
 intermediate blocks (each normalised by the final norm, concatenated in the order listed).
 Extraction runs each rank over its own share of the eval stream, then gathers so that every rank holds the
 full set, deduplicated and sorted by sample key: the result does not depend on the number of processes.
+
+Gathering: ranks hold different numbers of samples (shards split unevenly) and collectives need equal shapes,
+so Accelerate's `pad_across_processes` pads each rank's rows to the largest count and the padding is cut off
+after the gather. Rows go in chunks to bound the device memory the collective needs (ImageNet's 1.28M x 768
+floats are 3.9 GB). Keys travel as Python objects. Sorting by key makes the result independent of the process
+count, and dropping repeated keys undoes any padding a data pipeline may add to equalise ranks.
 """
 from __future__ import annotations
 
@@ -12,18 +18,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ssl_vit.data.normalize import normalize_uint8
-from ssl_vit.errors import ConfigError, DataError, UserError
-
-from .gather import gather_features
+from ssl_vit.errors import ConfigError
+from ssl_vit.train.signals import raise_on_every_rank
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from ssl_vit.models import VisionTransformer
 
+CHUNK_ROWS = 65536
 Pool = Literal["cls", "mean", "both"]
 POOLS = ("cls", "mean", "both")
 
@@ -125,7 +132,10 @@ def extract_features(
     finally:
         bar.close()
         backbone.train(was_training)
-    raise_if_any_rank_failed(failure, accelerator)
+    if accelerator is not None and accelerator.num_processes > 1:
+        raise_on_every_rank(failure, lambda report: gather_object([report]), "feature extraction")
+    elif failure is not None:
+        raise failure
     dim = xs[0].shape[1] if xs else _feature_dim(backbone, pool, layers)
     local = Features(
         torch.cat(xs) if xs else torch.zeros(0, dim),
@@ -140,19 +150,34 @@ def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int
     return backbone.embed_dim * (2 if pool == "both" else 1) * (len(layers) if layers is not None else 1)
 
 
-def raise_if_any_rank_failed(failure: Exception | None, accelerator: "Accelerator | None") -> None:
-    """A stream that failed on one rank must stop every rank with its error, not leave the others waiting in
-    the gather that follows for ever. One small object exchange per extraction; the failing rank's own
-    exception (with its traceback) is re-raised there, the others raise its one-line message."""
-    if accelerator is not None and accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
+def sort_unique(features: Features) -> Features:
+    """Order by key and keep the first occurrence of each key."""
+    order = sorted(range(len(features.keys)), key=features.keys.__getitem__)
+    keep = [i for j, i in enumerate(order) if j == 0 or features.keys[i] != features.keys[order[j - 1]]]
+    index = torch.tensor(keep, dtype=torch.long)
+    return Features(features.x[index], features.labels[index], [features.keys[i] for i in keep])
 
-        reports = gather_object([None if failure is None else (isinstance(failure, UserError), str(failure))])
-        if failure is None:
-            rank, report = next(((r, rep) for r, rep in enumerate(reports) if rep is not None), (None, None))
-            if report is not None:
-                user_error, message = report
-                raise DataError(message) if user_error else RuntimeError(
-                    f"feature extraction failed on rank {rank} ({message}); its traceback shows where")
-    if failure is not None:
-        raise failure
+
+def gather_features(local: Features, accelerator: "Accelerator | None") -> Features:
+    """All ranks' features on every rank (CPU tensors), sorted by key and deduplicated (see module doc)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return sort_unique(local)
+    device, world = accelerator.device, accelerator.num_processes
+    counts = accelerator.gather(torch.tensor([len(local)], device=device)).tolist()
+    n_max, dim = max(counts), local.x.shape[1]
+    x = accelerator.pad_across_processes(local.x.float().to(device), dim=0)  # (n_max, D), zero rows appended
+    labels = accelerator.pad_across_processes(local.labels.to(device), dim=0, pad_index=-1)  # (n_max,)
+    x_parts: list[list[torch.Tensor]] = [[] for _ in range(world)]
+    for start in range(0, n_max, CHUNK_ROWS):
+        stop = min(start + CHUNK_ROWS, n_max)
+        gathered = accelerator.gather(x[start:stop].contiguous()).cpu().view(world, stop - start, dim)  # (world, rows, D)
+        for r in range(world):
+            x_parts[r].append(gathered[r, : max(0, min(counts[r], stop) - start)])
+    all_labels = accelerator.gather(labels).cpu().view(world, n_max)  # (world, n_max)
+    keys = gather_object(list(local.keys))  # rank 0's keys, then rank 1's, ...
+    merged = Features(
+        torch.cat([torch.cat(p) if p else torch.zeros(0, dim) for p in x_parts]),
+        torch.cat([all_labels[r, : counts[r]] for r in range(world)]),
+        keys,
+    )
+    return sort_unique(merged)

@@ -6,14 +6,21 @@ ranks agree (any rank flagged → all stop) and save a checkpoint together. A se
 
 The agreement runs over a gloo process group on CPU tensors, so asking "did any rank get a signal?" every step
 never waits for the GPU: a NCCL all-reduce would need the flag on the device and a `.item()` to read it.
+
+A failure on one rank (a corrupt shard only it reads) must stop every rank with that rank's error, not leave
+the others waiting in the next collective for ever: `raise_on_every_rank` is that exchange, shared by the
+trainer's data stream and feature extraction.
 """
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+
+from ..errors import DataError, UserError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -77,3 +84,22 @@ class HostAgreement:
         if self.group is not None:
             dist.destroy_process_group(self.group)
             self.group = None
+
+
+def raise_on_every_rank(failure: Exception | None, gather: Callable[[object], list], what: str) -> None:
+    """Raise `failure` here and a failure on every other rank, when any rank failed; collective.
+
+    `gather(obj)` returns every rank's `obj` in rank order (`HostAgreement.gather`, or Accelerate's
+    `gather_object` for a list of one). The failing rank re-raises its own exception, with its traceback; the
+    others raise its one-line message: a `DataError` for a user error (the same one line on every rank), else
+    a RuntimeError naming `what` and the rank.
+    """
+    reports = gather(None if failure is None else (isinstance(failure, UserError), str(failure)))
+    if failure is not None:
+        raise failure
+    for rank, report in enumerate(reports):
+        if report is not None:
+            user_error, message = report
+            if user_error:
+                raise DataError(message)
+            raise RuntimeError(f"{what} failed on rank {rank} ({message}); its traceback shows where")

@@ -20,14 +20,11 @@ Ranks agree before each micro-batch's collectives, in one host-side exchange (gl
 rank only (a corrupt shard that only it reads) then stops every rank with that rank's error, instead of leaving
 the others waiting in DDP's all-reduce (or FSDP's all-gather) for ever.
 
-Testing hook: `SSL_VIT_INJECT_NAN_AT_STEP=5` (or `5,6,7`) multiplies the loss of those steps by NaN, to
-exercise the non-finite skip.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,14 +39,24 @@ from accelerate.tracking import LoggerType, get_available_trackers
 from accelerate.utils import set_seed
 
 from ..config import OptimConfig, TrainConfig, accumulation_steps
-from ..errors import ConfigError, DataError, UserError
+from ..errors import ConfigError, UserError
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
-from .signals import HostAgreement, StopRequest
+from .signals import HostAgreement, StopRequest, raise_on_every_rank
 
-INJECT_NAN_ENV = "SSL_VIT_INJECT_NAN_AT_STEP"
 StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+
+
+@dataclass
+class RunState:
+    """What one `fit` prepares and its loop, steps and checkpoints share."""
+
+    model: nn.Module  # the objective as Accelerate prepared it (DDP / FSDP wrapped)
+    forward: Callable  # `model`, or its torch.compile'd form
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    agreement: HostAgreement
 
 
 @dataclass
@@ -87,14 +94,6 @@ def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
         log_with=list(train.log_with) or None,
         project_dir=str(run_dir),
     )
-
-
-def _nan_steps() -> frozenset[int]:
-    text = os.environ.get(INJECT_NAN_ENV, "").strip()
-    try:
-        return frozenset(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise UserError(f"{INJECT_NAN_ENV}={text!r}: expected step numbers separated by commas, e.g. 5 or 5,6,7") from None
 
 
 def parameter_checksum(model: nn.Module) -> str:
@@ -159,7 +158,6 @@ class Trainer:
         self.accumulation = accumulation_steps(train.global_batch, per_device_batch, accelerator.num_processes)
         if optim.warmup_steps >= total_steps:
             raise ConfigError(f"optim.warmup_steps ({optim.warmup_steps}) must be below the run's {total_steps} steps")
-        self.nan_steps = _nan_steps()
         self.rank = accelerator.process_index
         self._stream: Iterable | None = None
         self._lr = 0.0
@@ -196,7 +194,7 @@ class Trainer:
                          global_batch=self.train.global_batch, samples_per_epoch=self.samples_per_epoch,
                          flops_per_image=self.flops_per_image)
         window = MetricsWindow(acc.device)
-        state = dict(model=model, forward=forward, optimizer=optimizer, scheduler=scheduler, agreement=agreement)
+        state = RunState(model, forward, optimizer, scheduler, agreement)
         finished = False
         try:
             result = self._loop(start, state, log, window)
@@ -215,7 +213,7 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------------------------------ loop
-    def _loop(self, start: int, s: dict, log: MetricsLog, window: MetricsWindow) -> TrainResult:
+    def _loop(self, start: int, s: RunState, log: MetricsLog, window: MetricsWindow) -> TrainResult:
         acc, train = self.accelerator, self.train
         batches = self._open_stream(start)
         last_ckpt: Path | None = None
@@ -243,28 +241,26 @@ class Trainer:
                     return TrainResult(step, "preempted", last_ckpt)
         return TrainResult(self.total_steps, "finished", last_ckpt)
 
-    def _step(self, step: int, batches: Iterator, s: dict, window: MetricsWindow, stop: StopRequest) -> bool:
+    def _step(self, step: int, batches: Iterator, s: RunState, window: MetricsWindow, stop: StopRequest) -> bool:
         """One optimizer step: `accumulation` micro-batches, gradients synchronised on the last one only.
 
         Returns whether the ranks agreed to stop after this step (a signal reached one of them).
         """
-        acc, model = self.accelerator, s["model"]
+        acc, model = self.accelerator, s.model
         model.train()
         loss_sum = torch.zeros((), device=acc.device)
         metric_sums: dict[str, torch.Tensor] = {}
         data_wait, skipped = 0.0, 0
         for micro in range(self.accumulation):
             t0 = time.perf_counter()
-            batch, stopping = self._next_batch(batches, s["agreement"], stop)
+            batch, stopping = self._next_batch(batches, s.agreement, stop)
             data_wait += time.perf_counter() - t0
             skipped += int(batch.get("skipped", 0))
             images = batch["image"].to(acc.device, non_blocking=True)
             labels = batch["label"].to(acc.device, non_blocking=True)
             sync = acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext()
             with sync:
-                loss, metrics = s["forward"](images, labels)
-                if step in self.nan_steps:
-                    loss = loss * float("nan")
+                loss, metrics = s.forward(images, labels)
                 acc.backward(loss / self.accumulation)
             loss_sum += loss.detach().float()
             for key, value in metrics.items():
@@ -276,10 +272,10 @@ class Trainer:
         bad = bad.float()
         if acc.num_processes > 1:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # any rank non-finite → all skip (stays on the device)
-        self._lr = max(s["scheduler"].get_last_lr())  # the rate this update used (the top one under layer-wise decay)
-        step_unless(s["optimizer"], bad)
-        s["scheduler"].step()
-        s["optimizer"].zero_grad(set_to_none=True)
+        self._lr = max(s.scheduler.get_last_lr())  # the rate this update used (the top one under layer-wise decay)
+        step_unless(s.optimizer, bad)
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
         n = self.accumulation
         window.add(loss_sum / n, bad, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped)
         return stopping
@@ -295,18 +291,8 @@ class Trainer:
             batch, failure = None, err
         failed, stopping = agreement.any_each(failure is not None, stop.received is not None)
         if failed:
-            raise self._shared_failure(failure, agreement)
+            raise_on_every_rank(failure, agreement.gather, "the data stream")
         return batch, stopping
-
-    def _shared_failure(self, failure: Exception | None, agreement: HostAgreement) -> Exception:
-        """The error to raise when a stream failed somewhere: this rank's own, else the first failing rank's."""
-        reports = agreement.gather(None if failure is None else (isinstance(failure, UserError), str(failure)))
-        if failure is not None:
-            return failure
-        rank, (user_error, message) = next((r, report) for r, report in enumerate(reports) if report is not None)
-        if user_error:
-            return DataError(message)  # the same one line on every rank
-        return RuntimeError(f"the data stream of rank {rank} failed ({message}); its traceback shows where")
 
     # ------------------------------------------------------------------------------------- pieces
     def _log(self, step: int, log: MetricsLog, window: MetricsWindow) -> None:
@@ -330,7 +316,7 @@ class Trainer:
                 f.write(json.dumps({"step": step, **results}) + "\n")
         self.accelerator.log({f"eval/{k}": v for k, v in results.items()}, step=step)
 
-    def _save(self, step: int, s: dict) -> Path:
+    def _save(self, step: int, s: RunState) -> Path:
         meta = {
             "stream": {"segment": step, "seed": self.train.seed},
             "world_size": self.accelerator.num_processes,
@@ -341,8 +327,8 @@ class Trainer:
             "version": 1,
         }
         path = ckpt.save_checkpoint(
-            self.ckpt_root, step, model=s["model"], optimizer=_inner(s["optimizer"]), scheduler=s["scheduler"],
-            meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s["agreement"],
+            self.ckpt_root, step, model=s.model, optimizer=_inner(s.optimizer), scheduler=s.scheduler,
+            meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s.agreement,
             keep_last=self.train.keep_last,
         )
         return path
