@@ -198,3 +198,22 @@ def test_random_baseline_is_the_checkpoints_own_step0_weights(tmp_path):
     at48 = baseline.build(img_size=48).state_dict()
     assert torch.equal(at48["blocks.0.attn.qkv.weight"], rebuilt["blocks.0.attn.qkv.weight"])
     assert at48["pos_embed"].shape[1] == 1 + 12 * 12
+
+
+def test_eval_defaults_to_the_checkpoints_resolution_crop_and_pooling(data, tmp_path, capsys):
+    """A 32-px, average-pooled export is evaluated at 32 px with mean pooling unless told otherwise; another size says so."""
+    torch.manual_seed(0)
+    model = create_model("vit_nano_patch4", img_size=32, global_pool="avg")
+    ckpt = save_backbone(model, tmp_path / "b32.safetensors")
+    small = ["batch_size=8", "num_workers=0", "crop_pct=1.0", "knn.k=[1]"]
+    assert eval_cli("knn", "--checkpoint", str(ckpt), "--train", str(data), "--test", str(data),
+                    "--out", str(tmp_path / "a"), *small) == 0
+    record = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (record["image_size"], record["pool"], record["crop_pct"]) == (32, "mean", 1.0)
+    assert "evaluating at" not in capsys.readouterr().err
+    assert eval_cli("knn", "--checkpoint", str(ckpt), "--train", str(data), "--test", str(data),
+                    "--out", str(tmp_path / "b"), "image_size=48", "pool=cls", *small) == 0
+    record = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert (record["image_size"], record["pool"]) == (48, "cls")
+    lines = [l for l in capsys.readouterr().err.splitlines() if "evaluating at" in l]
+    assert lines == ["[b32] evaluating at 48 px; it was built for 32 px (position embeddings resampled)"]

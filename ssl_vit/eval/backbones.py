@@ -45,6 +45,7 @@ class BackboneSource:
     _weights: Path | Mapping | None = field(default=None, repr=False)  # a file or a state dict; None: random init
     seed: int = 0
     train_seed: int | None = None  # the pretraining's `train.seed`, when the checkpoint records it
+    crop_pct: float | None = None  # the centre crop its recipe evaluates with (`eval.crop_pct`), when recorded
     init_as_recorded: bool = False  # random init: draw at `config` (the checkpoint's), then resample to the request
 
     @property
@@ -68,13 +69,18 @@ class BackboneSource:
                 raise CheckpointError(f"--checkpoint {self.spec}: {err}") from None
             raise
 
+    def eval_defaults(self) -> dict:
+        """Resolution, crop and pooling as trained: what `ssl-vit eval` uses unless the recipe sets them."""
+        return {"image_size": self.config.img_size, "crop_pct": self.crop_pct,
+                "pool": "mean" if self.config.global_pool == "avg" else "cls"}
+
     def random_baseline(self, seed: int | None = None) -> "BackboneSource":
         """The checkpoint's own initial weights (its `train_seed`), else `seed`: what `--baseline random` adds."""
         seed = self.train_seed if self.train_seed is not None else (self.seed if seed is None else seed)
         name = self.model_name or f"vit_d{self.config.embed_dim}x{self.config.depth}"
         return BackboneSource(f"random-init {name} (seed {seed})", f"{RANDOM}:{name}:{seed}",
                               _random_fingerprint(self.config, seed, "as-recorded"), self.config, None, seed,
-                              train_seed=seed, init_as_recorded=True)
+                              train_seed=seed, init_as_recorded=True, crop_pct=self.crop_pct)
 
 
 def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -> BackboneSource:
@@ -161,7 +167,8 @@ def _from_trainer(state_file: Path, model: str | None) -> BackboneSource:
     run = state_file.parent.parent.parent.name if state_file.parent.parent.name == "checkpoints" else state_file.parent.name
     label = f"{run}@{step}" if step is not None else run
     return BackboneSource(label, str(state_file.parent), _file_fingerprint(state_file, model), config, state["model"],
-                          train_seed=None if recipe is None else recipe.train.seed)
+                          train_seed=None if recipe is None else recipe.train.seed,
+                          crop_pct=None if recipe is None else recipe.eval.crop_pct)
 
 
 def _trainer_recipe(state_file: Path, state: Mapping):

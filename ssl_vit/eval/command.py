@@ -150,17 +150,33 @@ def _run_dirs(out: Path, labels: list[str]) -> list[Path]:
     return dirs
 
 
+def _as_trained(source, recipe, accelerator):
+    """(data settings, pool) for `source`: the recipe's where it set them, else as the checkpoint was trained."""
+    import dataclasses
+
+    defaults = source.eval_defaults()
+    given = {key.split(".")[1] for key in recipe.explicit}
+    data = dataclasses.replace(recipe.data, **{k: defaults[k] for k in ("image_size", "crop_pct")
+                                                if k not in given and defaults[k] is not None})
+    pool = recipe.pool if "pool" in given else defaults["pool"]
+    if data.image_size != defaults["image_size"] and accelerator.is_main_process:
+        print(f"[{source.label}] evaluating at {data.image_size} px; it was built for {defaults['image_size']} px "
+              "(position embeddings resampled)", file=sys.stderr)
+    return data, pool
+
+
 def _evaluate(source, run_dir: Path, cache_dir: Path, recipe, evaluators: dict, accelerator) -> dict[str, float]:
     from .context import EvalContext
     from .results import write_results
 
-    image_size = recipe.data.image_size
+    data, pool = _as_trained(source, recipe, accelerator)
+    image_size = data.image_size
 
     def factory(**overrides):
         return source.build(**{"img_size": image_size, **overrides})
 
     ctx = EvalContext(
-        backbone_factory=factory, data=recipe.data, fingerprint=source.fingerprint, pool=recipe.pool,
+        backbone_factory=factory, data=data, fingerprint=source.fingerprint, pool=pool,
         layers=recipe.layers, out_dir=run_dir, cache_dir=cache_dir if recipe.cache else None,
         accelerator=accelerator, seed=recipe.seed,
     )
@@ -175,8 +191,8 @@ def _evaluate(source, run_dir: Path, cache_dir: Path, recipe, evaluators: dict, 
     if accelerator.is_main_process:
         write_results(run_dir, source.label, metrics, {
             "checkpoint": source.spec, "model": source.model_name, "architecture": source.config.to_dict(),
-            "train": f"{recipe.data.train}:{recipe.data.train_split}", "test": f"{recipe.data.test}:{recipe.data.test_split}",
-            "pool": recipe.pool, "layers": recipe.layers, "recipe": recipe.to_dict(), "protocols": list(evaluators),
+            "train": f"{data.train}:{data.train_split}", "test": f"{data.test}:{data.test_split}",
+            "image_size": data.image_size, "crop_pct": data.crop_pct, "pool": pool, "layers": recipe.layers, "recipe": recipe.to_dict(), "protocols": list(evaluators),
             "seconds": seconds, "processes": accelerator.num_processes,
         })
     return metrics

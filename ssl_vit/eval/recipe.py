@@ -10,6 +10,10 @@
       knn: {k: [10, 20, 200]}
       linear: {}
 
+Resolution, crop and pooling left unset come from each checkpoint: the image size it was trained at, the
+crop its recipe's `eval.crop_pct` names (else 0.875), `mean` pooling for a `global_pool: avg` model (else
+`cls`). `EvalRecipe.explicit` records which of them the recipe or the command line set.
+
 Overrides are dotted keys with YAML values. Two shorthands: a data key alone (`batch_size=64` means
 `data.batch_size=64`), and an evaluator name first (`fewshot.shots=[1,5]` means `evaluators.fewshot.shots`).
 """
@@ -30,6 +34,7 @@ from .features import POOLS
 from .registry import names as evaluator_names
 
 DEFAULT_EVALUATORS = {"fewshot": {}, "knn": {}, "linear": {}}
+CHECKPOINT_DEFAULTS = ("data.image_size", "data.crop_pct", "features.pool")  # unset: as the checkpoint was trained
 DATA_KEYS = [f.name for f in dataclasses.fields(DataConfig)]
 TOP_KEYS = ("data", "features", "seed", "cache", "precision", "evaluators")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -44,6 +49,7 @@ class EvalRecipe:
     cache: bool = True
     precision: str = "fp32"  # of feature extraction; auto: bf16 on GPUs that have it
     evaluators: dict[str, dict[str, Any]] = field(default_factory=lambda: {k: {} for k in DEFAULT_EVALUATORS})
+    explicit: frozenset[str] = frozenset()  # of CHECKPOINT_DEFAULTS, the keys the recipe or command line set
 
     def to_dict(self) -> dict:
         return {"data": dataclasses.asdict(self.data), "features": {"pool": self.pool, "layers": self.layers},
@@ -59,7 +65,9 @@ def load_eval_recipe(path: str | Path | None, overrides: list[str] | tuple[str, 
     for item in overrides:
         key, value = parse_override(item)
         _set(raw, _expand(key), value)
-    return _build(raw, where if not overrides else f"{where} + command line")
+    recipe = _build(raw, where if not overrides else f"{where} + command line")
+    recipe.explicit = frozenset(k for k in CHECKPOINT_DEFAULTS if k.split(".")[1] in (raw.get(k.split(".")[0]) or {}))
+    return recipe
 
 
 def normalise_evaluators(value: Any, where: str) -> dict[str, dict[str, Any]]:
