@@ -25,7 +25,8 @@ Eval stream: finite, deterministic (centre crop of crop_pct, no flip), every sam
 ranks and workers. Ranks may get different numbers of samples: gather with padding.
 
 Broken data: an undecodable sample is skipped, counted per shard, and reported in the next batch's `skipped`;
-above `max_bad_fraction` (once `min_samples_for_bad_fraction` samples were seen by a worker) the train stream
+when the evidence shows a worker's bad fraction above `max_bad_fraction` (a one-sided binomial bound, see
+`stages.BadSampleTally`; or when all of `min_samples_for_bad_fraction` samples were bad) the train stream
 raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. Decoding is
 all or nothing (`data_tools.decoding`), and an image above `max_pixels` (default: Pillow's bomb limit) is
 refused before it is decoded, so one file cannot drive a worker's memory. An unreadable,
