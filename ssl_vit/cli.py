@@ -16,7 +16,7 @@ from .errors import UserError, one_line
 # name → (module, one-line help). Imported lazily: a command whose module is missing does not break the others.
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("ssl_vit.commands.pretrain", "pretrain a ViT with masked patch prediction (under accelerate launch for several processes)"),
-    "export": ("ssl_vit.commands.export", "write a run's or checkpoint's backbone as timm-layout .safetensors + .json"),
+    "export": ("ssl_vit.commands.export", "write a run's backbone as .safetensors, a Hugging Face or a timm folder, with a model card (--push-to-hub)"),
     "eval": ("ssl_vit.eval.command", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
     "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
     "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),

@@ -177,7 +177,7 @@ def test_timm_folder_is_what_timm_builds(tmp_path: Path, name: str, overrides: d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     config_json = json.loads((tmp_path / "config.json").read_text())
     # The published layout, plus model_args; pretrained_cfg carries the same fields with our preprocessing.
-    assert set(config_json) == set(TIMM_PUBLISHED) | {"model_args"}
+    assert set(config_json) == set(TIMM_PUBLISHED) | {"model_args"}  # no metadata given here
     assert set(config_json["pretrained_cfg"]) == set(TIMM_PUBLISHED["pretrained_cfg"])
     cfg = config_json["pretrained_cfg"]
     assert (cfg["mean"], cfg["std"], cfg["crop_pct"], cfg["interpolation"]) == ([0.5] * 3, [0.5] * 3, 0.875, "bilinear")
@@ -232,3 +232,13 @@ def test_timm_refuses_what_timm_cannot_build(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="LayerNorm eps 1e-06 and this model 1e-05"):
         write_folder(model, tmp_path, "timm", PRE)
     assert dataclasses.replace(model.config, norm_eps=1e-6) == create_model(NANO).config
+
+
+def test_timms_own_hub_config_reads_as_its_architecture() -> None:
+    """A folder from timm's Hub (no model_args) reads as its entrypoint's size at its input size."""
+    from ssl_vit.models import model_config
+    from ssl_vit.models.formats.timm import config_from_timm
+
+    assert config_from_timm(TIMM_PUBLISHED) == model_config("vit_base_patch16")
+    gap = dict(TIMM_PUBLISHED, global_pool="avg")  # timm's default GAP normalises after pooling: not ours
+    assert config_from_timm(gap) is None

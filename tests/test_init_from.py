@@ -143,3 +143,24 @@ def test_fine_tuning_model_reports_its_new_head(tmp_path: Path) -> None:
     line = init_from(path, classifier.backbone, classifier)
     assert "; new 2 (backbone.head.* ×2); dropped 0" in line
     assert torch.equal(classifier.backbone.head.weight, torch.zeros(10, 64))
+
+
+def test_eval_accepts_the_same_sources(tmp_path: Path) -> None:
+    """`ssl-vit eval --checkpoint` resolves each source to a builder whose backbone is the source's."""
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    source = randomized(create_model(NANO))
+    for fmt in ("hf", "timm"):
+        write_folder(source, tmp_path / fmt, fmt, Preprocessing())
+    write_mae_checkpoint(tmp_path / "checkpoint-9.pth", source)
+    torch.manual_seed(7)
+    hf = ViTModel(HFViTConfig(**to_hf_config(create_model(NANO).config))).eval()
+    hf.save_pretrained(tmp_path / "theirs")
+    for spec, model, expected in [(tmp_path / "hf", None, source), (tmp_path / "timm", None, source),
+                                  (tmp_path / "checkpoint-9.pth", NANO, source),
+                                  (tmp_path / "theirs", None, load_backbone(tmp_path / "theirs"))]:
+        resolved = resolve_backbone(str(spec), model)
+        assert resolved.config == source.config
+        assert_backbone_equals(resolved.build(), expected)
+    with pytest.raises(CheckpointError, match="pass --model NAME \\(its shapes fit --model vit_nano_patch4\\)"):
+        resolve_backbone(str(tmp_path / "checkpoint-9.pth"))

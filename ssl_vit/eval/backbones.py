@@ -6,7 +6,10 @@ Accepted forms:
   - a trainer run directory, its `checkpoints/`, one `step_…/` directory or its `state.pt`: the objective's
     weights (keys `backbone.*`), the architecture from the checkpoint's `config.yaml`;
   - an exported backbone (`.safetensors` with its `.json`), which records its architecture;
-  - any other timm- or Hugging-Face-layout ViT state dict (`.pth`, `.bin`, `.safetensors`), which does not:
+  - a Hugging Face ViT folder or a timm folder (config.json + weights: `ssl-vit export --format hf|timm`'s, or
+    anybody's), whose config.json gives the architecture;
+  - any other timm- or Hugging-Face-layout ViT state dict (`.pth`, `.bin`, `.safetensors`) or MAE checkpoint
+    (`checkpoint-*.pth`, decoder dropped), which does not:
     then `--model NAME` says what to build.
 `build(**overrides)` makes a fresh model with ViTConfig overrides (e.g. `img_size=384` for fine-tuning;
 `load_backbone` resamples the position embeddings in 2D) and the weights loaded.
@@ -29,6 +32,7 @@ import torch
 
 from ssl_vit.errors import CheckpointError
 from ssl_vit.models import ViTConfig, VisionTransformer, model_config
+from ssl_vit.models.formats import folder_kind, read_folder
 from ssl_vit.models.weights import load_backbone, saved_config, suggest_model_name
 
 RANDOM = "random"
@@ -93,10 +97,10 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
     state_file = _trainer_state(path)
     if state_file is not None:
         return _from_trainer(state_file, model)
-    if path.is_dir():
+    if path.is_dir() and folder_kind(path) is None:
         raise CheckpointError(
             f"--checkpoint {path} is a directory but not a trainer run or checkpoint (no checkpoints/latest or "
-            "state.pt); pass the weights file inside it"
+            "state.pt), nor a Hugging Face / timm folder (no config.json); pass the weights file inside it"
         )
     config = _model_config(model, checkpoint) if model else saved_config(path)
     if config is None:
@@ -105,7 +109,8 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
             f"--checkpoint {path} holds bare weights without the model's configuration; pass --model NAME"
             f"{hint} (see `ssl-vit models` or ssl_vit.models.list_models())"
         )
-    return BackboneSource(path.stem, str(path), _file_fingerprint(path, model), config, path, seed,
+    weights = read_folder(path)[0] if path.is_dir() else path  # a folder changes when its weights do
+    return BackboneSource(path.stem, str(path), _file_fingerprint(weights, model), config, path, seed,
                           train_seed=_exported_train_seed(path))
 
 
@@ -133,10 +138,11 @@ def _random_fingerprint(config: ViTConfig, seed: int, *how: str) -> str:
 
 
 def _exported_train_seed(path: Path) -> int | None:
-    """`train_seed` from an `ssl-vit export` sidecar JSON, if there is one that records it."""
-    sidecar = path.with_suffix(".json")
+    """`train_seed` from an `ssl-vit export` sidecar JSON, or the `ssl_vit` entry of an exported folder's config.json."""
+    sidecar = path / "config.json" if path.is_dir() else path.with_suffix(".json")
     try:
-        seed = json.loads(sidecar.read_text()).get("train_seed") if sidecar.is_file() else None
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        seed = (info.get("ssl_vit") or {} if path.is_dir() else info).get("train_seed")
     except (ValueError, AttributeError, OSError):
         return None  # saved_config reports an unreadable sidecar; the seed is only a default
     return seed if isinstance(seed, int) else None

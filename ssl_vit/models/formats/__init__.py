@@ -40,8 +40,11 @@ class Preprocessing:
         return int(img_size / self.crop_pct)
 
 
-def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing) -> list[Path]:
-    """Write `model` into folder `out` in format `fmt` ('hf' or 'timm'); returns the files written."""
+def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing, metadata: dict | None = None) -> list[Path]:
+    """Write `model` into folder `out` in format `fmt` ('hf' or 'timm'); returns the files written.
+
+    `metadata` (plain data: step, objective, train seed…) goes into config.json under `ssl_vit`, a key
+    neither transformers nor timm reads."""
     from .hf import write_hf
     from .timm import write_timm
 
@@ -52,7 +55,7 @@ def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file; --format {fmt} writes a folder: pass a directory path")
     out.mkdir(parents=True, exist_ok=True)
-    return writers[fmt](model, out, preprocessing)
+    return writers[fmt](model, out, preprocessing, metadata or {})
 
 
 def folder_kind(path: Path) -> Literal["hf", "timm"] | None:

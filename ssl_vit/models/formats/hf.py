@@ -26,7 +26,7 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as image processors store them
 
 
-def hf_config_json(config: ViTConfig) -> dict:
+def hf_config_json(config: ViTConfig, metadata: dict | None = None) -> dict:
     """config.json of a `ViTModel` with our architecture, as `transformers.ViTConfig.save_pretrained` writes it."""
     if not config.class_token:
         raise CheckpointError("Hugging Face's ViTModel always has a [class] token; this model was built with "
@@ -39,7 +39,7 @@ def hf_config_json(config: ViTConfig) -> dict:
         "initializer_range": 0.02,
         "pooler_act": "tanh",
         "pooler_output_size": config.embed_dim,
-        "ssl_vit": {"global_pool": config.global_pool, "pos_embed": config.pos_embed},
+        "ssl_vit": {**(metadata or {}), "global_pool": config.global_pool, "pos_embed": config.pos_embed},
     }
 
 
@@ -62,9 +62,9 @@ def preprocessor_json(preprocessing: Preprocessing, img_size: int) -> dict:
     }
 
 
-def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing) -> list[Path]:
+def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict) -> list[Path]:
     config = model.config
-    hf_config = hf_config_json(config)  # refuses a model without [class] token before anything is written
+    hf_config = hf_config_json(config, metadata)  # refuses a model without [class] token before anything is written
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(model, layout="hub").items()}
     weights = out / WEIGHTS_FILE
     tmp = weights.with_name(weights.name + ".tmp")

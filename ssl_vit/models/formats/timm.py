@@ -99,9 +99,11 @@ def timm_config_json(config: ViTConfig, preprocessing: Preprocessing) -> dict:
     }
 
 
-def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing) -> list[Path]:
+def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict) -> list[Path]:
     config = model.config
     info = timm_config_json(config, preprocessing)  # refuses what timm cannot build, first
+    if metadata:
+        info["ssl_vit"] = metadata  # timm ignores top-level keys it does not know
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap_state_dict(model.state_dict()).items()
                if not k.startswith("head.")}  # num_classes 0: timm's head is an Identity
     weights = out / WEIGHTS_FILE
@@ -112,18 +114,25 @@ def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing
 
 
 def config_from_timm(info: Mapping) -> ViTConfig | None:
-    """Our ViTConfig from a timm config.json whose model_args give the size (ours do); None when they do not
-    (timm's own Hub folders name only the architecture: the size then comes from the weights' shapes)."""
-    args = info.get("model_args") or {}
+    """Our ViTConfig from a timm config.json: from `model_args` (ours spell out every size), else from the
+    architecture's entrypoint for timm's own plain ViTs; None when neither tells (the weights' shapes then do)."""
+    args = dict(info.get("model_args") or {})
+    if args.get("fc_norm") or args.get("reg_tokens") or args.get("no_embed_class"):
+        return None  # not a layout ssl_vit builds: the weights' filter fits what it can
+    entry = TIMM_VITS.get(info.get("architecture", ""))
+    if entry is not None:
+        width, depth, heads, patch, _ = entry
+        args = {"embed_dim": width, "depth": depth, "num_heads": heads, "patch_size": patch, **args}
     if not all(k in args for k in ("embed_dim", "depth", "num_heads", "patch_size")):
         return None
-    if args.get("fc_norm") or args.get("reg_tokens") or args.get("no_embed_class"):
-        return None  # not a layout ssl_vit builds: let the weights' filter fit it
     input_size = (info.get("pretrained_cfg") or {}).get("input_size") or [3, 224, 224]
+    pool = args.get("global_pool", info.get("global_pool", "token"))
+    if pool == "avg" and args.get("fc_norm") is None and "model_args" not in info:
+        return None  # timm's default GAP normalises after pooling (fc_norm): let the weights decide
     return ViTConfig(
         img_size=int(args.get("img_size", input_size[-1])), patch_size=int(args["patch_size"]),
         in_chans=int(args.get("in_chans", input_size[0])), embed_dim=int(args["embed_dim"]),
         depth=int(args["depth"]), num_heads=int(args["num_heads"]), mlp_ratio=float(args.get("mlp_ratio", 4.0)),
         qkv_bias=bool(args.get("qkv_bias", True)), class_token=bool(args.get("class_token", True)),
-        global_pool="avg" if args.get("global_pool", info.get("global_pool")) == "avg" else "token",
+        global_pool="avg" if pool == "avg" else "token",
     )

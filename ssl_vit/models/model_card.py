@@ -1,0 +1,188 @@
+"""The model card every export writes: README.md with the Hub's YAML front matter, the recipe, the data, the
+training length, the objective, the evaluation results that exist for the checkpoint, how to load the weights in
+each library, and the ViT paper's citation. Facts come in as plain data (`CardFacts`); nothing is looked up here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .formats import Preprocessing
+from .formats.timm import timm_architecture, timm_model_args
+from .vit import ViTConfig
+
+VIT_BIBTEX = """@inproceedings{dosovitskiy2021an,
+  title     = {An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale},
+  author    = {Alexey Dosovitskiy and Lucas Beyer and Alexander Kolesnikov and Dirk Weissenborn and Xiaohua Zhai and
+               Thomas Unterthiner and Mostafa Dehghani and Matthias Minderer and Georg Heigold and Sylvain Gelly and
+               Jakob Uszkoreit and Neil Houlsby},
+  booktitle = {International Conference on Learning Representations},
+  year      = {2021},
+  url       = {https://openreview.net/forum?id=YicbFdNTTy}
+}"""
+LIBRARY = {"hf": "transformers", "timm": "timm", "safetensors": "ssl_vit"}
+_TARGETS = {
+    "mean_color": "the 3-bit mean colour of each corrupted patch (512 classes), the paper's main setting",
+    "downsampled_color": "a 3-bit 4×4 downsized version of each corrupted patch (16 × 512 classes)",
+    "pixels": "the normalised pixels of each corrupted patch (L2 regression)",
+}
+
+
+@dataclass
+class CardFacts:
+    """What the card states. `data_*` may be None when the shards are not at hand at export time."""
+
+    title: str
+    fmt: str  # hf | timm | safetensors
+    config: ViTConfig
+    model_name: str | None
+    preprocessing: Preprocessing
+    objective: str
+    objective_kwargs: dict[str, Any]
+    recipe_yaml: str
+    step: int
+    global_batch: int
+    checkpoint: str
+    data_spec: str
+    data_split: str | None = None
+    data_samples: int | None = None
+    class_names: list[str] | None = None
+    eval_tables: list[tuple[str, str]] = field(default_factory=list)  # (heading, Markdown table)
+    license: str = "apache-2.0"
+    weights_path: str = "."  # how the usage snippets name the exported file or folder
+    repo_id: str | None = None
+
+
+def render_model_card(facts: CardFacts) -> str:
+    front = {
+        "library_name": LIBRARY[facts.fmt],
+        "license": facts.license,
+        "pipeline_tag": "image-feature-extraction",
+        "tags": ["image-feature-extraction", "vision-transformer", "self-supervised-learning",
+                 "masked-patch-prediction", "ssl_vit"] + (["timm"] if facts.fmt == "timm" else []),
+    }
+    sections = [
+        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
+        f"# {facts.title}",
+        _summary(facts),
+        "## Model\n\n" + _model_table(facts),
+        "## Pretraining\n\n" + _pretraining(facts),
+        "## Evaluation\n\n" + _evaluation(facts),
+        "## How to use\n\n" + _usage(facts),
+        "## Citation\n\nThe architecture and the masked patch prediction objective (appendix B.1.2):\n\n"
+        f"```bibtex\n{VIT_BIBTEX}\n```",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def images_seen(facts: CardFacts) -> int:
+    return facts.step * facts.global_batch
+
+
+def _summary(facts: CardFacts) -> str:
+    c = facts.config
+    return (f"A Vision Transformer (width {c.embed_dim}, depth {c.depth}, patch {c.patch_size}, {c.img_size}px) "
+            f"pretrained without labels by masked patch prediction, the self-supervised objective of the ViT paper "
+            f"(Dosovitskiy et al., ICLR 2021, appendix B.1.2), with ssl_vit — "
+            f"{facts.step:,} steps, {images_seen(facts):,} images seen. The weights are the backbone alone "
+            f"(no prediction head, no [MASK] embedding).")
+
+
+def _pooling(c: ViTConfig) -> str:
+    if c.class_token and c.global_pool == "token":
+        return "the [class] token after the final LayerNorm"
+    return "the mean of the patch tokens after the final LayerNorm (the [class] token, if any, left out)"
+
+
+def _model_table(facts: CardFacts) -> str:
+    c, p = facts.config, facts.preprocessing
+    rows = [
+        ("architecture", f"{facts.model_name or 'ViT'}: width {c.embed_dim}, depth {c.depth}, {c.num_heads} heads, "
+                         f"MLP {int(c.embed_dim * c.mlp_ratio)}, patch {c.patch_size}"),
+        ("input", f"{c.in_chans}×{c.img_size}×{c.img_size}; resize the shorter side to {p.resize_shorter(c.img_size)} "
+                  f"({p.interpolation}), centre-crop {c.img_size} (crop_pct {p.crop_pct}), scale to [0, 1], "
+                  f"normalise with mean {list(p.mean)} and std {list(p.std)}"),
+        ("features", f"{c.embed_dim}-d: {_pooling(c)}"),
+        ("[class] token", "yes" if c.class_token else "no"),
+        ("position embeddings", "learned" if c.pos_embed == "learn" else "fixed 2D sin-cos"),
+    ]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _pretraining(facts: CardFacts) -> str:
+    kwargs = dict(facts.objective_kwargs)
+    target = kwargs.get("target")
+    objective = f"`{facts.objective}`"
+    if facts.objective == "mpp":
+        objective = (f"masked patch prediction (`mpp`): {kwargs.get('corruption_rate', 0.5):.0%} of the patch "
+                     f"embeddings corrupted ({kwargs.get('mask_prob', 0.8):.0%} [MASK], "
+                     f"{kwargs.get('random_prob', 0.1):.0%} another patch, the rest kept); target: "
+                     f"{_TARGETS.get(target, f'`{target}`') if target else 'the default'}")
+    if facts.data_samples is not None:
+        data = f"`{facts.data_spec}`, split `{facts.data_split}`: {facts.data_samples:,} images"
+        epochs = images_seen(facts) / facts.data_samples
+        length = f"{facts.step:,} steps × global batch {facts.global_batch:,} = {images_seen(facts):,} images seen " \
+                 f"({epochs:.2f} epochs)"
+    else:
+        data = f"`{facts.data_spec}`, split `{facts.data_split}` (not readable at export time: sample count unknown)"
+        length = f"{facts.step:,} steps × global batch {facts.global_batch:,} = {images_seen(facts):,} images seen"
+    if facts.class_names:
+        shown = ", ".join(facts.class_names[:20]) + (", …" if len(facts.class_names) > 20 else "")
+        data += f"; {len(facts.class_names)} classes ({shown}), labels unused in pretraining"
+    elif facts.data_samples is not None:
+        data += "; unlabelled"
+    lines = [f"- **Objective**: {objective}", f"- **Data**: {data}", f"- **Length**: {length}",
+             f"- **Checkpoint**: `{facts.checkpoint}`",
+             "",
+             "<details><summary>The recipe (resolved, as saved with the run)</summary>",
+             "",
+             f"```yaml\n{facts.recipe_yaml.rstrip()}\n```",
+             "",
+             "</details>"]
+    return "\n".join(lines)
+
+
+def _evaluation(facts: CardFacts) -> str:
+    if not facts.eval_tables:
+        return ("No `ssl-vit eval` results existed for this checkpoint at export time. Measure it with "
+                "`ssl-vit eval all --checkpoint … --train … --test …` and export again to include them.")
+    parts = ["Accuracies in percent (`ssl-vit eval`; few-shot figures are mean ± std over draws)."]
+    parts += [f"### {heading}\n\n{table.rstrip()}" for heading, table in facts.eval_tables]
+    return "\n\n".join(parts)
+
+
+def _usage(facts: CardFacts) -> str:
+    c, where = facts.config, facts.weights_path
+    avg = not (c.class_token and c.global_pool == "token")
+    if facts.fmt == "hf":
+        pool = "out.last_hidden_state[:, 1:].mean(dim=1)  # GAP model: ViTModel has no average pooler" if avg \
+            else "out.last_hidden_state[:, 0]  # the [class] token"
+        source = f'"{facts.repo_id or where}"'
+        return (f"transformers (the token outputs equal ssl_vit's to 1e-5):\n\n```python\n"
+                f"from transformers import AutoImageProcessor, ViTModel\n\n"
+                f"processor = AutoImageProcessor.from_pretrained({source})\n"
+                f"model = ViTModel.from_pretrained({source}, add_pooling_layer=False).eval()\n"
+                f"out = model(**processor(images, return_tensors=\"pt\"))\n"
+                f"features = {pool}\n```\n\n"
+                "`add_pooling_layer=False`: ViTModel's own pooler (a dense layer and tanh) was never trained.")
+    if facts.fmt == "timm":
+        args = ", ".join(f"{k}={v!r}" for k, v in timm_model_args(c).items())
+        hub = f'\nmodel = timm.create_model("hf-hub:{facts.repo_id}", pretrained=True)  # from the Hub' \
+            if facts.repo_id else ""
+        return (f"timm ≥ 1.0.16 reads this folder's config.json (architecture, `model_args`, `num_classes: 0`, "
+                f"`pretrained_cfg`), so no keyword arguments are needed:\n\n```python\nimport timm\n\n"
+                f'model = timm.create_model("local-dir:{where}", pretrained=True).eval(){hub}\n'
+                f"config = timm.data.resolve_data_config({{}}, model=model)   # our mean, std, size, crop_pct\n"
+                f"transform = timm.data.create_transform(**config)\n"
+                f"features = model(transform(image).unsqueeze(0))           # ({c.embed_dim},) per image\n```\n\n"
+                f"`timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=…))` does not read "
+                f"config.json; it needs everything spelled out:\n\n```python\n"
+                f'timm.create_model("{timm_architecture(c)}", pretrained=True, num_classes=0,\n'
+                f'                  pretrained_cfg_overlay=dict(file="{where}/model.safetensors"), {args})\n```')
+    return ("ssl_vit:\n\n```python\nfrom ssl_vit.models import load_backbone\n\n"
+            f'model = load_backbone("{where}").eval()   # the architecture comes from the .json beside it\n'
+            "features = model.forward_head(model.forward_features(images), pre_logits=True)\n```\n\n"
+            "The file's keys are timm's; `ssl-vit export … --format timm` or `--format hf` writes folders that timm "
+            "and transformers load without ssl_vit.")
