@@ -9,12 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, GradientState
 from huggingface_hub import HfApi
 from transformers import ViTModel
 
 from eval_fixtures import write_dataset
-from trainer_fixtures import SMOKE, smoke_overrides
 from ssl_vit.cli import main
 from ssl_vit.eval.results import format_value
 from ssl_vit.models.weights import load_backbone
@@ -23,27 +21,17 @@ from ssl_vit.train.restore import restore_objective
 STEP_DIR = "checkpoints/step_0000004"
 
 
-def _reset() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, pretrain, run_cli) -> Path:
     """4 steps × 16 images of a [class]-token nano ViT on 24 labelled images (3 classes), evaluated by kNN with
     its random-init baseline into RUN/eval (where export finds it)."""
     root = tmp_path_factory.mktemp("card")
     data = write_dataset(root / "shards")
     run = root / "run"
-    _reset()
-    try:
-        overrides = {"train.total_steps": 4, "optim.warmup_steps": 1, "train.checkpoint_every": 4}
-        assert main(["pretrain", "--config", str(SMOKE), *smoke_overrides(data, run, **overrides)]) == 0
-    finally:
-        _reset()
-    assert main(["eval", "knn", "--checkpoint", str(run), "--baseline", "random", "--train", str(data), "--test",
-                 f"{data}:validation", "--out", str(run / "eval"), "knn.k=[1,3]", "image_size=32", "batch_size=8",
-                 "num_workers=0", "crop_pct=1.0"]) == 0
+    assert pretrain(data, run, **{"train.total_steps": 4, "optim.warmup_steps": 1, "train.checkpoint_every": 4}) == 0
+    assert run_cli("eval", "knn", "--checkpoint", str(run), "--baseline", "random", "--train", str(data), "--test",
+                   f"{data}:validation", "--out", str(run / "eval"), "knn.k=[1,3]", "image_size=32", "batch_size=8",
+                   "num_workers=0", "crop_pct=1.0") == 0
     return run
 
 
