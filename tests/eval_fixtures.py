@@ -32,10 +32,11 @@ def class_image(k: int, rng: random.Random, size: int = 40) -> Image.Image:
 
 def write_split(
     root: Path, split: str, *, num_classes: int = 3, per_class: int = 8, num_shards: int = 3, seed: int = 0,
-    size: int = 40,
+    size: int = 40, relabel: dict[int, int] | None = None,
 ) -> list[str]:
     """Write `root/{split}-00000k.tar`, consecutive runs of the class-cycling sample list, so that every shard
-    (and so every rank) holds every class, as shuffled real shards do; returns the keys."""
+    (and so every rank) holds every class, as shuffled real shards do; returns the keys. `relabel` maps the
+    class an image shows to the label written for it (wrong labels, for tests that must not read them)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{split}-{seed}")
     samples = [(k, i) for i in range(per_class) for k in range(num_classes)]
@@ -50,7 +51,7 @@ def write_split(
                 class_image(k, rng, size).save(buf, format="PNG")
                 key = f"{split}_c{k}_{i:04d}"
                 meta = {"path": f"c{k}/{i}.png", "class": f"c{k}", "width": size, "height": size}
-                sink.write({"__key__": key, "png": buf.getvalue(), "cls": str(k).encode(), "json": json.dumps(meta).encode()})
+                sink.write({"__key__": key, "png": buf.getvalue(), "cls": str((relabel or {}).get(k, k)).encode(), "json": json.dumps(meta).encode()})
                 keys.append(key)
         names.append(name)
     info_path = root / "_info.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval_fixtures import write_dataset
+from eval_fixtures import write_dataset, write_split
 
 from ssl_vit.errors import ConfigError
 from ssl_vit.eval import command
@@ -63,22 +63,61 @@ def test_recipes_load_and_typos_fail():
         load_finetune_config(ROOT / "recipes/finetune/smoke.yaml", ["objective.mixup=0.2"])
 
 
-@pytest.mark.timeout(120)
-def test_tiny_finetune_beats_chance(tmp_path):
-    data = write_dataset(tmp_path / "shards", train_per_class=12, test_per_class=6)
+def finetune_cli(train: Path, test: Path, out: Path, *overrides: str) -> dict:
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
-    out = tmp_path / "ft"
-    args = parser.parse_args(["finetune", "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test",
-                              str(data), "--config", str(ROOT / "recipes/finetune/smoke.yaml"), "--out", str(out)])
+    args = parser.parse_args(["finetune", "--checkpoint", "random:vit_nano_patch4", "--train", str(train), "--test",
+                              str(test), "--config", str(ROOT / "recipes/finetune/smoke.yaml"), "--out", str(out),
+                              *overrides])
     assert command.run(args) == 0
-    metrics = json.loads((out / "results.json").read_text())["metrics"]
+    return json.loads((out / "results.json").read_text())["metrics"]
+
+
+@pytest.mark.timeout(180)
+def test_tiny_finetune_beats_chance_and_reports_test_at_the_end(tmp_path):
+    data = write_dataset(tmp_path / "shards", train_per_class=12, test_per_class=6)
+    out = tmp_path / "ft"
+    metrics = finetune_cli(data, data, out)
+    assert set(metrics) == {"finetune/top1"}  # no selection asked for: test once, at the end of the schedule
     assert metrics["finetune/top1"] >= 80.0  # 3 colour-coded classes: chance is 33%
-    assert metrics["finetune/top1_best"] >= metrics["finetune/top1"]
-    validations = [json.loads(line) for line in (out / "finetune" / "eval.jsonl").read_text().splitlines()]
-    assert [v["step"] for v in validations] == [12, 24, 36]  # val_every 12 of 36 steps
+    assert not (out / "finetune" / "eval.jsonl").exists()  # nothing scored along the way
     assert (out / "finetune" / "checkpoints" / "latest").is_file()  # the trainer's checkpoints: resumable
-    assert command.run(args) == 0  # the same command again: the run is finished, nothing retrains
-    again = json.loads((out / "results.json").read_text())["metrics"]
-    assert again == metrics
-    assert len((out / "finetune" / "eval.jsonl").read_text().splitlines()) == 3
+    assert finetune_cli(data, data, out) == metrics  # the same command again: finished, nothing retrains
+
+
+@pytest.mark.timeout(300)
+def test_selection_uses_a_training_holdout_never_test_labels(tmp_path):
+    """The same run against test shards whose labels are wrong: the same validations, the same selected step."""
+    data = write_dataset(tmp_path / "shards", train_per_class=12, test_per_class=6)
+    wrong = tmp_path / "wrong"
+    write_split(wrong, "train", num_classes=3, per_class=12, num_shards=3, seed=0)  # identical to data's train
+    write_split(wrong, "validation", num_classes=3, per_class=6, num_shards=2, seed=1, relabel={0: 1, 1: 2, 2: 0})
+    select = ["holdout_fraction=0.25", "train.total_steps=36", "val_every=12"]
+    right_m = finetune_cli(data, data, tmp_path / "a", *select)
+    wrong_m = finetune_cli(wrong, wrong, tmp_path / "b", *select)
+    history = [(tmp_path / run / "finetune" / "eval.jsonl").read_text() for run in ("a", "b")]
+    assert history[0] == history[1] and [json.loads(l)["step"] for l in history[0].splitlines()] == [12, 24, 36]
+    assert "finetune/top1" not in history[0]  # only holdout scores along the way
+    for key in ("finetune/selected_step", "finetune/holdout_top1"):
+        assert right_m[key] == wrong_m[key]
+    assert right_m["finetune/top1"] != wrong_m["finetune/top1"]  # test labels decide the reported score only
+    assert set(right_m) == {"finetune/top1", "finetune/top1_selected", "finetune/selected_step", "finetune/holdout_top1"}
+
+
+def test_holdout_splits_a_split_by_key_in_every_stream(tmp_path):
+    from ssl_vit.data.split import Holdout
+    from ssl_vit.data.stream import build_eval_stream, build_train_stream
+
+    data = write_dataset(tmp_path / "shards", train_per_class=12, test_per_class=2)
+    kept = {}
+    for held in (True, False):
+        with build_eval_stream(f"{data}:train", batch_size=5, image_size=32, num_workers=0,
+                               holdout=Holdout(0.25, held)) as stream:
+            kept[held] = [k for batch in stream for k in batch["key"]]
+    assert not set(kept[True]) & set(kept[False]) and len(kept[True]) + len(kept[False]) == 36
+    assert 3 <= len(kept[True]) <= 18  # a quarter of 36, give or take the hash
+    assert all(Holdout(0.25, True).keeps(k) for k in kept[True]) and not any(Holdout(0.25, True).keeps(k) for k in kept[False])
+    with build_train_stream(f"{data}:train", batch_size=36, image_size=32, seed=0, num_workers=0, shuffle_buffer=0,
+                            holdout=Holdout(0.25, held=False)) as stream:
+        first = next(iter(stream))
+    assert first["label"].shape == (36,)  # a full batch, drawn from the training part only (it cycles)

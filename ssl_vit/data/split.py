@@ -11,6 +11,7 @@ once and the ranks of the train stream draw from disjoint sample sets:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -32,3 +33,17 @@ def reader_parts(num_shards: int, readers: int, reader: int) -> list[ShardPart]:
     shard = reader % num_shards
     sharing = len(range(shard, readers, num_shards))  # readers r' with r' % num_shards == shard
     return [ShardPart(shard, stride=sharing, offset=reader // num_shards)]
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A fixed fraction of a split's samples, chosen by a hash of each key: the same samples on every rank,
+    worker and run, with no list to store. `held=False` keeps the rest (to train on), `held=True` the fraction
+    (to select on: fine-tuning holds out 1–2% of the training split, as the ViT paper did)."""
+
+    fraction: float
+    held: bool
+
+    def keeps(self, key: str) -> bool:
+        u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64  # uniform in [0, 1)
+        return (u < self.fraction) == self.held

@@ -46,7 +46,7 @@ from ssl_vit.errors import ConfigError, DataError
 
 from .shards import read_shard
 from .spec import ShardSet, resolve_spec
-from .split import ShardPart, reader_parts
+from .split import Holdout, ShardPart, reader_parts
 from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
 
 Shards = ShardSet | str | Sequence[str]
@@ -131,8 +131,10 @@ def build_train_stream(
     pin_memory: bool = False,
     split: str | None = None,
     max_pixels: int | None = None,
+    holdout: Holdout | None = None,
 ) -> Stream:
-    """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec)."""
+    """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec);
+    `holdout` keeps only the samples it keeps (`split.Holdout`)."""
     _check_common(batch_size, image_size, rank, world_size, num_workers)
     if seed < 0 or segment < 0 or shuffle_buffer < 0:
         raise ConfigError(f"seed, segment and shuffle_buffer must be >= 0, got {seed}, {segment}, {shuffle_buffer}")
@@ -158,6 +160,7 @@ def build_train_stream(
         max_bad_fraction=max_bad_fraction,
         min_samples=min_samples_for_bad_fraction,
         max_pixels=max_pixels,
+        holdout=holdout,
     )
     dataset = _TrainDataset(resolved, options)
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
@@ -175,14 +178,16 @@ def build_eval_stream(
     pin_memory: bool = False,
     split: str | None = None,
     max_pixels: int | None = None,
+    holdout: Holdout | None = None,
 ) -> Stream:
-    """The finite evaluation stream of `shards`: each sample exactly once over all ranks and workers."""
+    """The finite evaluation stream of `shards`: each sample exactly once over all ranks and workers (of those
+    `holdout` keeps, when given)."""
     _check_common(batch_size, image_size, rank, world_size, num_workers)
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
     _check_max_pixels(max_pixels)
     resolved = resolve_spec(shards, split)
-    dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct, max_pixels))
+    dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct, max_pixels, holdout))
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
 
 
@@ -239,6 +244,7 @@ class _TrainOptions:
     max_bad_fraction: float
     min_samples: int
     max_pixels: int | None
+    holdout: Holdout | None = None
 
 
 class _ShardReader(IterableDataset):
@@ -276,8 +282,9 @@ class _TrainDataset(_ShardReader):
             count = 0
             for i in rng.permutation(len(parts)):
                 for sample in _read(self.shards, parts[i]):
-                    count += 1
-                    yield sample
+                    if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
+                        count += 1
+                        yield sample
             if count == 0:
                 urls = ", ".join(self.shards.urls[p.shard] for p in parts)
                 raise DataError(
@@ -294,12 +301,14 @@ class _EvalOptions:
     world_size: int
     crop_pct: float
     max_pixels: int | None
+    holdout: Holdout | None = None
 
 
 class _EvalDataset(_ShardReader):
     def __iter__(self) -> Iterator[dict]:
         o = self.o
         _, parts = self._parts()
-        raw = (sample for part in parts for sample in _read(self.shards, part))
+        raw = (sample for part in parts for sample in _read(self.shards, part)
+               if o.holdout is None or o.holdout.keeps(sample["__key__"]))
         items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct, max_pixels=o.max_pixels)
         return _reported(eval_batches(items, o.batch_size, o.image_size))

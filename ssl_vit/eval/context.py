@@ -21,6 +21,7 @@ from .features import Features, Pool, check_pool, extract_features
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from ssl_vit.data.split import Holdout
     from ssl_vit.data.stream import Stream
     from ssl_vit.models import VisionTransformer
 
@@ -119,11 +120,12 @@ class EvalContext:
 
     def eval_batches(
         self, split: str, image_size: int | None = None, *, batch_size: int | None = None,
-        num_workers: int | None = None, crop_pct: float | None = None,
+        num_workers: int | None = None, crop_pct: float | None = None, holdout: "Holdout | None" = None,
     ) -> "Stream":
         """This rank's share of the centre-cropped, unaugmented stream of `split` (each sample once overall).
 
-        Arguments left None take the context's data settings (a fine-tuning recipe brings its own).
+        Arguments left None take the context's data settings (a fine-tuning recipe brings its own); `holdout`
+        keeps only the samples it keeps.
         """
         from ssl_vit.data import build_eval_stream
 
@@ -135,6 +137,7 @@ class EvalContext:
             world_size=self.world_size,
             num_workers=self.data.num_workers if num_workers is None else num_workers,
             crop_pct=crop_pct or self.data.crop_pct,
+            holdout=holdout,
         )
 
     # -------------------------------------------------------------------------------------- backbone

@@ -1,27 +1,31 @@
 """Fine-tuning: the pretrained backbone plus a zero-initialised linear head, trained end to end.
 
 It runs on the pretraining trainer (checkpoints, resume, logs, multi-process for free) with the
-`ImageClassification` objective, a labelled train stream, and a validation hook that scores top-1 on the
-test split every `val_every` steps (default: once per epoch). A different resolution (the paper fine-tunes
+`ImageClassification` objective and a labelled train stream. The test split is scored once, at the end of the
+schedule: `finetune/top1`. Selection, when asked for (`holdout_fraction: 0.02`), never reads test: that part of
+the training split (by key hash, `data.split.Holdout`) is left out of training and scored every `val_every` steps
+(default: once per epoch); the weights of the best holdout score are kept (OUT/finetune/selected.pt) and their
+test top-1 is `finetune/top1_selected`, with `finetune/selected_step` and `finetune/holdout_top1`. A different resolution (the paper fine-tunes
 at 384px) builds the backbone at that size; `load_backbone` resamples the position embeddings in 2D.
 
 The optimizer is built here: SGD with momentum (the ViT paper) or AdamW (MAE), both with optional
 layer-wise learning-rate decay (MAE/BEiT): parameters of block i get lr × decay^(depth + 1 − i), the patch
 embedding, [class] token and position embeddings decay^(depth + 1), the final norm and head the full rate.
-Metrics: `finetune/top1` (the final weights), `finetune/top1_best`, `finetune/best_step`; every validation
-(per epoch by default) is also in OUT/finetune/eval.jsonl and finetune_history.json. Re-running the same
-command resumes from the run's last checkpoint.
+Every holdout validation is in OUT/finetune/eval.jsonl and finetune_history.json. Re-running the same command
+resumes from the run's last checkpoint.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from ssl_vit.data.split import Holdout
 from ssl_vit.errors import ConfigError, UserError
 from ssl_vit.train.optim import no_weight_decay_names
 
@@ -72,7 +76,7 @@ def build_finetune_optimizer(model: nn.Module, cfg: FinetuneOptim) -> torch.opti
 
 
 def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto") -> dict[str, float]:
-    """Fine-tune ctx's backbone on the train split, validating on the test split; returns last and best top-1."""
+    """Fine-tune ctx's backbone on the train split; test top-1 at the end (and of the holdout-selected weights)."""
     from ssl_vit.data.stream import build_train_stream, steps_per_epoch
     from ssl_vit.objectives import ImageClassification
     from ssl_vit.train.trainer import Trainer
@@ -92,7 +96,8 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
         raise ConfigError(f"{ctx.data.train}: the sample count is unknown, so train.epochs cannot be used; set train.total_steps")
     else:
         total = math.ceil(cfg.train.epochs * train_shards.num_samples / cfg.train.global_batch)
-    val_every = cfg.val_every or per_epoch or max(total // 10, 1)
+    holdout = Holdout(cfg.holdout_fraction, held=True) if cfg.holdout_fraction > 0 else None
+    val_every = (cfg.val_every or per_epoch or max(total // 10, 1)) if holdout is not None else 0
 
     backbone = ctx.backbone_factory(img_size=cfg.data.image_size, **cfg.model)
     objective = ImageClassification(backbone, num_classes, **cfg.objective)
@@ -103,13 +108,21 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
             train_shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=ctx.rank,
             world_size=ctx.world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
             scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
+            holdout=None if holdout is None else Holdout(holdout.fraction, held=False),
         )
 
-    scores: dict[int, float] = {}  # step -> validation top-1
+    scores: dict[int, float] = {}  # step -> holdout top-1
+    selected = run_dir / "selected.pt"
 
     def validate(step: int) -> dict[str, float]:
-        scores[step] = evaluate_top1(objective, ctx, d)
-        return {"finetune/top1": scores[step]}
+        scores[step] = evaluate_top1(objective, ctx, d, split="train", holdout=holdout)
+        history = {**_logged_scores(run_dir / "eval.jsonl"), **scores}
+        if ctx.is_main and step == max(history, key=lambda st: (history[st], -st)):  # ties: the earlier step
+            tmp = selected.with_name(selected.name + ".tmp")
+            torch.save({"step": step, "score": scores[step],
+                        "model": {k: v.detach().cpu() for k, v in objective.state_dict().items()}}, tmp)
+            os.replace(tmp, selected)  # atomic: a preempted save never leaves half a file
+        return {"finetune/holdout_top1": scores[step]}
 
     trainer = Trainer(
         objective, make_stream, accelerator=accelerator, train=cfg.train, optim=cfg.optim,
@@ -121,33 +134,44 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     if result.status == "preempted":
         raise UserError(f"fine-tuning stopped at step {result.step} (checkpoint {result.checkpoint}); "
                         "run the same command again to resume it")
-    if result.step not in scores:  # the final weights are always scored
+    out = {"finetune/top1": evaluate_top1(objective, ctx, d)}  # the end of the schedule, on test
+    if holdout is None:
+        return out
+    if result.step not in scores and result.step % val_every:  # the final weights are a candidate too
         validate(result.step)
     history = {**_logged_scores(run_dir / "eval.jsonl"), **scores}  # a resumed run: earlier validations too
-    steps = sorted(history)
-    best = max(steps, key=lambda st: history[st])
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()  # the main process has written selected.pt
+    choice = torch.load(selected, map_location="cpu", weights_only=True)
+    final = {k: v.detach().clone() for k, v in objective.state_dict().items()}
+    objective.load_state_dict(choice["model"])
+    out.update({"finetune/top1_selected": evaluate_top1(objective, ctx, d), "finetune/selected_step": float(choice["step"]),
+                "finetune/holdout_top1": float(choice["score"])})
+    objective.load_state_dict(final)
     if ctx.is_main:
-        rows = [{"step": st, "epoch": st / per_epoch if per_epoch else None, "top1": history[st]} for st in steps]
+        rows = [{"step": st, "epoch": st / per_epoch if per_epoch else None, "holdout_top1": history[st]}
+                for st in sorted(history)]
         (run_dir / "finetune_history.json").write_text(json.dumps(rows, indent=1) + "\n")
-    return {"finetune/top1": history[steps[-1]], "finetune/top1_best": history[best], "finetune/best_step": float(best)}
+    return out
 
 
 def _logged_scores(path: Path) -> dict[int, float]:
-    """step -> top-1 from the trainer's eval.jsonl (main process; absent elsewhere or before the first one)."""
+    """step -> holdout top-1 from the trainer's eval.jsonl (main process; absent elsewhere or before the first one)."""
     if not path.is_file():
         return {}
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {int(r["step"]): float(r["finetune/top1"]) for r in records if "finetune/top1" in r}
+    return {int(r["step"]): float(r["finetune/holdout_top1"]) for r in records if "finetune/holdout_top1" in r}
 
 
 @torch.no_grad()
-def evaluate_top1(objective: nn.Module, ctx: EvalContext, data: FinetuneData) -> float:
-    """Top-1 (percent) on the test split; each rank scores its share, the counts are summed over ranks."""
+def evaluate_top1(objective: nn.Module, ctx: EvalContext, data: FinetuneData, split: str = "test",
+                  holdout: Holdout | None = None) -> float:
+    """Top-1 (percent) on `split` (of its `holdout` part); each rank scores its share, counts summed over ranks."""
     was_training = objective.training
     objective.eval()
     counts = torch.zeros(2, device=ctx.device)  # correct, seen
-    with ctx.eval_batches("test", data.image_size, batch_size=data.batch_size, num_workers=data.num_workers,
-                          crop_pct=data.crop_pct) as stream:
+    with ctx.eval_batches(split, data.image_size, batch_size=data.batch_size, num_workers=data.num_workers,
+                          crop_pct=data.crop_pct, holdout=holdout) as stream:
         for batch in stream:
             images = batch["image"].to(ctx.device, non_blocking=True)
             labels = batch["label"].to(ctx.device)

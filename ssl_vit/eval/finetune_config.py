@@ -6,7 +6,9 @@ with SGD, momentum and layer-wise learning-rate decay added to `optim`.
     data: {image_size: 384, batch_size: 64, crop_pct: 1.0, ...}
     optim: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0, grad_clip: 1.0, layer_decay: 1.0, warmup_steps: 500}
     train: {global_batch: 512, total_steps: 20000, checkpoint_every: 1000, ...}
-    val_every: null                              # steps between validations; null: once per epoch
+    holdout_fraction: 0.0                        # > 0 (the paper: 0.01–0.02): hold out this part of --train and
+                                                 # select the step scoring best on it; test is read only at the end
+    val_every: null                              # steps between holdout validations; null: once per epoch
 
 The training data is `--train`, the validation data `--test` of `ssl-vit eval finetune`.
 """
@@ -48,6 +50,7 @@ class FinetuneConfig:
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     train: TrainConfig = field(default_factory=TrainConfig)
     val_every: int | None = None
+    holdout_fraction: float = 0.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,6 +88,9 @@ def _validate(cfg: FinetuneConfig, where: str) -> None:
         raise ConfigError(f"{where}: optim.lr must be positive, weight_decay and warmup_steps ≥ 0")
     if not 0 < cfg.data.crop_pct <= 1:
         raise ConfigError(f"{where}: data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
+    if not 0 <= cfg.holdout_fraction < 0.5:
+        raise ConfigError(f"{where}: holdout_fraction must be 0 (no selection) or a small fraction such as 0.02, "
+                          f"got {cfg.holdout_fraction}")
     if cfg.val_every is not None and cfg.val_every < 1:
         raise ConfigError(f"{where}: val_every must be a positive number of steps or null (once per epoch)")
     if "img_size" in cfg.model:

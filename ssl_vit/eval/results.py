@@ -21,7 +21,7 @@ RESULTS_MD = "results.md"
 def format_value(name: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if name.endswith(("weight_decay", "log2_l2", "_lr", "best_step", "train_loss")):  # not percentages
+    if name.endswith(("weight_decay", "log2_l2", "_lr", "selected_step", "train_loss")):  # not percentages
         return f"{value:.3g}"
     return f"{value:.2f}"
 
