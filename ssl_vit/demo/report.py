@@ -13,11 +13,12 @@ GOALS = {"10": 3.0, "5": 5.0}
 
 TARGET_WHY = (
     "**Why the `pixels` target.** The paper kept the 3-bit mean colour because it gave the best few-shot "
-    "results on JFT's colour photos. These digits are grey: in 3-bit colour a grey patch has only 8 possible "
-    "classes and most patches are black, so the mean-colour task says little about a stroke's shape; regressing "
-    "the 4×4×3 patch (L2) asks for it. Measured with this recipe, same seed, same data (docs/demo.md): over its "
-    "random init `pixels` gained +8.8 points at 5-shot and +10.2 at 10-shot, `mean_color` +3.8 and +6.4 — the "
-    "mean-colour target misses the 5-shot goal. Rerun with `objective.kwargs.target=mean_color` to compare."
+    "results on JFT's colour photos. These digits are grey: in 3-bit colour a grey patch has only 8 of the 512 "
+    "colours and most patches are black, so the mean-colour task says little about a stroke's shape; regressing "
+    "the 4×4×3 patch (L2) asks for it. That is the reasoning; the evidence so far is one seed per target under an "
+    "earlier few-shot protocol (docs/demo.md says how far it goes). `ssl-vit study` compares the targets and rates "
+    "over seeds, each against its own random init, and selects on a training-split holdout. Rerun with "
+    "`objective.kwargs.target=mean_color` to compare."
 )
 
 
