@@ -59,7 +59,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-split", default=None, help="split name inside --test (default: validation)")
     parser.add_argument("--config", default=None, help="recipes/eval/*.yaml (for `finetune`: recipes/finetune/*.yaml)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/eval)")
-    parser.add_argument("--seed", type=int, default=None, help="few-shot draws, holdout split, random init")
+    parser.add_argument("--seed", type=int, default=None, help="few-shot draws and holdout splits; the random init of random:MODEL and of "
+                             "checkpoints that record no train.seed")
     parser.add_argument("--no-cache", action="store_true", help="extract features again even when cached")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
