@@ -145,11 +145,14 @@ def test_trainer_checkpoint_is_read_with_its_recipe(tmp_path):
     torch.save({"model": objective_state, "step": 7}, step_dir / "state.pt")  # the trainer's layout
     cfg = PretrainConfig()
     cfg.model.name, cfg.data.image_size, cfg.train.total_steps = "vit_nano_patch4", 32, 10
-    cfg.optim.warmup_steps = 1
+    cfg.optim.warmup_steps, cfg.eval.crop_pct, cfg.train.seed = 1, 0.9, 5
     (step_dir / "config.yaml").write_text(cfg.to_yaml())
     (step_dir.parent / "latest").write_text("step_0000007\n")
     source = resolve_backbone(str(tmp_path / "run"))
     assert source.label == "run@7" and source.model_name == "vit_nano_patch4"
+    # evaluated as trained unless told otherwise: 32 px, the recipe's eval crop, the [class] token
+    assert source.eval_defaults() == source.random_baseline().eval_defaults() == {"image_size": 32, "crop_pct": 0.9, "pool": "cls"}
+    assert source.random_baseline(0).seed == 5  # its own train.seed, not the evaluation's
     loaded = source.build()
     for key, value in backbone.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
