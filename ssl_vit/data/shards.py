@@ -48,11 +48,16 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
     closed = False
     try:
         for sample in group_samples(iter_members(stream), url):
+            if expected is not None and count == expected:
+                raise _Broken(f"shard {url} holds more than the {expected} samples _info.json says (the first extra "
+                              f"is {sample['__key__']!r}); it is stale or was replaced: {REBUILD}")
             if count % stride == offset:
                 yield sample
             count += 1
         closed = True
         stream.close()  # a pipe: URL reports its command's exit status here
+    except _Broken:
+        raise
     except Exception as exc:  # noqa: BLE001 - tar, IO and pipe errors all mean a broken shard
         # A failed command or download (curl's 404) explains its missing or bad bytes better than the tar does.
         cause = exc if closed else _close_error(stream) or exc
@@ -66,6 +71,10 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
         raise DataError(
             f"shard {url} holds {count} samples but _info.json says {expected}; it is truncated or stale: {REBUILD}"
         )
+
+
+class _Broken(DataError):
+    """A promise of `_info.json` broken while reading (raised as it is, not as 'unreadable')."""
 
 
 # webdataset's conventions: the key is the path up to the first dot of the file name, the rest its extension;

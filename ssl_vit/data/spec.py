@@ -138,6 +138,9 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
         _check_plain_name(name, info_path, split)
     urls = tuple(str(directory / name) for name in filenames)
     _check_exist(urls, str(info_path))
+    _check_listed_once(urls, str(info_path))
+    if names is not None and len(set(names)) != len(names):
+        raise DataError(f"{info_path}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
     return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names)
 
 
@@ -159,6 +162,7 @@ def _url_list(urls: list[str], num_samples: int | None, spec: str) -> ShardSet:
     if num_samples is not None and num_samples <= 0:
         raise DataError(f"num_samples must be positive for data spec {spec!r}, got {num_samples}")
     _check_exist(urls, f"data spec {spec!r}")
+    _check_listed_once(urls, f"data spec {spec!r}")
     if len(urls) == 1 and _is_local(urls[0]) and _local_path(urls[0]).is_dir():
         raise DataError(f"{urls[0]} is a directory without {INFO_FILE}: build shards there with `ssl-vit-shards`")
     return ShardSet(tuple(urls), num_samples)
@@ -169,6 +173,18 @@ def _check_exist(urls: Sequence[str], source: str) -> None:
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise DataError(f"{len(missing)} of {len(urls)} shards of {source} do not exist: {shown}")
+
+
+def _check_listed_once(urls: Sequence[str], source: str) -> None:
+    """Each shard once: a shard named twice (or a local file reached under two names) would be read twice per
+    epoch, and every sample in it would count twice."""
+    seen: dict[str, str] = {}
+    for url in urls:
+        same = os.path.realpath(_local_path(url)) if _is_local(url) else url
+        if same in seen:
+            also = "" if seen[same] == url else f" (as {seen[same]})"
+            raise DataError(f"{source} names shard {url} twice{also}; every shard must be listed once")
+        seen[same] = url
 
 
 def _with_count(shards: ShardSet, num_samples: int, source: str) -> ShardSet:

@@ -16,6 +16,7 @@ from ssl_vit.errors import DataError
 
 from .crops import center_crop, random_resized_crop
 from .decode import decode_crop
+from .promises import parse_label
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TrainItem = tuple[np.ndarray, int]  # (S, S, 3) uint8 pixels, label
@@ -28,13 +29,7 @@ def image_and_label(sample: dict) -> tuple[bytes, int]:
     if data is None:
         found = sorted(k for k in sample if not k.startswith("__"))
         raise ValueError(f"no image entry (expected one of {'/'.join(IMAGE_KEYS)}, found {found})")
-    raw = sample.get("cls")
-    if raw is None:
-        return data, -1
-    try:
-        return data, int(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        raise ValueError(f"cls is not an integer: {raw[:20]!r}") from None
+    return data, parse_label(sample.get("cls"))
 
 
 class BadSampleTally:

@@ -30,7 +30,9 @@ when the evidence shows a worker's bad fraction above `max_bad_fraction` (a one-
 raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. Decoding is
 all or nothing (`data_tools.decoding`), and an image above `max_pixels` (default: Pillow's bomb limit) is
 refused before it is decoded, so one file cannot drive a worker's memory. An unreadable,
-truncated or miscounted shard raises `DataError` naming it, in both streams (see `shards.py`).
+truncated or miscounted shard raises `DataError` naming it, in both streams (see `shards.py`), and so does any
+other broken promise of `_info.json` — a shard listed twice, a key read twice, a label outside the class list
+(see `promises.py`).
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ssl_vit.errors import ConfigError, DataError
 
+from .promises import SamplePromises
 from .shards import read_shard
 from .spec import ShardSet, resolve_spec
 from .split import Holdout, ShardPart, reader_parts
@@ -215,9 +218,11 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _read(shards: ShardSet, part: ShardPart) -> Iterator[dict]:
+def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises) -> Iterator[dict]:
+    """The samples of one shard part, each checked against what `_info.json` promises (promises.py)."""
     expected = shards.shard_lengths[part.shard] if shards.shard_lengths is not None else None
-    return read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset, expected=expected)
+    return promises.checked(read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset,
+                                       expected=expected))
 
 
 def _reported(batches: Iterator[dict]) -> Iterator[dict]:
@@ -278,10 +283,12 @@ class _TrainDataset(_ShardReader):
 
     def _epochs(self, parts: list[ShardPart], rng: np.random.Generator, reader: str) -> Iterator[dict]:
         """Endless: every epoch reads all of this reader's shard parts, in a fresh random order."""
+        promises = SamplePromises(self.shards.class_names)
         while True:
             count = 0
+            promises.new_epoch()
             for i in rng.permutation(len(parts)):
-                for sample in _read(self.shards, parts[i]):
+                for sample in _read(self.shards, parts[i], promises):
                     if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
                         count += 1
                         yield sample
@@ -308,7 +315,8 @@ class _EvalDataset(_ShardReader):
     def __iter__(self) -> Iterator[dict]:
         o = self.o
         _, parts = self._parts()
-        raw = (sample for part in parts for sample in _read(self.shards, part)
+        promises = SamplePromises(self.shards.class_names)
+        raw = (sample for part in parts for sample in _read(self.shards, part, promises)
                if o.holdout is None or o.holdout.keeps(sample["__key__"]))
         items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct, max_pixels=o.max_pixels)
         return _reported(eval_batches(items, o.batch_size, o.image_size))

@@ -4,13 +4,13 @@ A feature is the [class] token after the final norm (`pool="cls"`), the mean of 
 (`pool="mean"`), or both concatenated (`pool="both"`), taken from the last block or from listed
 intermediate blocks (each normalised by the final norm, concatenated in the order listed).
 Extraction runs each rank over its own share of the eval stream, then gathers so that every rank holds the
-full set, deduplicated and sorted by sample key: the result does not depend on the number of processes.
+full set, sorted by sample key (each key exactly once, asserted): the result does not depend on the number of processes.
 
 Gathering: ranks hold different numbers of samples (shards split unevenly) and collectives need equal shapes,
 so Accelerate's `pad_across_processes` pads each rank's rows to the largest count and the padding is cut off
 after the gather. Rows go in chunks to bound the device memory the collective needs (ImageNet's 1.28M x 768
 floats are 3.9 GB). Keys travel as Python objects. Sorting by key makes the result independent of the process
-count, and dropping repeated keys undoes any padding a data pipeline may add to equalise ranks.
+count; a repeated key is an error (the eval stream pads nothing, so it can only come from broken shards).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ssl_vit.data.normalize import normalize_uint8
-from ssl_vit.errors import ConfigError
+from ssl_vit.errors import ConfigError, DataError
 from ssl_vit.train.signals import raise_on_every_rank
 
 if TYPE_CHECKING:
@@ -103,7 +103,8 @@ def extract_features(
     """Run the frozen backbone over this rank's batches, then gather all ranks' features (see module doc).
 
     `batches` yields `{"image": uint8 (B, 3, S, S), "label": (B,), "key": list[str]}` (the eval stream);
-    `total` (samples over all ranks) only sizes the progress bar.
+    `total` (samples over all ranks, `_info.json`'s count) sizes the progress bar and is asserted: the
+    gathered set must hold exactly `total` distinct keys.
     """
     check_pool(pool, layers)
     device = accelerator.device if accelerator is not None else next(backbone.parameters()).device
@@ -142,7 +143,11 @@ def extract_features(
         torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
         keys,
     )
-    return gather_features(local, accelerator)
+    gathered = gather_features(local, accelerator)
+    if total is not None and len(gathered) != total:
+        raise DataError(f"evaluation read {len(gathered)} samples but _info.json promises {total}: every sample "
+                        "must be read exactly once; run `ssl-vit-shards verify` on the shards")
+    return gathered
 
 
 def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int] | None) -> int:
@@ -151,15 +156,22 @@ def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int
 
 
 def sort_unique(features: Features) -> Features:
-    """Order by key and keep the first occurrence of each key."""
+    """Order by key, asserting that every key occurs once: the eval stream reads every sample exactly once and
+    pads nothing, so a repeated key means shards that break `_info.json`'s promise (a sample stored twice, or a
+    shard listed twice). Dropping it would score a different set than `_info.json` counts, without a word."""
     order = sorted(range(len(features.keys)), key=features.keys.__getitem__)
-    keep = [i for j, i in enumerate(order) if j == 0 or features.keys[i] != features.keys[order[j - 1]]]
-    index = torch.tensor(keep, dtype=torch.long)
-    return Features(features.x[index], features.labels[index], [features.keys[i] for i in keep])
+    for j in range(1, len(order)):
+        if features.keys[order[j]] == features.keys[order[j - 1]]:
+            raise DataError(
+                f"sample key {features.keys[order[j]]!r} occurs more than once in the evaluation data: every sample "
+                "must be read exactly once. Run `ssl-vit-shards verify` on the shards, rebuild them, and check that "
+                "the data spec names each shard once")
+    index = torch.tensor(order, dtype=torch.long)
+    return Features(features.x[index], features.labels[index], [features.keys[i] for i in order])
 
 
 def gather_features(local: Features, accelerator: "Accelerator | None") -> Features:
-    """All ranks' features on every rank (CPU tensors), sorted by key and deduplicated (see module doc)."""
+    """All ranks' features on every rank (CPU tensors), sorted by key, each key once (see module doc)."""
     if accelerator is None or accelerator.num_processes == 1:
         return sort_unique(local)
     device, world = accelerator.device, accelerator.num_processes

@@ -1,0 +1,69 @@
+"""What `_info.json` promises about each sample, checked as a reader reads it: a broken promise is a `DataError`
+naming the shard and the key, in training and in evaluation.
+
+The promises, and where each is held:
+- each shard is listed once (`spec.py`, before reading);
+- each shard holds exactly `shard_lengths[i]` samples (`shards.read_shard`: too many as soon as the extra one
+  appears, too few at its end);
+- every key occurs once in the split: here within each reader (per epoch of the train stream), and across the
+  whole split when evaluation gathers its keys (`eval.features.sort_unique`) — readers read disjoint parts, so
+  a key repeated between two readers' shards is caught there, and by `ssl-vit-shards verify`;
+- every label lies in the class list: 0 <= cls < len(class_names), or cls == -1 for an unlabelled split
+  (`class_names == []`). A URL list without `_info.json` promises no classes, and is not checked.
+
+A repeated key or a label outside the class list is not a bad *image*, to be skipped and counted: it means
+the shards are not the ones `_info.json` describes (a sample stored twice, shards of another build), and
+training or scoring on them would give a silently wrong number.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ssl_vit.errors import DataError
+
+REBUILD = "run `ssl-vit-shards verify` on the shards and rebuild them with `ssl-vit-shards build`"
+
+
+def parse_label(raw: bytes | None) -> int:
+    """The class index in a sample's `cls` member; -1 when it has none. Raises ValueError when not an integer."""
+    if raw is None:
+        return -1
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(f"cls is not an integer: {raw[:20]!r}") from None
+
+
+class SamplePromises:
+    """One reader's check of the samples it reads (keys remembered as 64-bit hashes: ~100 bytes a sample)."""
+
+    def __init__(self, class_names: tuple[str, ...] | None) -> None:
+        self.num_classes = None if class_names is None else len(class_names)
+        self._keys: dict[int, str] = {}  # hash(key) -> the shard it was read from
+
+    def new_epoch(self) -> None:
+        """The train stream reads every sample again each epoch."""
+        self._keys.clear()
+
+    def checked(self, samples: Iterable[dict]) -> Iterator[dict]:
+        for sample in samples:
+            key, url = sample["__key__"], sample["__url__"]
+            first = self._keys.get(hash(key))
+            if first is not None:
+                raise DataError(f"sample key {key!r} of shard {url} was already read from shard {first}: every "
+                                f"sample of a split must occur once; {REBUILD}")
+            self._keys[hash(key)] = url
+            if self.num_classes is not None:
+                self._check_label(sample, key, url)
+            yield sample
+
+    def _check_label(self, sample: dict, key: str, url: str) -> None:
+        try:
+            label = parse_label(sample.get("cls"))
+        except ValueError as err:
+            raise DataError(f"sample {key!r} of shard {url}: {err}; {REBUILD}") from None
+        valid = label == -1 if self.num_classes == 0 else 0 <= label < self.num_classes
+        if not valid:
+            allowed = "-1 (unlabelled split)" if self.num_classes == 0 else f"0..{self.num_classes - 1}"
+            raise DataError(f"sample {key!r} of shard {url} has label {label}, outside the split's class list "
+                            f"({allowed} in _info.json); the shards and their _info.json disagree: {REBUILD}")
