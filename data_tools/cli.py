@@ -69,7 +69,8 @@ def _parser() -> _Parser:
                         "(default: Pillow's decompression-bomb limit, 89,478,485)")
     b.add_argument("--workers", type=_positive_int, default=1, help="decoding processes (output is identical)")
     b.add_argument("--overwrite", action="store_true", help="delete this split's shards and rebuild from scratch")
-    b.add_argument("--follow-symlinks", action="store_true", help="also follow symlinks that leave SRC")
+    b.add_argument("--follow-symlinks", action="store_true", help="also follow symlinks that leave SRC (folders once per class; files "
+                        "reached under two classes are skipped as ambiguous)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     v = sub.add_parser("verify", help="decode every sample and check shards against OUT/_info.json",

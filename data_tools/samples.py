@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 
+from .decoding import DEFAULT_MAX_PIXELS
 from .images import BadImage, prepare_image
 from .options import BuildOptions
 from .sources import Source
@@ -39,10 +42,11 @@ def sample_key(rel: str) -> str:
 
 def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
     try:
-        with open(source.path, "rb") as f:
-            data = f.read()
+        data = read_regular_file(source.path, max_file_bytes(opts.max_pixels))
     except OSError as err:
         return Skipped(source.rel, f"cannot read: {err.strerror or err}", 0)
+    except BadImage as err:
+        return Skipped(source.rel, str(err), 0)
     try:
         image = prepare_image(data, resize_shorter=opts.resize_shorter, quality=opts.quality, check=opts.check,
                               max_pixels=opts.max_pixels)
@@ -55,6 +59,32 @@ def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
         ("json", json.dumps(meta).encode("utf-8")),
     )
     return Sample(sample_key(source.rel), members, len(data), image.reencoded)
+
+
+def max_file_bytes(max_pixels: int | None) -> int:
+    """The largest input file read: an uncompressed 4-channel image at the pixel cap, plus 16 MiB of metadata.
+    Bounds what one file costs a worker, whatever it is (a 50 GB file, /proc/kcore, a sparse file)."""
+    return 4 * (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) + (16 << 20)
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of `path`, which must still be a regular file of at most `limit` bytes when opened.
+
+    The listing refused special files, but a path can change between listing and reading: O_NONBLOCK keeps
+    the open of a FIFO swapped in from blocking for ever, fstat checks what was really opened, and the read
+    stops one byte past the limit (files such as /proc's report size 0 but have content).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BadImage("not a regular file (it changed since it was listed)")
+        if info.st_size > limit:
+            raise BadImage(f"{info.st_size:,} bytes: larger than any image within the pixel cap ({limit:,} bytes)")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise BadImage(f"more than {limit:,} bytes: larger than any image within the pixel cap")
+    return data
 
 
 def make_samples(sources: list[Source], opts: BuildOptions) -> list[Sample | Skipped]:

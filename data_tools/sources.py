@@ -2,8 +2,10 @@
 
 Everything here is sorted before it is shuffled, so the order depends only on the file names, the labels
 and the seed — never on the order the file system happens to list a directory in. Hidden files and
-folders (names starting with '.') are ignored; any other file is a candidate, and whether it is an image
-is decided later by decoding it, not by its extension.
+folders (names starting with '.') are ignored; any other regular file is a candidate, and whether it is an
+image is decided later by decoding it, not by its extension. One file gives one sample under its own label,
+whatever links lead to it (`_Walker` states the symlink policy, `_one_per_file` the rule for several paths
+to one file); what is left out is listed with the reason.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 import posixpath
 import random
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -88,19 +91,15 @@ def _skipped_hint(skipped: list[tuple[str, str]]) -> str:
 
 
 def _collect_folder(root: Path, labels: str, follow_symlinks: bool) -> Inputs:
-    files: list[tuple[str, str]] = []  # (rel, path)
     skipped: list[tuple[str, str]] = []
     walker = _Walker(os.path.realpath(root), follow_symlinks, skipped)
     if labels == "none":
-        walker.walk(str(root), "", files, ancestors=(walker.root,))
-        return Inputs([Source(path, rel, -1, None) for rel, path in files], [], skipped)
+        found = walker.walk(str(root), "", None)
+        return Inputs(_one_per_file(found, skipped, walker.root), [], skipped)
 
     class_dirs: list[tuple[str, str]] = []
-    for entry in walker.entries(str(root), ""):
-        if entry is None:
-            continue
-        rel, path, is_dir = entry
-        if is_dir:
+    for rel, path, stat in walker.entries(str(root), ""):
+        if stat is None:
             class_dirs.append((rel, path))
         else:
             skipped.append((rel, "not inside a class folder (use --labels none for a folder without labels)"))
@@ -110,24 +109,45 @@ def _collect_folder(root: Path, labels: str, follow_symlinks: bool) -> Inputs:
             "use --labels none for a folder of unlabelled images")
     class_dirs.sort(key=lambda d: natural_key(d[0]))
     class_names = [rel for rel, _ in class_dirs]
-    sources = []
-    for cls, (name, path) in enumerate(class_dirs):
-        found: list[tuple[str, str]] = []
-        walker.walk(path, name + "/", found, ancestors=(walker.root, os.path.realpath(path)))
-        sources += [Source(p, rel, cls, name) for rel, p in found]
-    return Inputs(sorted(sources, key=lambda s: s.rel), class_names, skipped)
+    found = []
+    for name, path in class_dirs:
+        found += walker.walk(path, name + "/", name)
+    index = {name: i for i, name in enumerate(class_names)}
+    sources = [replace(s, cls=index[s.class_name]) for s in _one_per_file(found, skipped, walker.root)]
+    return Inputs(sources, class_names, skipped)
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A regular file met while listing, with its identity (st_dev, st_ino): one file, one sample."""
+
+    rel: str
+    path: str
+    class_name: str | None
+    identity: tuple[int, int]
 
 
 class _Walker:
-    """A sorted, symlink-aware recursive listing of one tree (files only, hidden names ignored)."""
+    """A sorted, loop-proof recursive listing of one tree (regular files only, hidden names ignored).
+
+    The symlink policy (README, "What the build reads"): a symlink to a file is followed when the file lies
+    inside SRC, or anywhere with --follow-symlinks; a symlink to a folder inside SRC is never descended (its
+    files are listed where they really are, under their own class), one to a folder outside SRC only with
+    --follow-symlinks and at most once per real folder and class, so a loop ends at once and the listing
+    stays linear in the tree's size. A file reached under two classes is then skipped as ambiguous
+    (`_one_per_file`). Special files (FIFOs, devices, sockets) are skipped: reading
+    a FIFO would block for ever, a device never ends.
+    """
 
     def __init__(self, root: str, follow_symlinks: bool, skipped: list[tuple[str, str]]):
         self.root = root
         self.follow_symlinks = follow_symlinks
         self.skipped = skipped
+        self.walked: set[tuple[str | None, int, int]] = set()  # (class, st_dev, st_ino) of each folder descended
 
     def entries(self, folder: str, prefix: str):
-        """Yield `(rel, path, is_dir)` per usable entry of `folder`, sorted by name; record the rest."""
+        """Yield `(rel, path, stat)` per usable entry of `folder` sorted by name (stat None for a folder);
+        record the rest with the reason."""
         try:
             listing = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as err:
@@ -137,38 +157,77 @@ class _Walker:
             if entry.name.startswith("."):
                 continue
             rel = prefix + entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not os.path.exists(target):
-                    self.skipped.append((rel, "broken symlink"))
-                    continue
-                if not self.follow_symlinks and not _inside(target, self.root):
-                    self.skipped.append((rel, "symlink to outside SRC, not followed (use --follow-symlinks)"))
-                    continue
             try:
-                if entry.is_dir():
-                    yield rel, entry.path, True
-                elif entry.is_file():
-                    yield rel, entry.path, False
-                else:  # a FIFO or device would block or never end when read
-                    self.skipped.append((rel, "not a regular file"))
+                reason = self._refusal(entry)
+                if reason is not None:
+                    self.skipped.append((rel + ("/" if reason.startswith("symlink to a folder") else ""), reason))
+                elif entry.is_dir():
+                    yield rel, entry.path, None
+                else:
+                    yield rel, entry.path, entry.stat()
             except OSError as err:
                 self.skipped.append((rel, f"cannot stat: {err.strerror or err}"))
 
-    def walk(self, folder: str, prefix: str, out: list[tuple[str, str]], ancestors: tuple[str, ...]) -> None:
-        for rel, path, is_dir in self.entries(folder, prefix):
-            if not is_dir:
-                out.append((rel, path))
-                continue
-            real = os.path.realpath(path)
-            if real in ancestors:  # a symlink back up the tree would recurse forever
-                self.skipped.append((rel + "/", "symlink loop, not followed"))
-                continue
-            self.walk(path, rel + "/", out, ancestors + (real,))
+    def _refusal(self, entry: os.DirEntry) -> str | None:
+        """Why `entry` is not listed, or None."""
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if not os.path.exists(target):
+                return "broken symlink"
+            inside = _inside(target, self.root)
+            if os.path.isdir(target):
+                if inside:
+                    return "symlink to a folder inside SRC, not descended (its files are listed where they are)"
+                if not self.follow_symlinks:
+                    return "symlink to a folder outside SRC, not followed (use --follow-symlinks)"
+                return None
+            if not inside and not self.follow_symlinks:
+                return "symlink to outside SRC, not followed (use --follow-symlinks)"
+        if entry.is_dir() or stat.S_ISREG(entry.stat().st_mode):
+            return None
+        return "not a regular file (a FIFO, device or socket would block or never end when read)"
+
+    def walk(self, folder: str, prefix: str, class_name: str | None) -> list[_Found]:
+        info = os.stat(folder)
+        if (class_name, info.st_dev, info.st_ino) in self.walked:  # a loop, or a second link to one folder
+            self.skipped.append((prefix or ".", "symlink to a folder already listed, not descended again"))
+            return []
+        self.walked.add((class_name, info.st_dev, info.st_ino))
+        found = []
+        for rel, path, st in self.entries(folder, prefix):
+            if st is None:
+                found += self.walk(path, rel + "/", class_name)
+            else:
+                found.append(_Found(rel, path, class_name, (st.st_dev, st.st_ino)))
+        return found
 
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _one_per_file(found: list[_Found], skipped: list[tuple[str, str]], root: str | None) -> list[Source]:
+    """One sample per file, under its own label: of several paths to one file (symlinks, hard links, a list
+    naming it twice), the one that is the file itself (no symlink on the way, when `root` is given) wins, or
+    the first by path when all agree on the label; paths that disagree on the label are all skipped, since
+    the file's class is then ambiguous. Returns the sources sorted by `rel`."""
+    groups: dict[tuple[int, int], list[_Found]] = {}
+    for f in found:
+        groups.setdefault(f.identity, []).append(f)
+    sources = []
+    for group in groups.values():
+        group.sort(key=lambda f: f.rel)
+        real = [f for f in group if root is not None and os.path.realpath(f.path) == os.path.join(root, f.rel)]
+        labels = {f.class_name for f in group}
+        if len(group) == 1 or len(real) == 1 or len(labels) == 1:
+            keep = real[0] if len(real) == 1 else group[0]
+            sources.append(Source(keep.path, keep.rel, -1, keep.class_name))
+            skipped += [(f.rel, f"the same file as {keep.rel} (a symlink or hard link to it)") for f in group
+                        if f is not keep]
+        else:
+            where = ", ".join(f.rel for f in group)
+            skipped += [(f.rel, f"one file under several labels ({where}): its class is ambiguous") for f in group]
+    return sorted(sources, key=lambda s: s.rel)
 
 
 def _collect_list(list_file: Path, labels: str) -> Inputs:
@@ -214,9 +273,22 @@ def _collect_list(list_file: Path, labels: str) -> Inputs:
         first_line[rel] = line
         entries.append((rel, str(base / written), name))
     class_names = sorted({name for _, _, name in entries if name is not None}, key=natural_key)
+    skipped: list[tuple[str, str]] = []
+    found = []
+    for rel, path, name in entries:
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            skipped.append((rel, f"cannot read: {err.strerror or err}"))
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            skipped.append((rel, "not a regular file (a folder, FIFO or device would block or never end when read)"))
+            continue
+        found.append(_Found(rel, path, name, (st.st_dev, st.st_ino)))
     index = {name: i for i, name in enumerate(class_names)}
-    sources = [Source(path, rel, index[name] if name is not None else -1, name) for rel, path, name in entries]
-    return Inputs(sorted(sources, key=lambda s: s.rel), class_names)
+    sources = [replace(s, cls=index[s.class_name]) if s.class_name is not None else s
+               for s in _one_per_file(found, skipped, None)]
+    return Inputs(sources, class_names, skipped)
 
 
 def _digest(sources: list[Source]) -> str:

@@ -87,10 +87,12 @@ def test_symlinks_leaving_src_are_not_followed_unless_asked(tmp_path):
     os.symlink(tmp_path / "outside" / "o.jpg", tmp_path / "src" / "k" / "link_out.jpg")
     os.symlink(tmp_path / "src" / "k" / "in.jpg", tmp_path / "src" / "k" / "link_in.jpg")
     s = build_split(tmp_path / "src", tmp_path / "o1", "train", progress=False)
-    assert (s.written, s.skipped) == (2, 1)
-    assert "k/link_out.jpg\tsymlink to outside SRC" in (tmp_path / "o1" / "train_skipped.tsv").read_text()
+    assert (s.written, s.skipped) == (1, 2)  # link_in.jpg is in.jpg again: one file, one sample
+    listed = (tmp_path / "o1" / "train_skipped.tsv").read_text()
+    assert "k/link_out.jpg\tsymlink to outside SRC" in listed
+    assert "k/link_in.jpg\tthe same file as k/in.jpg" in listed
     s = build_split(tmp_path / "src", tmp_path / "o2", "train", follow_symlinks=True, progress=False)
-    assert (s.written, s.skipped) == (3, 0)
+    assert (s.written, s.skipped) == (2, 1)
 
 
 def test_shard_size_bounds_files(tmp_path):
