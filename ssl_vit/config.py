@@ -32,10 +32,15 @@ COMMAND_LINE = "command line"
 
 @dataclass
 class ModelConfig:
-    """A registered backbone (`ssl_vit.models.list_models()`) and `ViTConfig` overrides (img_size, drop_path_rate…)."""
+    """A registered backbone (`ssl_vit.models.list_models()`) and `ViTConfig` overrides (img_size, drop_path_rate…).
+
+    `init_from`: start from existing weights instead of the random init — an `ssl-vit export` (file or folder), a
+    timm file (.safetensors / .pth), a Hugging Face ViT folder or an MAE `checkpoint-*.pth`; the architecture stays
+    this section's, and the weights must fit it (pos_embed is resampled to the grid)."""
 
     name: str = "vit_base_patch16"
     overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass

@@ -82,6 +82,10 @@ def test_timm_export_and_its_card(run_dir: Path, tmp_path: Path):
     info = json.loads((out / "config.json").read_text())
     assert info["model_args"]["global_pool"] == "token" and info["num_classes"] == 0
     assert info["ssl_vit"]["step"] == 4 and info["ssl_vit"]["objective"] == "mpp"
+    from ssl_vit.eval.backbones import resolve_backbone
+
+    source = resolve_backbone(str(out))  # eval reads the folder with the crop and seed the export recorded
+    assert (source.crop_pct, source.train_seed, source.config.img_size) == (0.875, 0, 32)
     card = (out / "README.md").read_text()
     assert front_matter(card)["library_name"] == "timm" and front_matter(card)["license"] == "mit"
     assert f'timm.create_model("local-dir:{out}", pretrained=True)' in card

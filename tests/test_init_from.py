@@ -164,3 +164,55 @@ def test_eval_accepts_the_same_sources(tmp_path: Path) -> None:
         assert_backbone_equals(resolved.build(), expected)
     with pytest.raises(CheckpointError, match="pass --model NAME \\(its shapes fit --model vit_nano_patch4\\)"):
         resolve_backbone(str(tmp_path / "checkpoint-9.pth"))
+
+
+# ------------------------------------------------------------------------------------- the recipe key, wired
+def test_pretraining_recipe_starts_from_init_from_and_a_resume_ignores_it(tmp_path, pretrain, pretrain_shards_32,
+                                                                         capsys):
+    """`model.init_from` in a pretraining recipe: the backbone starts as the source (after one AdamW step of
+    lr 1e-12 it is still the source), the report line names the new MPP head and [MASK]; a resume keeps its own."""
+    source = randomized(create_model(NANO, img_size=32))
+    path = tmp_path / "start"
+    write_folder(source, path, "timm", Preprocessing())
+    run = tmp_path / "run"
+    tiny = {"optim.lr": 1e-12, "optim.min_lr": 0.0, "optim.warmup_steps": 1, "train.checkpoint_every": 1}
+    assert pretrain(pretrain_shards_32, run, **{"model.init_from": str(path), "train.total_steps": 2, **tiny}) == 0
+    assert f"init_from {path}: loaded 30 tensors; {NEW_MPP}dropped 0" in capsys.readouterr().out
+    state = torch.load(run / "checkpoints" / "step_0000001" / "state.pt", weights_only=True)
+    loaded = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
+    assert all(torch.allclose(loaded[k], v, atol=1e-9) for k, v in source.state_dict().items())
+
+    assert pretrain(pretrain_shards_32, run, "--resume", "auto", **{"model.init_from": str(path),
+                                                                    "train.total_steps": 3, **tiny}) == 0
+    assert "init_from" not in capsys.readouterr().out
+
+
+def test_init_from_errors_are_one_line(tmp_path, ssl_vit, pretrain_shards_32):
+    from conftest import SMOKE
+
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), f"data.train={pretrain_shards_32}",
+                      f"output_dir={tmp_path / 'run'}", f"model.init_from={tmp_path / 'nowhere.pth'}")
+    assert rc == 2 and err.count("\n") == 1 and "model.init_from" in err and "no such file or directory" in err
+    wide = save_backbone(randomized(create_model("vit_micro_patch4")), tmp_path / "micro.safetensors")
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), f"data.train={pretrain_shards_32}",
+                      f"output_dir={tmp_path / 'run'}", f"model.init_from={wide}")
+    assert rc == 2 and err.count("\n") == 1 and "has 4 blocks but the model has 2" in err
+
+
+def test_fine_tuning_recipe_takes_init_from(tmp_path, ssl_vit):
+    from eval_fixtures import write_dataset
+
+    source = randomized(create_model(NANO))
+    path = save_backbone(source, tmp_path / "b.safetensors")
+    data = write_dataset(tmp_path / "shards", train_per_class=4, test_per_class=2)
+    recipe = Path(__file__).resolve().parents[1] / "recipes/finetune/smoke.yaml"
+    common = ["eval", "finetune", "--train", str(data), "--test", str(data), "--config", str(recipe)]
+    rc, err = ssl_vit(*common, "--checkpoint", str(path), "--out", str(tmp_path / "x"), f"model.init_from={path}")
+    assert rc == 2 and err.count("\n") == 1 and "model.init_from" in err and "keep one" in err
+    out = tmp_path / "ft"
+    rc, err = ssl_vit(*common, "--out", str(out), f"model.init_from={path}", "train.total_steps=2", "optim.warmup_steps=1", "val_every=2",
+                      "train.checkpoint_every=2")
+    assert rc == 0, err
+    import json
+
+    assert json.loads((out / "results.json").read_text())["checkpoint"] == str(path)

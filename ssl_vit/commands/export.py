@@ -55,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_resume(args.source, Path(args.source) / "checkpoints")
     objective, cfg, state = restore_objective(path)
     step = int(state["step"])
+    backbone = objective.backbone
+    facts = _card_facts(args, cfg, path, step, backbone)
     metadata = {
         "source_checkpoint": str(path), "step": step, "objective": cfg.objective.name,
         "objective_kwargs": cfg.objective.kwargs, "registered_name": cfg.model.name,
         "train_seed": cfg.train.seed,  # rebuilds the initial weights: `ssl-vit eval --baseline random`
+        "crop_pct": facts.preprocessing.crop_pct,  # the crop `ssl-vit eval` uses for it by default
     }
-    backbone = objective.backbone
-    facts = _card_facts(args, cfg, path, step, backbone)
     written = _write(backbone, output, args.format, facts.preprocessing, metadata)
     card_path = output.with_suffix(".md") if args.format == "safetensors" else output / "README.md"
     from ..models.model_card import render_model_card
@@ -103,7 +104,7 @@ def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, back
     return CardFacts(
         title=f"{cfg.model.name} pretrained by masked patch prediction ({cfg.objective.kwargs.get('target', cfg.objective.name)})",
         fmt=args.format, config=backbone.config, model_name=suggest_model_name(backbone.config),
-        preprocessing=Preprocessing(crop_pct=EvalData().crop_pct, mean=DEFAULT_MEAN, std=DEFAULT_STD),
+        preprocessing=Preprocessing(crop_pct=cfg.eval.crop_pct or EvalData().crop_pct, mean=DEFAULT_MEAN, std=DEFAULT_STD),
         objective=cfg.objective.name, objective_kwargs=dict(cfg.objective.kwargs), recipe_yaml=cfg.to_yaml(),
         step=step, global_batch=cfg.train.global_batch, checkpoint=str(checkpoint),
         data_spec=cfg.data.train, data_split=cfg.data.split, data_samples=samples, class_names=classes,

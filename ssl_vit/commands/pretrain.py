@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -76,10 +77,14 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.train:
         raise ConfigError(f"{args.config}: data.train is not set; pass data.train=/path/to/shards (a directory with "
                           "_info.json) or a URL list such as data.train='/data/train-{000000..000099}.tar'")
+    if cfg.model.init_from and not Path(cfg.model.init_from).exists():
+        raise ConfigError(f"model.init_from {cfg.model.init_from}: no such file or directory; give an ssl-vit export, "
+                          "a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
     from ..data import resolve_spec
     from ..models import create_model
     from ..objectives import build
     from ..train import Trainer, make_accelerator
+    from ..train.checkpoint import resolve_resume
 
     shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
     steps = total_steps(cfg, shards.num_samples)
@@ -90,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         backbone = create_model(cfg.model.name, **model_overrides(cfg))
         objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
+        if cfg.model.init_from and resolve_resume(args.resume, Path(cfg.output_dir) / "checkpoints") is None:
+            from ..models.init_from import init_from  # a resumed run has its own weights: nothing to initialise
+
+            accelerator.print(init_from(cfg.model.init_from, backbone, objective))
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
         trainer = Trainer(
             objective,

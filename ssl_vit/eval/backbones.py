@@ -110,8 +110,11 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
             f"{hint} (see `ssl-vit models` or ssl_vit.models.list_models())"
         )
     weights = read_folder(path)[0] if path.is_dir() else path  # a folder changes when its weights do
+    record = _export_record(path)
+    train_seed, crop_pct = record.get("train_seed"), record.get("crop_pct")
     return BackboneSource(path.stem, str(path), _file_fingerprint(weights, model), config, path, seed,
-                          train_seed=_exported_train_seed(path))
+                          train_seed=train_seed if isinstance(train_seed, int) else None,
+                          crop_pct=float(crop_pct) if isinstance(crop_pct, (int, float)) else None)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -137,15 +140,16 @@ def _random_fingerprint(config: ViTConfig, seed: int, *how: str) -> str:
     return "random:" + hashlib.sha256(json.dumps([config.to_dict(), seed, torch.__version__, *how]).encode()).hexdigest()[:16]
 
 
-def _exported_train_seed(path: Path) -> int | None:
-    """`train_seed` from an `ssl-vit export` sidecar JSON, or the `ssl_vit` entry of an exported folder's config.json."""
+def _export_record(path: Path) -> dict:
+    """What `ssl-vit export` recorded (train_seed, crop_pct, step…): its sidecar JSON, or the `ssl_vit` entry of an
+    exported folder's config.json; {} for anything else."""
     sidecar = path / "config.json" if path.is_dir() else path.with_suffix(".json")
     try:
         info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        seed = (info.get("ssl_vit") or {} if path.is_dir() else info).get("train_seed")
+        record = info.get("ssl_vit") if path.is_dir() else info
     except (ValueError, AttributeError, OSError):
-        return None  # saved_config reports an unreadable sidecar; the seed is only a default
-    return seed if isinstance(seed, int) else None
+        return {}  # saved_config reports an unreadable sidecar; these are only defaults
+    return record if isinstance(record, dict) else {}
 
 
 def _file_fingerprint(path: Path, model: str | None) -> str:

@@ -79,6 +79,11 @@ def run(args: argparse.Namespace) -> int:
     recipe, evaluators = _recipe(args)
     configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     checkpoints = list(args.checkpoint) + [f"random:{m}" for m in args.random_init]
+    init_from = evaluators["finetune"].cfg.init_from if args.protocol == "finetune" else None
+    if init_from and checkpoints:
+        raise ConfigError(f"the fine-tuning recipe's model.init_from ({init_from}) and --checkpoint both name the "
+                          "weights to start from; keep one")
+    checkpoints = checkpoints or ([init_from] if init_from else [])
     if not checkpoints:
         raise ConfigError("no backbone given: pass --checkpoint PATH (or random:MODEL, or --random-init MODEL)")
     sources = [resolve_backbone(c, args.model, recipe.seed) for c in checkpoints]

@@ -99,7 +99,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     holdout = Holdout(cfg.holdout_fraction, held=True) if cfg.holdout_fraction > 0 else None
     val_every = (cfg.val_every or per_epoch or max(total // 10, 1)) if holdout is not None else 0
 
-    backbone = ctx.backbone_factory(img_size=cfg.data.image_size, **cfg.model)
+    backbone = ctx.backbone_factory(img_size=cfg.data.image_size, **cfg.model_overrides())
     objective = ImageClassification(backbone, num_classes, **cfg.objective)
     d = cfg.data
 

@@ -2,6 +2,7 @@
 with SGD, momentum and layer-wise learning-rate decay added to `optim`.
 
     model: {drop_path_rate: 0.1}                 # ViTConfig overrides; the architecture is the checkpoint's
+                                                 # (init_from: WEIGHTS names the checkpoint when --checkpoint is absent)
     objective: {label_smoothing: 0.1, mixup_alpha: 0.8, cutmix_alpha: 1.0}
     data: {image_size: 384, batch_size: 64, crop_pct: 1.0, ...}
     optim: {name: sgd, lr: 0.01, momentum: 0.9, weight_decay: 0, grad_clip: 1.0, layer_decay: 1.0, warmup_steps: 500}
@@ -52,6 +53,15 @@ class FinetuneConfig:
     val_every: int | None = None
     holdout_fraction: float = 0.0
 
+    @property
+    def init_from(self) -> str | None:
+        """`model.init_from`: the weights to fine-tune when `--checkpoint` is not given (any source it accepts)."""
+        return self.model.get("init_from")
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The ViTConfig overrides of `model` (everything but `init_from`)."""
+        return {k: v for k, v in self.model.items() if k != "init_from"}
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -93,6 +103,8 @@ def _validate(cfg: FinetuneConfig, where: str) -> None:
                           f"got {cfg.holdout_fraction}")
     if cfg.val_every is not None and cfg.val_every < 1:
         raise ConfigError(f"{where}: val_every must be a positive number of steps or null (once per epoch)")
+    if cfg.init_from is not None and not isinstance(cfg.init_from, str):
+        raise ConfigError(f"{where}: model.init_from must be a path, got {cfg.init_from!r}")
     if "img_size" in cfg.model:
         raise ConfigError(f"{where}: model.img_size: set the fine-tuning resolution with data.image_size")
     from ssl_vit.objectives import ImageClassification

@@ -1,8 +1,8 @@
 """`model.init_from`: start pretraining or fine-tuning from existing ViT weights instead of a random init.
 
     line = init_from("runs/mae/checkpoint-799.pth", objective.backbone, objective)
-    # init_from …/checkpoint-799.pth: loaded 152 tensors; new 5 (mask_token, head.* ×4);
-    #   dropped 116 (decoder_blocks.* ×96, decoder_embed.* ×2, decoder_norm.* ×2, decoder_pos_embed, decoder_pred.* ×2, mask_token)
+    # init_from …/checkpoint-799.pth: loaded 150 tensors; new 5 (head.* ×4, mask_token);
+    #   dropped 104 (decoder_blocks.* ×96, decoder_embed.* ×2, decoder_norm.* ×2, decoder_pos_embed, decoder_pred.* ×2, mask_token)
 
 Any source `load_backbone` reads: an ssl_vit export (file or hf / timm folder), a timm file (.safetensors,
 .pth, a training checkpoint holding `state_dict`), a Hugging Face ViT folder, an MAE `checkpoint-*.pth`. The

@@ -25,11 +25,10 @@ from typing import Literal, Mapping
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..errors import CheckpointError
 from ..safe_load import load_weights_only
-from .formats import folder_kind, read_folder
+from .formats import folder_kind, read_folder, write_safetensors
 from .hf import HF_DROPPED, HF_PREFIXES, hf_to_timm
 from .mae import is_mae, split_mae
 from .pos_embed import resample_pos_embed, sincos_2d
@@ -61,7 +60,7 @@ def save_backbone(model: nn.Module, path: str | Path, *, metadata: Mapping | Non
     config = getattr(inner, "config", None)
     if not isinstance(config, ViTConfig):
         raise TypeError(f"save_backbone expects an ssl_vit VisionTransformer, got {type(inner).__name__}")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap_state_dict(model.state_dict()).items()}
+    tensors = unwrap_state_dict(model.state_dict())
     info = {
         **(metadata or {}),  # first: the caller's extras never overwrite the fields below
         "format": FORMAT,
@@ -71,10 +70,7 @@ def save_backbone(model: nn.Module, path: str | Path, *, metadata: Mapping | Non
         "num_params": sum(t.numel() for t in tensors.values()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: an interrupted save never leaves a truncated file under the final name.
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "config": json.dumps(config.to_dict())})
-    os.replace(tmp, path)
+    write_safetensors(tensors, path, {"format": FORMAT, "config": json.dumps(config.to_dict())})
     json_path = path.with_suffix(".json")
     json_path.with_name(json_path.name + ".tmp").write_text(json.dumps(info, indent=2) + "\n")
     os.replace(json_path.with_name(json_path.name + ".tmp"), json_path)

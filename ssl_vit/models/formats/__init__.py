@@ -11,6 +11,7 @@ format (Hugging Face's) that has no field for it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -103,6 +104,17 @@ def read_json(path: Path) -> dict:
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(info).__name__}")
     return info
+
+
+def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:
+    """Save `tensors` (detached, contiguous CPU copies) to `path` through a temporary file renamed into place, so an
+    interrupted export never leaves a truncated file under the final name."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
 
 
 def write_json(path: Path, data: dict) -> Path:

@@ -11,16 +11,13 @@ pooling under `ssl_vit` (transformers keeps unknown config fields as attributes)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping
-
-from safetensors.torch import save_file
 
 from ...errors import CheckpointError
 from ..hf import to_hf_config, to_hf_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json
+from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as image processors store them
@@ -65,12 +62,9 @@ def preprocessor_json(preprocessing: Preprocessing, img_size: int) -> dict:
 def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict) -> list[Path]:
     config = model.config
     hf_config = hf_config_json(config, metadata)  # refuses a model without [class] token before anything is written
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hf_state_dict(model, layout="hub").items()}
-    weights = out / WEIGHTS_FILE
-    tmp = weights.with_name(weights.name + ".tmp")
     # transformers refuses safetensors files whose header lacks format "pt".
-    save_file(tensors, str(tmp), metadata={"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
-    os.replace(tmp, weights)
+    weights = write_safetensors(to_hf_state_dict(model, layout="hub"), out / WEIGHTS_FILE,
+                                {"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
     return [write_json(out / CONFIG_FILE, hf_config), weights,
             write_json(out / PREPROCESSOR_FILE, preprocessor_json(preprocessing, config.img_size))]
 

@@ -14,16 +14,13 @@ pretrained_cfg_overlay=dict(file=…))` does NOT read config.json (timm then use
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping
-
-from safetensors.torch import save_file
 
 from ...errors import CheckpointError
 from ..unwrap import unwrap_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json
+from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
 
 # timm's registered plain ViT entrypoints (timm/models/vision_transformer.py): name -> (width, depth, heads,
 # patch, image size). The closest one is named as the architecture; model_args override its sizes anyway.
@@ -104,12 +101,10 @@ def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing
     info = timm_config_json(config, preprocessing)  # refuses what timm cannot build, first
     if metadata:
         info["ssl_vit"] = metadata  # timm ignores top-level keys it does not know
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in unwrap_state_dict(model.state_dict()).items()
+    tensors = {k: v for k, v in unwrap_state_dict(model.state_dict()).items()
                if not k.startswith("head.")}  # num_classes 0: timm's head is an Identity
-    weights = out / WEIGHTS_FILE
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
-    os.replace(tmp, weights)
+    weights = write_safetensors(tensors, out / WEIGHTS_FILE,
+                                {"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
     return [write_json(out / CONFIG_FILE, info), weights]
 
 
