@@ -7,12 +7,14 @@ would break the eval stream's exactly-once promise); shards carry sha256 sums, s
 rebuilding or re-downloading it, not trained around. Single bad *samples* are a different matter: they are
 skipped and counted downstream (`stages.BadSampleTally`).
 
-Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
+Shards may be gzip-compressed (`.tar.gz`, recognised by their first bytes); remote http(s) shards are read
+through `remote.HTTPStream`, which retries transient errors and resumes. Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
 sample's key and extension. A key is an opaque string, kept as the archive spells it (a member
 `../../x.jpg` is sample `../../x`), and nothing in ssl_vit uses a key as a file name.
 """
 from __future__ import annotations
 
+import gzip
 import re
 import shlex
 from collections.abc import Iterable, Iterator
@@ -22,16 +24,48 @@ from webdataset.gopen import gopen
 
 from ssl_vit.errors import DataError
 
+from .remote import HTTPStream, is_http
 from .tarstream import iter_members
 
 REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from the data spec"
 
 
 def open_url(url: str) -> Any:
-    """A readable byte stream for a shard URL; webdataset 1.0.2 has no s3 opener, so s3 goes through the AWS CLI."""
+    """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` (retries, resumes), s3
+    through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest through webdataset's openers."""
+    if is_http(url):
+        return HTTPStream(url)
     if url.startswith("s3://"):
         url = f"pipe:aws s3 cp {shlex.quote(url)} -"
     return gopen(url)
+
+
+class ShardUnreadable(DataError):
+    """A shard could not be opened or read to its end (IO, network, tar or pipe errors)."""
+
+
+def _tar_bytes(stream: Any) -> Any:
+    """`stream` itself, or its decompressed bytes when it starts with gzip's magic number (a .tar.gz shard:
+    gzip reads forward only, so pipes and HTTP streams work as well as files)."""
+    head = stream.read(2)
+    rest = _Prefixed(head, stream)
+    return gzip.GzipFile(fileobj=rest, mode="rb") if head == b"\x1f\x8b" else rest
+
+
+class _Prefixed:
+    """Bytes already read from a stream, then the rest of the stream."""
+
+    def __init__(self, head: bytes, stream: Any) -> None:
+        self.head, self.stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return self.stream.read(n)
+        if n is None or n < 0:
+            data, self.head = self.head + self.stream.read(), b""
+            return data
+        data, self.head = self.head[:n], self.head[n:]
+        return data if len(data) == n else data + self.stream.read(n - len(data))
 
 
 def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | None = None) -> Iterator[dict]:
@@ -43,11 +77,11 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
     try:
         stream = open_url(url)
     except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
-        raise DataError(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
+        raise ShardUnreadable(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
     count = 0
     closed = False
     try:
-        for sample in group_samples(iter_members(stream), url):
+        for sample in group_samples(iter_members(_tar_bytes(stream)), url):
             if expected is not None and count == expected:
                 raise _Broken(f"shard {url} holds more than the {expected} samples _info.json says (the first extra "
                               f"is {sample['__key__']!r}); it is stale or was replaced: {REBUILD}")
@@ -62,8 +96,8 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
         # A failed command or download (curl's 404) explains its missing or bad bytes better than the tar does.
         cause = exc if closed else _close_error(stream) or exc
         closed = True
-        raise DataError(f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); "
-                        f"{REBUILD}") from None
+        raise ShardUnreadable(f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); "
+                              f"{REBUILD}") from None
     finally:
         if not closed:
             _close_error(stream)  # abandoned mid-shard: a pipe's command then dies of SIGPIPE, which is no error

@@ -5,9 +5,11 @@ A data spec is one string (or a list of them) that says where the shards are:
 - a directory holding `_info.json` (written by `ssl-vit-shards`) plus a split name: `resolve_spec("/data/in1k",
   "train")`. Two shorthands name the split inside the string: `"/data/in1k:train"`, and `"/data/in1k/_info.json"`
   (split from the argument, or the only split the file has);
+- a remote index, `"https://host/in1k/_info.json"` or `"https://host/in1k/_info.json:train"`: its shards are the
+  URLs beside it, with its counts and class names (fetched with the same retries as shards, `remote.py`);
 - a brace-expanded URL list: `"/data/train-{000000..000099}.tar"`, `"pipe:curl -s https://host/x-{0..9}.tar"`,
-  `"https://host/x-{0..9}.tar"`, `"s3://bucket/x-{0..9}.tar"` (opened by webdataset's openers; s3 through the
-  AWS CLI). A URL list knows no sample count: pass `num_samples=` when the trainer needs an epoch length.
+  `"https://host/x-{0..9}.tar"`, `"s3://bucket/x-{0..9}.tar"` (http(s) through `remote.HTTPStream`, which
+  retries and resumes; s3 through the AWS CLI; the rest through webdataset's openers). Shards may be `.tar.gz`. A URL list knows no sample count: pass `num_samples=` when the trainer needs an epoch length.
 
 Local shards are checked here, so a typo fails at once with the missing file's name rather than later inside
 a worker process. Remote URLs are checked when they are opened.
@@ -24,13 +26,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import braceexpand
 
 from ssl_vit.errors import DataError
 
+from .remote import RemoteReadError, fetch
+
 INFO_FILE = "_info.json"
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_REMOTE_INFO = re.compile(r"(https?://\S+/_info\.json)(?::([\w.\-]+))?")  # URL[:split]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ def resolve_spec(
         return spec if num_samples is None else _with_count(spec, num_samples, "the ShardSet")
     if not isinstance(spec, str):
         return _url_list([u for s in spec for u in _expand(str(s))], num_samples, str(list(spec)))
+    remote = _REMOTE_INFO.fullmatch(spec)
+    if remote is not None:
+        shards = _from_remote_info(remote.group(1), remote.group(2) or split)
+        return shards if num_samples is None else _with_count(shards, num_samples, remote.group(1))
     directory, split = _directory_of(spec, split)
     if directory is None:
         return _url_list(_expand(spec), num_samples, spec)
@@ -108,16 +118,37 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
             f"shard list such as '{directory}/train-{{000000..000009}}.tar'"
         )
     try:
-        splits = json.loads(info_path.read_text())["splits"]
+        text = info_path.read_text()
+    except OSError as exc:
+        raise DataError(f"{info_path} is not readable ({exc}); rebuild it with `ssl-vit-shards`") from None
+    shards = _from_index(text, str(info_path), split, lambda name: str(directory / name))
+    _check_exist(shards.urls, str(info_path))
+    return shards
+
+
+def _from_remote_info(url: str, split: str | None) -> ShardSet:
+    """An `_info.json` given as an http(s) URL: its shards are the URLs beside it, with its counts and classes."""
+    try:
+        text = fetch(url).decode("utf-8")
+    except (RemoteReadError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the shard index {url}: {exc}") from None
+    base = url[: -len(INFO_FILE)]
+    return _from_index(text, url, split, lambda name: base + "/".join(quote(part) for part in name.split("/")))
+
+
+def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
+    """The ShardSet of `split` in an `_info.json`'s text; `locate(name)` gives a listed shard's URL."""
+    try:
+        splits = json.loads(text)["splits"]
         if not isinstance(splits, dict) or not all(isinstance(e, dict) for e in splits.values()):
             raise TypeError("'splits' must map split names to mappings")
-    except (OSError, ValueError, RecursionError, KeyError, TypeError) as exc:  # unreadable, not JSON, wrong shape
-        raise DataError(f"{info_path} is not a valid shard index ({exc!r}); rebuild it with `ssl-vit-shards`") from None
+    except (ValueError, RecursionError, KeyError, TypeError) as exc:  # not JSON, wrong shape
+        raise DataError(f"{where} is not a valid shard index ({exc!r}); rebuild it with `ssl-vit-shards`") from None
     if split is None and len(splits) == 1:
         split = next(iter(splits))
     if split not in splits:
         what = "no split given" if split is None else f"no split {split!r}"
-        raise DataError(f"{info_path}: {what}; available splits: {', '.join(sorted(splits)) or '(none)'}")
+        raise DataError(f"{where}: {what}; available splits: {', '.join(sorted(splits)) or '(none)'}")
     entry = splits[split]
     try:
         filenames = entry["filenames"]
@@ -128,29 +159,29 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
         names = tuple(entry["class_names"]) if entry.get("class_names") is not None else None
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(
-            f"{info_path}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
+            f"{where}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
         ) from None
     if lengths is not None and len(lengths) != len(filenames):
-        raise DataError(f"{info_path}: split {split!r} lists {len(filenames)} files but {len(lengths)} shard_lengths")
+        raise DataError(f"{where}: split {split!r} lists {len(filenames)} files but {len(lengths)} shard_lengths")
     if lengths is not None and count is not None and sum(lengths) != count:
-        raise DataError(f"{info_path}: split {split!r} num_samples {count} != sum of shard_lengths {sum(lengths)}")
+        raise DataError(f"{where}: split {split!r} num_samples {count} != sum of shard_lengths {sum(lengths)}")
     for name in filenames:
-        _check_plain_name(name, info_path, split)
-    urls = tuple(str(directory / name) for name in filenames)
-    _check_exist(urls, str(info_path))
-    _check_listed_once(urls, str(info_path))
+        _check_plain_name(name, where, split)
+    urls = tuple(locate(name) for name in filenames)
+    _check_listed_once(urls, where)
     if names is not None and len(set(names)) != len(names):
-        raise DataError(f"{info_path}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
+        raise DataError(f"{where}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
     return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names)
 
 
-def _check_plain_name(name: object, info_path: Path, split: str) -> None:
+def _check_plain_name(name: object, info_path: str, split: str) -> None:
     """A shard name from `_info.json` must be a relative path that stays inside the index's directory."""
     plain = (isinstance(name, str) and name and "\0" not in name and not _SCHEME.match(name)
              and not os.path.isabs(name) and ".." not in PurePosixPath(name).parts)
     if not plain:
         raise DataError(
-            f"{info_path}: split {split!r} lists shard {name!r}, which is not a file name inside {info_path.parent}; "
+            f"{info_path}: split {split!r} lists shard {name!r}, which is not a file name inside "
+            f"{info_path.rsplit('/', 1)[0]}; "
             "an _info.json may only name shard files beside it. Fix or rebuild it with `ssl-vit-shards`, or give "
             "remote or pipe: URLs in the data spec itself"
         )

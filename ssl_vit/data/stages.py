@@ -6,6 +6,7 @@ All randomness comes from the `numpy.random.Generator`s passed in, never from gl
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
@@ -73,6 +74,13 @@ class BadSampleTally:
             entry[2], entry[3] = key, f"{type(error).__name__}: {error}"
         if self.too_many(self.bad, self.seen):  # evidence only grows with a bad sample: judge only then
             self._stop()
+
+    def lost_shard(self, url: str, missing: int, error: Exception) -> None:
+        """A shard skipped for this epoch (`shard_errors="skip"`): its `missing` unread samples are reported in
+        `skipped`, and a warning names it; they do not count as bad images."""
+        self.unreported += missing
+        print(f"warning: {self.reader} skips the rest of shard {url} this epoch ({missing} samples): {error}",
+              file=sys.stderr, flush=True)
 
     def take_unreported(self) -> int:
         n, self.unreported = self.unreported, 0

@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ssl_vit.errors import ConfigError, DataError
 
 from .promises import SamplePromises
-from .shards import read_shard
+from .shards import ShardUnreadable, read_shard
 from .spec import ShardSet, resolve_spec
 from .split import Holdout, ShardPart, reader_parts
 from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
@@ -135,9 +135,12 @@ def build_train_stream(
     split: str | None = None,
     max_pixels: int | None = None,
     holdout: Holdout | None = None,
+    shard_errors: str = "stop",
 ) -> Stream:
     """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec);
-    `holdout` keeps only the samples it keeps (`split.Holdout`)."""
+    `holdout` keeps only the samples it keeps (`split.Holdout`). `shard_errors="skip"` skips a shard that
+    cannot be read to its end (after `remote.py`'s retries) for the epoch, counting its unread samples in
+    `skipped`; "stop" (the default) raises."""
     _check_common(batch_size, image_size, rank, world_size, num_workers)
     if seed < 0 or segment < 0 or shuffle_buffer < 0:
         raise ConfigError(f"seed, segment and shuffle_buffer must be >= 0, got {seed}, {segment}, {shuffle_buffer}")
@@ -148,6 +151,8 @@ def build_train_stream(
     if not 0 <= max_bad_fraction <= 1:
         raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
     _check_max_pixels(max_pixels)
+    if shard_errors not in ("stop", "skip"):
+        raise ConfigError(f"shard_errors must be 'stop' or 'skip', got {shard_errors!r}")
     resolved = resolve_spec(shards, split)
     options = _TrainOptions(
         batch_size=batch_size,
@@ -164,6 +169,7 @@ def build_train_stream(
         min_samples=min_samples_for_bad_fraction,
         max_pixels=max_pixels,
         holdout=holdout,
+        shard_errors=shard_errors,
     )
     dataset = _TrainDataset(resolved, options)
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
@@ -250,6 +256,7 @@ class _TrainOptions:
     min_samples: int
     max_pixels: int | None
     holdout: Holdout | None = None
+    shard_errors: str = "stop"
 
 
 class _ShardReader(IterableDataset):
@@ -267,6 +274,11 @@ class _ShardReader(IterableDataset):
 
 
 class _TrainDataset(_ShardReader):
+    def _part_length(self, part: ShardPart) -> int:
+        """Samples in `part` by `_info.json` (0 when unknown)."""
+        lengths = self.shards.shard_lengths
+        return len(range(part.offset, lengths[part.shard], part.stride)) if lengths is not None else 0
+
     def __iter__(self) -> Iterator[dict]:
         o = self.o
         worker, parts = self._parts()
@@ -274,24 +286,34 @@ class _TrainDataset(_ShardReader):
         order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
         reader = f"rank {o.rank} worker {worker}"
         tally = BadSampleTally(o.max_bad_fraction, o.min_samples, reader)
-        raw = shuffled(self._epochs(parts, order_rng, reader), o.shuffle_buffer, buffer_rng)
+        raw = shuffled(self._epochs(parts, order_rng, reader, tally), o.shuffle_buffer, buffer_rng)
         items = train_items(
             raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally,
             max_pixels=o.max_pixels,
         )
         return _reported(train_batches(items, o.batch_size, o.image_size, tally))
 
-    def _epochs(self, parts: list[ShardPart], rng: np.random.Generator, reader: str) -> Iterator[dict]:
+    def _epochs(
+        self, parts: list[ShardPart], rng: np.random.Generator, reader: str, tally: BadSampleTally
+    ) -> Iterator[dict]:
         """Endless: every epoch reads all of this reader's shard parts, in a fresh random order."""
         promises = SamplePromises(self.shards.class_names)
         while True:
             count = 0
             promises.new_epoch()
             for i in rng.permutation(len(parts)):
-                for sample in _read(self.shards, parts[i], promises):
-                    if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
-                        count += 1
-                        yield sample
+                read = 0
+                try:
+                    for sample in _read(self.shards, parts[i], promises):
+                        read += 1
+                        if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
+                            count += 1
+                            yield sample
+                except ShardUnreadable as err:
+                    if self.o.shard_errors == "stop":
+                        raise
+                    missing = max(0, self._part_length(parts[i]) - read)
+                    tally.lost_shard(self.shards.urls[parts[i].shard], missing, err)
             if count == 0:
                 urls = ", ".join(self.shards.urls[p.shard] for p in parts)
                 raise DataError(
