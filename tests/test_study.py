@@ -70,6 +70,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
         assert source.train_seed == 1
     assert record["arms"]["pixels_r50_s1"]["random_init"] == record["arms"]["mean_color_r50_s1"]["random_init"]
     assert record["arms"]["pixels_r50_s0"]["random_init"] != record["arms"]["pixels_r50_s1"]["random_init"]
+    assert len(list((work / "cache").glob("*"))) == 2 * (4 + 2)  # train + test features of 4 arms and 2 inits
     report = (work / "study.md").read_text()
     assert "reference: raw pixels + least squares" in report and "random init (paired baseline)" in report
     assert (work / "study_fewshot.png").is_file()

@@ -107,7 +107,8 @@ def run_arm(arm: Arm, work: Path, *, train: str, test: str, recipe: str, eval_re
     call(["pretrain", "--config", recipe, "--resume", "auto", f"data.train={train}", f"output_dir={pretrain_dir}",
           *overrides, *arm.overrides()])
     call(["eval", "fewshot", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
-          "--test", test, "--config", eval_recipe, "--out", str(eval_dir), *eval_overrides])
+          "--test", test, "--config", eval_recipe, "--out", str(eval_dir), "--cache-dir", str(work / "cache"),
+          *eval_overrides])  # one cache: an init's features are extracted once for every arm of its seed
     from ..eval.results import read_pair
 
     pretrained, random_init = read_pair(eval_dir)

@@ -62,6 +62,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="few-shot draws and holdout splits; the random init of random:MODEL and of "
                              "checkpoints that record no train.seed")
     parser.add_argument("--no-cache", action="store_true", help="extract features again even when cached")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="the feature cache (default: OUT/cache); evaluations that share one reuse each other's "
+                             "features (keyed by checkpoint, data and preprocessing)")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides after the options, e.g. fewshot.shots=[1,5] batch_size=64")
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     tables = []
     for source, run_dir in zip(sources, run_dirs):
         column = run_dir.name if labels.count(source.label) > 1 else source.label  # two runs, one label: use folders
-        tables.append((column, _evaluate(source, run_dir, out / "cache", recipe, evaluators, accelerator)))
+        tables.append((column, _evaluate(source, run_dir, Path(args.cache_dir) if args.cache_dir else out / "cache", recipe, evaluators,
+                                          accelerator)))
     if accelerator.is_main_process:
         from .results import metrics_table
 
