@@ -89,7 +89,8 @@ def test_timm_export_and_its_card(run_dir: Path, tmp_path: Path):
     card = (out / "README.md").read_text()
     assert front_matter(card)["library_name"] == "timm" and front_matter(card)["license"] == "mit"
     assert f'timm.create_model("local-dir:{out}", pretrained=True)' in card
-    assert "pretrained_cfg_overlay=dict(file=" in card and "fc_norm=False" in card
+    assert f'pretrained_cfg_overlay=dict(file="{out}/model.safetensors", custom_load=False)' in card
+    assert "global_pool='token', fc_norm=False" in card
     objective, _, _ = restore_objective(run_dir / STEP_DIR)
     loaded = load_backbone(out).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -178,9 +178,11 @@ def _usage(facts: CardFacts) -> str:
                 f"transform = timm.data.create_transform(**config)\n"
                 f"features = model(transform(image).unsqueeze(0))           # ({c.embed_dim},) per image\n```\n\n"
                 f"`timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=…))` does not read "
-                f"config.json; it needs everything spelled out:\n\n```python\n"
+                f"config.json (timm then starts from its registry's config for ARCH: 1000 classes, token pooling, "
+                f"perhaps an .npz loader); it needs everything spelled out:\n\n```python\n"
                 f'timm.create_model("{timm_architecture(c)}", pretrained=True, num_classes=0,\n'
-                f'                  pretrained_cfg_overlay=dict(file="{where}/model.safetensors"), {args})\n```')
+                f'                  pretrained_cfg_overlay=dict(file="{where}/model.safetensors", custom_load=False),\n'
+                f'                  {args})\n```')
     return ("ssl_vit:\n\n```python\nfrom ssl_vit.models import load_backbone\n\n"
             f'model = load_backbone("{where}").eval()   # the architecture comes from the .json beside it\n'
             "features = model.forward_head(model.forward_features(images), pre_logits=True)\n```\n\n"
