@@ -1,4 +1,4 @@
-"""`ssl-vit pretrain|export|eval|analyze|demo|study`: one table of subcommands, each a module imported only when used.
+"""`ssl-vit pretrain|export|eval|analyze|demo|study|recipes`: one table of subcommands, each a module imported only when used.
 
 A subcommand module has `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad recipe, data or
 checkpoint) reaches the user as one line, `error: …`, with exit status 2 and no traceback unless `--debug`.
@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
     "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),
     "study": ("ssl_vit.commands.study", "a grid of targets × corruption rates × seeds, each against its own random init"),
+    "recipes": ("ssl_vit.commands.recipes", "list the shipped recipes, print one (show NAME) or its file (path NAME)"),
 }
 
 
@@ -38,6 +39,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported and asked for its arguments."""
     parser = argparse.ArgumentParser(prog="ssl-vit", description="Masked patch prediction pretraining for Vision Transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -45,6 +47,19 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             _load(name).add_arguments(p)
     return parser
+
+
+def version_line() -> str:
+    """`ssl-vit 0.1.0 (torch 2.13.0, accelerate 1.15.0, Python 3.11.7)`: what a bug report needs."""
+    import platform
+
+    import accelerate
+    import torch
+
+    from . import __version__
+
+    return (f"ssl-vit {__version__} (torch {torch.__version__}, accelerate {accelerate.__version__}, "
+            f"Python {platform.python_version()})")
 
 
 def _command_in(argv: list[str]) -> str | None:

@@ -199,7 +199,16 @@ def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expects a recipe path, got {base!r}")
-    merged = _read_recipe(path.parent / base, seen + (path.resolve(),))
+    base_path = path.parent / base
+    if not base_path.is_file() and not Path(base).is_absolute():
+        from .recipe_files import shipped_recipe  # a copy of a shipped recipe names its base by file name
+
+        try:
+            base_path = shipped_recipe(base, kind=path.parent.name)
+        except ConfigError:
+            raise ConfigError(f"{path.parent / base}: recipe not found (included from {path}; "
+                              "neither a file there nor a shipped recipe)") from None
+    merged = _read_recipe(base_path, seen + (path.resolve(),))
     _deep_merge(merged, data)
     return merged
 

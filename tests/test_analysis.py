@@ -163,7 +163,7 @@ def test_figure7_pngs(tmp_path):
 
 def test_missing_matplotlib_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes `import matplotlib.figure` fail
-    with pytest.raises(UserError, match=r"pip install 'ssl_vit\[demo\]'"):
+    with pytest.raises(UserError, match=r"pip install 'ssl_vit\[analysis\]'"):
         figure7.plot_attention_distance(np.ones((2, 2)), tmp_path / "c.png")
 
 

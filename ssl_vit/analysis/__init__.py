@@ -2,7 +2,7 @@
 
 The numbers (`patch_embedding_components`, `position_similarity`, `mean_attention_distance`,
 `masked_prediction_panels`, `fewshot_curve`) are plain functions of tensors and models; the `plot_*` functions
-write PNGs with matplotlib (the optional `demo` extra), and `write_report` ties them into Markdown.
+write PNGs with matplotlib (the optional `analysis` extra), and `write_report` ties them into Markdown.
 """
 from .figure7 import (
     mean_attention_distance,

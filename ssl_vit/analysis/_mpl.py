@@ -3,7 +3,7 @@
 Figures are built as `matplotlib.figure.Figure` objects bound to an Agg canvas rather than through pyplot:
 that is the Agg backend chosen explicitly, without touching pyplot's global backend or figure registry, so
 drawing works on headless machines, never opens a window, and leaks no figures in long-running processes.
-matplotlib is an optional extra (`ssl_vit[demo]`), hence the import inside the function.
+matplotlib is an optional extra (`ssl_vit[analysis]`), hence the import inside the function.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def new_figure(width: float, height: float):
         from matplotlib.figure import Figure
     except ImportError as err:
         raise UserError(
-            "drawing figures needs matplotlib, an optional extra: pip install 'ssl_vit[demo]'"
+            "drawing figures needs matplotlib, an optional extra: pip install 'ssl_vit[analysis]'"
         ) from err
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

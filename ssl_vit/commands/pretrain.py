@@ -16,10 +16,12 @@ import torch.distributed as dist
 
 from ..config import PretrainConfig, accumulation_steps, load_config, model_overrides
 from ..errors import ConfigError, UserError, report_now
+from ..recipe_files import resolve_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="RECIPE", help="recipe YAML, e.g. recipes/pretrain/smoke.yaml")
+    parser.add_argument("--config", required=True, metavar="RECIPE",
+                        help="a recipe file or a shipped recipe's name (pretrain/smoke, vit_b16_mean_color; see `ssl-vit recipes`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-3 data.train=/data/in1k")
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="auto: continue from output_dir's latest checkpoint (fresh start if none); PATH: from that checkpoint or run")
@@ -70,6 +72,7 @@ def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) 
 
 
 def run(args: argparse.Namespace) -> int:
+    args.config = resolve_recipe(args.config, "pretrain")
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(cfg.to_yaml(), end="")

@@ -27,7 +27,6 @@ from ..errors import ConfigError, UserError
 from ..eval.results import read_pair
 from .report import write_demo_report
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 SHOTS = ("1", "5", "10", "25")
 # --quick: seconds, for the test suite; checks every artefact, proves nothing about learning.
 QUICK_PRETRAIN = ["train.total_steps=4", "train.global_batch=32", "data.batch_size=32", "data.num_workers=0",
@@ -40,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", default=None, metavar="SPEC",
                         help="your own labelled training shards (e.g. /data/x:train); default: the digits")
     parser.add_argument("--test", default=None, metavar="SPEC", help="your own labelled test shards")
-    parser.add_argument("--recipe", default=str(RECIPES / "digits.yaml"), help="the pretraining recipe")
-    parser.add_argument("--eval-recipe", default=str(RECIPES / "eval.yaml"), help="the evaluation recipe")
+    parser.add_argument("--recipe", default="demo/digits", help="the pretraining recipe (a file or a shipped name)")
+    parser.add_argument("--eval-recipe", default="demo/eval", help="the evaluation recipe (a file or a shipped name)")
     parser.add_argument("--quick", action="store_true", help="a few steps only (for tests): artefacts, not results")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="pretraining recipe overrides, e.g. train.total_steps=600 objective.kwargs.target=mean_color")

@@ -57,7 +57,8 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test", default=None, help="labelled test data spec")
     parser.add_argument("--train-split", default=None, help="split name inside --train (default: train)")
     parser.add_argument("--test-split", default=None, help="split name inside --test (default: validation)")
-    parser.add_argument("--config", default=None, help="recipes/eval/*.yaml (for `finetune`: recipes/finetune/*.yaml)")
+    parser.add_argument("--config", default=None, metavar="RECIPE",
+                        help="a file or a shipped recipe's name: eval/default (for `finetune`: finetune/vit_b16_paper)")
     parser.add_argument("--out", default=None, help="output directory (default: runs/eval)")
     parser.add_argument("--seed", type=int, default=None, help="few-shot draws and holdout splits; the random init of random:MODEL and of "
                              "checkpoints that record no train.seed")
@@ -123,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _recipe(args: argparse.Namespace):
     """The eval recipe with the command-line data flags applied, and the evaluators to build (checked now)."""
+    from ..recipe_files import resolve_recipe
     from .recipe import load_eval_recipe
     from .registry import build
 
@@ -132,7 +134,7 @@ def _recipe(args: argparse.Namespace):
         recipe = load_eval_recipe(None)
         options = {"finetune": {"recipe": args.config, "overrides": overrides}}
     else:
-        recipe = load_eval_recipe(args.config, overrides)
+        recipe = load_eval_recipe(resolve_recipe(args.config, "eval") if args.config else None, overrides)
         options = recipe.evaluators if args.protocol == "all" else {args.protocol: recipe.evaluators.get(args.protocol, {})}
     for flag, key in (("train", "train"), ("test", "test"), ("train_split", "train_split"), ("test_split", "test_split")):
         if getattr(args, flag) is not None:

@@ -195,7 +195,9 @@ class Finetune:
         if recipe is None:
             raise ConfigError("fine-tuning needs a recipe: --config recipes/finetune/smoke.yaml (or vit_b16_paper.yaml, "
                               "vit_b16_mae.yaml), or `finetune: {recipe: ...}` in the eval recipe")
-        self.cfg = load_finetune_config(recipe, list(overrides))  # checked now, before any feature extraction
+        from ..recipe_files import resolve_recipe
+
+        self.cfg = load_finetune_config(resolve_recipe(recipe, "finetune"), list(overrides))  # checked now, before any feature extraction
         self.resume = resume
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
