@@ -4,15 +4,10 @@
     .venv/bin/python bench/memory.py --quick --json      # smoke: vit_nano_patch4, seconds
     python bench/memory.py --model vit_huge_patch14 --batch 64 --grad-checkpointing --budget-gib 139
 
-Why: "does ViT-L/16 at batch 128 fit in 80 GB?" should be answerable before renting the GPU. Both
-implementations are built on the meta device and materialised as fake tensors (`FakeTensorMode`: shapes,
-dtypes and devices, no storage) and run a training step (forward under autocast, backward, fused AdamW,
-`zero_grad(set_to_none=True)`) that creates the optimizer state, then a second one under torch's `MemTracker`,
-which sees every tensor allocated and freed and keeps the peak by category: parameters, gradients, optimizer
-state, activations, temporaries — the steady state of training. The fake tensors live on the CPU and autocast is
-the CPU's bf16 policy (matmuls in bf16, norms and softmax in fp32, as on CUDA); the attention saves what the
-flash kernels save (output and log-sum-exp). Not seen: the CUDA context (~0.5 GiB) and the caching
-allocator's rounding and fragmentation, so leave headroom below the budget.
+Why: "does ViT-L/16 at batch 128 fit in 80 GB?" should be answerable before renting the GPU, and the
+answer should not depend on whose ViT it is. Both implementations go through the package's estimator,
+`ssl_vit.estimate.step_peak_memory` (fake tensors under torch's MemTracker; `ssl-vit estimate-memory` is the
+same estimate for a recipe), whose docstring says what is and is not counted.
 
 `ratio` = reference peak ÷ our peak (higher is better: ours needs less), the smallest over the settings.
 """
@@ -29,57 +24,25 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common  # noqa: E402  (bench/common.py, a sibling script module)
 from step import build_pair, enable_checkpointing  # noqa: E402  (bench/step.py: the two implementations)
 
+from ssl_vit.estimate import GIB, step_peak_memory  # noqa: E402
 from ssl_vit.models import create_model, list_models  # noqa: E402
-from ssl_vit.train.optim import param_groups  # noqa: E402
 
 TITLE = "bench/memory.py — peak memory of an MPP training step, ours vs Hugging Face ViT (estimated, fake tensors)"
-GIB = 2**30
 # (model, batch, activation checkpointing): issue 7's two GPU settings, and ViT-L/16 without checkpointing.
 DEFAULT_SETTINGS = [("vit_base_patch16", 256, False), ("vit_large_patch16", 128, False),
                     ("vit_large_patch16", 128, True)]
 QUICK_SETTINGS = [("vit_nano_patch4", 8, False), ("vit_nano_patch4", 8, True)]
-CATEGORIES = {"Parameter": "params", "Gradient": "grads", "Optstate": "optimizer", "Activation": "activations",
-              "Temp": "temporaries"}
 
 
 def peak_memory(name: str, impl: str, batch: int, *, checkpointing: bool, bf16: bool,
                 img_size: int | None = None) -> dict:
     """Peak bytes, by category and in total, of a steady-state training step of `impl` ("ours" | "reference")."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     with torch.device("meta"):
         ours, reference = build_pair(name, img_size, torch.device("meta"))
     model = ours if impl == "ours" else reference
-    side = ours.backbone.config.img_size
     if checkpointing:
         enable_checkpointing(model)
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        model = model.to_empty(device="cpu").train()  # (meta → fake) every tensor: shapes, no storage
-        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, fused=True)
-        images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8)  # (B, 3, S, S)
-
-        def step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = model(images)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        step()  # untracked: creates the optimizer state, which the tracker then counts from the start
-        tracker = MemTracker()
-        tracker.track_external(model, optimizer, images)
-        with tracker:
-            step()
-        snapshot = tracker.get_tracker_snapshot("peak")
-    per_device = next(iter(snapshot.values()))  # one (fake) device
-    out = {label: 0 for label in CATEGORIES.values()}
-    for kind, value in per_device.items():
-        label = CATEGORIES.get(getattr(kind, "value", kind))
-        if label:
-            out[label] += int(value)
-    out["total"] = int(per_device["Total"])
-    return out
+    return step_peak_memory(model, batch, ours.backbone.config.img_size, bf16=bf16)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""`ssl-vit pretrain|export|eval|analyze|demo|study|recipes`: one table of subcommands, each a module imported only when used.
+"""`ssl-vit COMMAND`: one table of subcommands (`COMMANDS` below), each a module imported only when used.
 
 A subcommand module has `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad recipe, data or
 checkpoint) reaches the user as one line, `error: …`, with exit status 2 and no traceback unless `--debug`.
@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
     "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),
     "study": ("ssl_vit.commands.study", "a grid of targets × corruption rates × seeds, each against its own random init"),
+    "estimate-memory": ("ssl_vit.commands.estimate_memory", "peak memory of one training step per device, estimated without a GPU"),
     "recipes": ("ssl_vit.commands.recipes", "list the shipped recipes, print one (show NAME) or its file (path NAME)"),
 }
 
