@@ -37,12 +37,12 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from shardgen import Sample, write_shards  # noqa: E402  (tests/shardgen.py: shards without data_tools)
 
+from data_tools.progress_bar import progress_bar  # noqa: E402
 from ssl_vit.data import build_train_stream, resolve_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -76,7 +76,7 @@ def make_dataset(count: int) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 5, (HEIGHT * 2, WIDTH, 3)).astype(np.float32)  # a bank of noise rows, sliced per image
     samples = []
-    for i in tqdm(range(count), desc="generating bench images", unit="img"):
+    for i in progress_bar(range(count), desc="generating bench images", unit="img"):
         label = i % CLASSES
         path = images / f"class{label}" / f"img{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     urls = list(resolve_spec(str(shards)).urls)
 
     ours_s, base_s = [], []
-    for rep in tqdm(range(reps), desc="1 core, interleaved", unit="rep"):
+    for rep in progress_bar(range(reps), desc="1 core, interleaved", unit="rep"):
         ours_s.append(images_per_s(ours(shards, 0, rep), count))
         base_s.append(images_per_s(baseline_loader(urls, 0), count))
     workers = {}

@@ -38,11 +38,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import common  # noqa: E402  (bench/common.py)
 
+from data_tools.progress_bar import progress_bar  # noqa: E402
 from ssl_vit.data import ShardSet, build_train_stream, resolve_spec  # noqa: E402
 from ssl_vit.models import list_models  # noqa: E402
 
@@ -62,7 +62,7 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> None:
     photos = [Image.fromarray(a) for a in load_sample_images().images]  # two 640×427 RGB photographs
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(count), desc="photos", unit="img", file=sys.stderr):
+    for i in progress_bar(range(count), desc="photos", unit="img", file=sys.stderr):
         photo = photos[i % len(photos)]
         scale = rng.uniform(0.35, 1.0)  # share of the photo's width, at the 4:3 output aspect
         w = int(photo.width * scale)
@@ -177,7 +177,7 @@ def measure(shards: ShardSet, args: argparse.Namespace, device: torch.device, co
     """Per worker count: the loader alone and the loader feeding the step, each the median of `args.reps` runs."""
     results = []
     runs = len(args.workers) * args.reps * 2
-    with tqdm(total=runs, desc="loader runs", unit="run", file=sys.stderr) as bar:
+    with progress_bar(total=runs, desc="loader runs", unit="run", file=sys.stderr) as bar:
         for n in args.workers:
             alone, fed, waits = [], [], []
             for rep in range(args.reps):  # alone and fed alternate, so drift hits both alike

@@ -18,12 +18,12 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import common  # noqa: E402  (bench/common.py, a sibling script module)
 from step import build_pair, enable_checkpointing  # noqa: E402  (bench/step.py: the two implementations)
 
+from data_tools.progress_bar import progress_bar  # noqa: E402
 from ssl_vit.estimate import GIB, step_peak_memory  # noqa: E402
 from ssl_vit.models import create_model, list_models  # noqa: E402
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     common.apply_threads(args)
     results = []
-    bar = tqdm(total=2 * len(args.settings), desc="fake-tensor steps", unit="run", file=sys.stderr)
+    bar = progress_bar(total=2 * len(args.settings), desc="fake-tensor steps", unit="run", file=sys.stderr)
     for name, batch, checkpointing in args.settings:
         with torch.device("meta"):
             side = args.img_size or create_model(name).config.img_size

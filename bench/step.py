@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 import common  # noqa: E402  (bench/common.py, a sibling script module)
 
+from data_tools.progress_bar import progress_bar  # noqa: E402
 from ssl_vit.data.normalize import normalize_uint8  # noqa: E402
 from ssl_vit.train.metrics import peak_flops  # noqa: E402
 from ssl_vit.models import create_model, list_models, to_hf_config, to_hf_state_dict  # noqa: E402
@@ -191,7 +191,7 @@ def measure(name: str, args: argparse.Namespace, device: torch.device, gpu: str 
         for _ in range(args.warmup):
             runner.step()
         sync()
-    with tqdm(total=args.reps * 2, desc=f"{name} interleaved", unit="block", file=sys.stderr) as bar:
+    with progress_bar(total=args.reps * 2, desc=f"{name} interleaved", unit="block", file=sys.stderr) as bar:
         times = common.interleaved({k: r.block for k, r in runners.items()}, reps=args.reps, sync=sync,
                                    progress=lambda *_: bar.update())
     if args.profile:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .progress_bar import progress_bar
+
 from .errors import DataToolsError
 from .info import INFO_NAME, read_info, set_split, split_entry
 from .layout import clear_split, remove_stale, shard_name, skipped_path, split_files, write_skipped
@@ -230,7 +232,7 @@ def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[S
     reencoded = read_bytes = 0
     clock = time.perf_counter()
     writer: ShardWriter | None = None
-    bar = tqdm(total=len(order), initial=start, unit="file", desc=opts.split, disable=not progress,
+    bar = progress_bar(total=len(order), initial=start, unit="file", desc=opts.split, disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
     work = functools.partial(make_samples, opts=opts)
     results = ordered_map(work, batched(order[start:], BATCH), workers)

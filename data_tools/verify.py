@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
+from .progress_bar import progress_bar
 
 from .errors import DataToolsError
 from .info import INFO_NAME, read_info
@@ -90,7 +90,7 @@ def _verify_split(out: Path, name: str, entry: object, report: VerifyReport, wor
     expectations = [dataclasses.replace(e, max_pixels=max_pixels) for e in expectations]
     report.problems += problems
     seen: dict[str, str] = {}
-    with tqdm(total=sum(e.count for e in expectations), unit="sample", desc=f"verify {name}",
+    with progress_bar(total=sum(e.count for e in expectations), unit="sample", desc=f"verify {name}",
               disable=not progress, dynamic_ncols=True) as bar:
         for result in ordered_map(_check_shards, ([e] for e in expectations), workers):
             report.shards += 1

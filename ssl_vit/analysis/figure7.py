@@ -126,9 +126,9 @@ def mean_attention_distance(
 
     `images` is a uint8 batch (normalised here) or an already-normalised float batch. Images go through in
     chunks of `batch_size`, so memory stays at one chunk's depth × (B, H, T, T) weights (ViT-B/16, 16 images:
-    ~360 MB) whatever the number of images. `progress` shows a tqdm bar over the chunks.
+    ~360 MB) whatever the number of images. `progress` shows a progress bar over the chunks.
     """
-    from tqdm.auto import tqdm
+    from data_tools.progress_bar import progress_bar
 
     if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(f"expected a non-empty (B, 3, H, W) image batch, got shape {tuple(images.shape)}")
@@ -139,7 +139,7 @@ def mean_attention_distance(
     model.eval()
     total = torch.zeros(len(model.blocks), model.config.num_heads, dtype=torch.float64, device=device)  # (depth, heads)
     try:
-        for chunk in tqdm(images.split(batch_size), desc="attention distance", unit="batch", disable=not progress):
+        for chunk in progress_bar(images.split(batch_size), desc="attention distance", unit="batch", disable=not progress):
             chunk = chunk.to(device)
             x = normalize_uint8(chunk) if chunk.dtype == torch.uint8 else chunk.float()
             attentions = model.forward_intermediates(x, layers=[], return_attention=True)["attentions"]

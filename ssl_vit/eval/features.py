@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Iterable, Literal, Sequence
 
 import torch
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
+from data_tools.progress_bar import progress_bar
 
 from ssl_vit.data.normalize import normalize_uint8
 from ssl_vit.errors import ConfigError, DataError
@@ -113,7 +113,7 @@ def extract_features(
     backbone.eval()
     xs, labels, keys = [], [], []
     world = accelerator.num_processes if accelerator is not None else 1
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not main, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc=desc, unit="img", disable=not main, dynamic_ncols=True)
     failure = None
     try:
         for batch in batches:

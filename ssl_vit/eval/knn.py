@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from data_tools.progress_bar import progress_bar
 
 from ssl_vit.errors import ConfigError
 
@@ -36,7 +36,7 @@ def knn_votes(
     block = SIM_BLOCK_CUDA if torch.device(device).type == "cuda" else SIM_BLOCK
     batch = max(1, block // max(len(train_n), 1))
     votes: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
-    for start in tqdm(range(0, len(test_x), batch), desc="knn", unit="block", disable=len(test_x) <= batch, leave=False):
+    for start in progress_bar(range(0, len(test_x), batch), desc="knn", unit="block", disable=len(test_x) <= batch, leave=False):
         query = F.normalize(test_x[start : start + batch].float().to(device), dim=1)  # (b, D)
         sims, idx = (query @ train_n.T).topk(k_max, dim=1)  # (b, k_max), most similar first
         weights = (sims / temperature).exp()  # (b, k_max)

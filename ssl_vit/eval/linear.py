@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from data_tools.progress_bar import progress_bar
 
 from ssl_vit.errors import ConfigError
 
@@ -119,7 +119,7 @@ class LinearProbe:
         train, test, num_classes = ctx.train_test(self.pool, self.layers)
         fit_idx, hold_idx = split_holdout(len(train), self.holdout_fraction, ctx.seed)
         scores = {}
-        for wd in tqdm(self.weight_decays, desc="linear: weight decay", disable=not ctx.is_main, leave=False):
+        for wd in progress_bar(self.weight_decays, desc="linear: weight decay", disable=not ctx.is_main, leave=False):
             probe = fit_logistic(train.x[fit_idx], train.labels[fit_idx], num_classes, wd, self.max_iter, ctx.device)
             scores[wd] = topk_accuracy(probe.logits(train.x[hold_idx]).cpu(), train.labels[hold_idx], 1)
             log.info("linear: weight decay %g -> holdout top-1 %.2f", wd, scores[wd])

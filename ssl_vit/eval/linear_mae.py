@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from data_tools.progress_bar import progress_bar
 
 from ssl_vit.errors import ConfigError
 from ssl_vit.train.optim import lr_factor
@@ -66,7 +66,7 @@ def mae_linear_probe(
         num_workers=ctx.data.num_workers,
     )
     losses: list[torch.Tensor] = []
-    bar = tqdm(total=total, desc="linear (mae)", disable=not ctx.is_main, dynamic_ncols=True)
+    bar = progress_bar(total=total, desc="linear (mae)", disable=not ctx.is_main, dynamic_ncols=True)
     try:
         for step, batch in zip(range(total), stream):
             for group in optimizer.param_groups:

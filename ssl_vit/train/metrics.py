@@ -3,7 +3,7 @@
 Each step adds detached device tensors to a `MetricsWindow`; only every `log_every` steps is the window
 reduced across ranks and brought to the host (one `.tolist()`). `MetricsLog` then writes one JSON line to
 `metrics.jsonl` (always), hands the same record to Accelerate's trackers (tensorboard, wandb… when
-configured) and updates the tqdm bar on the main process.
+configured) and updates the progress bar (data_tools.progress_bar) on the main process.
 
 A record: `step`, `loss` (mean over the window's finite steps and all ranks; null if none), `lr`, the
 objective's metrics, `images_per_s`, `data_wait_s` (seconds per step spent waiting for the data stream,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
+from data_tools.progress_bar import progress_bar
 
 # Dense peak TFLOP/s per device (vendor datasheets, without sparsity): (name fragment, bf16, fp32), the more
 # specific names first ("H100 PCIe" before "H100", the SXM part). CPUs: no MFU.
@@ -105,7 +105,7 @@ class MetricsWindow:
 
 
 class MetricsLog:
-    """metrics.jsonl + Accelerate trackers + the tqdm bar. Construct on every rank; only the main one writes."""
+    """metrics.jsonl + Accelerate trackers + the progress bar. Construct on every rank; only the main one writes."""
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class MetricsLog:
         self.flops_per_image = flops_per_image
         if self.main:
             truncate_after(self.path, start_step)
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not self.main, dynamic_ncols=True,
+        self.bar = progress_bar(total=total_steps, initial=start_step, disable=not self.main, dynamic_ncols=True,
                         desc="train", unit="step")
 
     def advance(self) -> None:
