@@ -91,7 +91,7 @@ def pretrain_step_memory(cfg: PretrainConfig) -> dict:
     parameters = sum(p.numel() for p in objective.parameters())
     peak = step_peak_memory(objective, cfg.data.batch_size, cfg.data.image_size, bf16=precision == "bf16")
     return {"model": cfg.model.name, "objective": cfg.objective.name, "batch_per_device": cfg.data.batch_size,
-            "image_size": cfg.data.image_size, "precision": precision,
+            "image_size": cfg.data.image_size, "precision": precision, "precision_setting": cfg.train.precision,
             "grad_checkpointing": cfg.train.grad_checkpointing, "parameters": parameters,
             "peak_bytes": peak}
 
@@ -102,6 +102,7 @@ def describe(estimate: dict, budget_gib: float | None = None) -> str:
     parts = ", ".join(f"{name} {peak[name] / GIB:.2f}" for name in CATEGORIES.values())
     text = (f"{estimate['model']} ({estimate['parameters'] / 1e6:.1f}M parameters with the objective), "
             f"{estimate['batch_per_device']} × {estimate['image_size']}px per device, {estimate['precision']}"
+            f"{' (precision auto, on a GPU)' if estimate.get('precision_setting') == 'auto' else ''}"
             f"{', activation checkpointing' if estimate['grad_checkpointing'] else ''}: "
             f"peak {peak['total'] / GIB:.2f} GiB per device\n  at the peak (GiB): {parts}")
     if budget_gib is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="auto|PATH",
                         help="auto: continue from output_dir's latest checkpoint (fresh start if none); PATH: from that checkpoint or run")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe as YAML and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan (data, batch arithmetic, length, resume, memory per device) and exit without training")
+    parser.add_argument("--processes", type=int, default=None, metavar="N",
+                        help="with --dry-run: plan for N processes (default: this launch's, 1 outside accelerate launch)")
 
 
 def total_steps(cfg: PretrainConfig, num_samples: int | None) -> int:
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
     steps = total_steps(cfg, shards.num_samples)
+    if args.dry_run:
+        return _dry_run(args, cfg, shards, steps)
     accelerator = make_accelerator(cfg.train, cfg.output_dir)
     try:
         # Before any model is built: the batch arithmetic depends on the process count, known only now.
@@ -123,4 +130,16 @@ def run(args: argparse.Namespace) -> int:
         accelerator.end_training()  # destroys the process group: every rank exits cleanly
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, cfg: PretrainConfig, shards, steps: int) -> int:
+    """The plan, printed once (by the first process under `accelerate launch`); nothing is built or trained."""
+    from .dry_run import format_plan, plan, planned_processes
+
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {args.processes}")
+    rows = plan(cfg, args.config, list(args.overrides), shards, steps, planned_processes(args.processes), args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"dry run: nothing is trained\n{format_plan(rows)}", end="")
     return 0

@@ -44,6 +44,12 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint directory's name says (`step_0001000` → 1000), without reading it; None otherwise."""
+    match = _NAME.match(Path(path).name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (temporary directories are not complete)."""
     if not root.is_dir():
