@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from trainer_fixtures import write_pretrain_shards
 
 from ssl_vit import cli
 from ssl_vit.config import load_config
@@ -15,9 +14,9 @@ from ssl_vit.recipe_files import resolve_recipe
 PLAN = ["data.batch_size=8", "train.total_steps=200", "optim.warmup_steps=10"]
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=48, shard_size=16)
+@pytest.fixture
+def shards(pretrain_shards) -> Path:
+    return pretrain_shards  # conftest's: 48 images in 3 shards of 16
 
 
 def _dry_run(capsys, *argv: str) -> tuple[int, dict[str, str], str]:

@@ -6,7 +6,7 @@ import io
 import re
 
 import pytest
-from trainer_fixtures import run_pretrain, smoke_overrides, write_pretrain_shards
+from trainer_fixtures import run_pretrain, smoke_overrides
 
 from data_tools.progress_bar import LOG_INTERVAL_S, progress_bar
 
@@ -55,11 +55,10 @@ def test_a_terminal_keeps_the_redrawn_bar():
 
 
 @pytest.mark.timeout(180)
-def test_pretraining_under_nohup_logs_lines(tmp_path):
+def test_pretraining_under_nohup_logs_lines(pretrain_shards_32, tmp_path):
     """stderr is a pipe here, as under nohup or SLURM: the trainer's bar is lines, loss and images/s included
     (TQDM_MININTERVAL, tqdm's variable, sets the interval)."""
-    data = write_pretrain_shards(tmp_path / "shards", num_samples=32)
-    proc = run_pretrain(smoke_overrides(data, tmp_path / "run", **{"train.total_steps": 4, "train.log_every": 1,
+    proc = run_pretrain(smoke_overrides(pretrain_shards_32, tmp_path / "run", **{"train.total_steps": 4, "train.log_every": 1,
                                                                    "optim.warmup_steps": 1}), TQDM_MININTERVAL="0")
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
