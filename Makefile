@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The suite, then the install test: the wheel in a fresh venv, used from an empty directory (tests/install_test.sh).
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+	PY=$(PY) bash tests/install_test.sh
 
 demo: $(STAMP)
 	$(BIN)/python -m ssl_vit demo --workdir runs/demo
@@ -26,4 +28,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py && $(BIN)/python bench/step.py && $(BIN)/python bench/loader_vs_gpu.py
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info

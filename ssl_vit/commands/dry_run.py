@@ -3,10 +3,10 @@ reading an image or allocating the model — on a login node, before queueing th
 
     $ ssl-vit pretrain --config vit_b16_mean_color data.train=/data/in1k:train --dry-run --processes 8
     recipe   /…/recipes/pretrain/vit_b16_mean_color.yaml (pretrain/vit_b16_mean_color) + 1 override
-    data     /data/in1k:train: 1,281,167 images in 1,024 shards (1,251 per shard, 140.21 GB), 1,000 classes: …
+    data     /data/in1k:train: 1,281,167 images in 1,024 shards (1,251–1,252 per shard, 140.21 GB), 1,000 classes: …
     batch    128 per device × 8 processes × 4 accumulation = 4,096 images per step
-    length   100,000 steps (train.total_steps) = 312.2 epochs of 313 steps; 409,600,000 images
-    run dir  runs/vit_b16_mean_color: a new run (nothing to resume)
+    length   100,000 steps (train.total_steps) = 319.5 epochs of 313 steps; 409,600,000 images …
+    run dir  runs/vit_b16_mean_color: a new run
     memory   vit_base_patch16 (…): peak 9.06 GiB per device …
 
 Every number comes from the code the run itself uses (`resolve_spec`, `accumulation_steps`, `total_steps`,
