@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -152,6 +153,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         sources[key] = COMMAND_LINE
     cfg = from_dict(raw, where, sources)
     validate(cfg, where, sources)
+    check_output_dir(cfg.output_dir, "output_dir", sources.get("output_dir", where))
     return cfg
 
 
@@ -341,18 +343,43 @@ def _coerce(value: Any, hint: Any, name: str, where: str) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)  # 1e5 in YAML is a float
-            _type_error(value, "an integer", name, where)
+                value = int(value)  # 1e5 in YAML is a float
+            else:
+                _type_error(value, "an integer", name, where)
+        if name == "seed" or name.endswith(".seed"):
+            check_seed(value, name, where)
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _type_error(value, "a number", name, where)
+        if not math.isfinite(value):  # YAML's .nan/.inf, or 1e999: no setting means it, and it fails steps later
+            raise ConfigError(f"{where}: {name}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
             _type_error(value, "a string", name, where)
         return value
     raise TypeError(f"config field {name} has an unsupported type {hint}")
+
+
+SEED_RANGE = range(2**32)  # what numpy's, torch's and Python's generators all take
+
+
+def check_seed(value: int, name: str, where: str) -> None:
+    """A seed outside [0, 2**32) fails in numpy (negative) or is silently reduced elsewhere: refuse it here."""
+    if value not in SEED_RANGE:
+        raise ConfigError(f"{where}: {name} must be an integer in [0, 2**32), got {value}")
+
+
+def check_output_dir(path: str, name: str, where: str) -> None:
+    """An output directory that is a file (or lies under one) would fail at the first write, after the model
+    was built and data opened: refuse it at start-up."""
+    node = Path(path)
+    while not node.exists() and node != node.parent:
+        node = node.parent
+    if node.exists() and not node.is_dir():
+        what = "is a file" if node == Path(path) else f"lies under {node}, which is a file"
+        raise ConfigError(f"{where}: {name} {path!r} {what}; choose a folder for the run")
 
 
 def _number(text: str) -> Any:

@@ -74,7 +74,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.protocol == "compare":
         return _compare(args)
-    from ssl_vit.config import TrainConfig
+    from ssl_vit.config import TrainConfig, check_output_dir
     from ssl_vit.train.trainer import make_accelerator
 
     from .backbones import resolve_backbone
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         sources.append(sources[0].random_baseline(recipe.seed))
     finetune = evaluators.get("finetune")
     out = Path(args.out or "runs/eval")
+    check_output_dir(str(out), "--out", "command line")
     # Fine-tuning alone trains as its recipe says (precision, trackers); otherwise the eval recipe's precision.
     train_cfg = finetune.cfg.train if args.protocol == "finetune" else TrainConfig(precision=recipe.precision)
     accelerator = make_accelerator(train_cfg, out)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 
-from ssl_vit.config import parse_override, read_yaml_mapping
+from ssl_vit.config import check_seed, parse_override, read_yaml_mapping
 from ssl_vit.errors import ConfigError
 
 from .context import DataConfig
@@ -139,6 +139,7 @@ def _build(raw: dict, where: str) -> EvalRecipe:
     seed, cache = raw.get("seed", 0), raw.get("cache", True)
     if not isinstance(seed, int) or not isinstance(cache, bool):
         raise ConfigError(f"{where}: seed must be an integer and cache true or false, got {seed!r}, {cache!r}")
+    check_seed(seed, "seed", where)
     precision = raw.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ConfigError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
