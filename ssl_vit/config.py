@@ -69,6 +69,8 @@ class DataConfig:
     crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
     hflip: bool = True
     max_bad_fraction: float = 0.01  # undecodable images tolerated before the stream stops with a DataError
+    max_pixels: int | None = None  # width × height cap per image, refused before decoding (None: Pillow's bomb limit)
+    shard_errors: Literal["stop", "skip"] = "stop"  # a shard unreadable after retries: stop, or skip it for the epoch
 
 
 @dataclass
@@ -439,6 +441,9 @@ def validate(cfg: PretrainConfig, where: str, sources: dict[str, str] | None = N
         raise ConfigError(f"{at('data.crop_scale')}: data.crop_scale must satisfy 0 < min ≤ max ≤ 1, got {list(d.crop_scale)}")
     if not 0 < d.crop_ratio[0] <= d.crop_ratio[1]:
         raise ConfigError(f"{at('data.crop_ratio')}: data.crop_ratio must satisfy 0 < min ≤ max, got {list(d.crop_ratio)}")
+    if d.max_pixels is not None and d.max_pixels <= 0:
+        raise ConfigError(f"{at('data.max_pixels')}: data.max_pixels must be a positive number of pixels or null, "
+                          f"got {d.max_pixels}")
     if not 0 <= d.max_bad_fraction < 1:
         raise ConfigError(f"{at('data.max_bad_fraction')}: data.max_bad_fraction must be in [0, 1), got {d.max_bad_fraction}")
     if cfg.eval.every and not cfg.eval.evaluators:

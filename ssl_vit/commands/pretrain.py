@@ -58,6 +58,7 @@ def stream_factory(cfg: PretrainConfig, shards, rank: int, world_size: int, pin_
             shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=rank,
             world_size=world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
             scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
+            max_pixels=d.max_pixels, shard_errors=d.shard_errors,
             pin_memory=pin_memory,
         )
 

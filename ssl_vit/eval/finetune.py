@@ -108,6 +108,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
             train_shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=ctx.rank,
             world_size=ctx.world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
             scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
+            max_pixels=d.max_pixels, shard_errors=d.shard_errors,
             holdout=None if holdout is None else Holdout(holdout.fraction, held=False),
         )
 
