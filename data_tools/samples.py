@@ -75,16 +75,21 @@ def read_regular_file(path: str, limit: int) -> bytes:
     stops one byte past the limit (files such as /proc's report size 0 but have content).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with os.fdopen(fd, "rb") as f:
+    with os.fdopen(fd, "rb", buffering=0) as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise BadImage("not a regular file (it changed since it was listed)")
         if info.st_size > limit:
             raise BadImage(f"{info.st_size:,} bytes: larger than any image within the pixel cap ({limit:,} bytes)")
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise BadImage(f"more than {limit:,} bytes: larger than any image within the pixel cap")
-    return data
+        # read() allocates what it is asked for: ask for the size (+1 to see the end), then small pieces
+        chunks, total, want = [], 0, info.st_size + 1 if info.st_size else 1 << 16
+        while chunk := f.read(min(want, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise BadImage(f"more than {limit:,} bytes: larger than any image within the pixel cap")
+            want = 1 << 20
+    return b"".join(chunks)
 
 
 def make_samples(sources: list[Source], opts: BuildOptions) -> list[Sample | Skipped]:

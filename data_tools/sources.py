@@ -216,10 +216,13 @@ def _one_per_file(found: list[_Found], skipped: list[tuple[str, str]], root: str
         groups.setdefault(f.identity, []).append(f)
     sources = []
     for group in groups.values():
+        if len(group) == 1:  # the common case: no realpath (a few lstat calls per path component) needed
+            sources.append(Source(group[0].path, group[0].rel, -1, group[0].class_name))
+            continue
         group.sort(key=lambda f: f.rel)
         real = [f for f in group if root is not None and os.path.realpath(f.path) == os.path.join(root, f.rel)]
         labels = {f.class_name for f in group}
-        if len(group) == 1 or len(real) == 1 or len(labels) == 1:
+        if len(real) == 1 or len(labels) == 1:
             keep = real[0] if len(real) == 1 else group[0]
             sources.append(Source(keep.path, keep.rel, -1, keep.class_name))
             skipped += [(f.rel, f"the same file as {keep.rel} (a symlink or hard link to it)") for f in group
