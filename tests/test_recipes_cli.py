@@ -113,3 +113,20 @@ def test_version(capsys):
         cli.main(["--version"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith(f"ssl-vit {__version__} (torch ")
+
+
+@pytest.mark.parametrize("protocol, what, keys", [
+    ("fewshot", "Few-shot linear evaluation on frozen features", ["fewshot.shots [1, 5, 10, 25]", "fewshot.seeds 3"]),
+    ("knn", "Weighted k-nearest-neighbour classification", ["knn.k [10, 20, 200]", "knn.temperature 0.07"]),
+    ("all", "every evaluator the recipe lists", ["fewshot.shots [1, 5, 10, 25]", "knn.k [10, 20, 200]",
+                                                 "linear.holdout_fraction 0.1"]),
+])
+def test_each_eval_protocol_says_what_it_does_and_which_keys_it_reads(protocol, what, keys, capsys):
+    """The description is the protocol module's first paragraph, the keys and defaults its constructor's."""
+    with pytest.raises(SystemExit):
+        cli.main(["eval", protocol, "--help"])
+    out = capsys.readouterr().out
+    rows = {" ".join(line.split()) for line in out.splitlines()}
+    assert what in " ".join(out.split())
+    assert set(keys) <= rows
+    assert "data.image_size as the checkpoint was trained" in rows and "data.batch_size 256" in rows

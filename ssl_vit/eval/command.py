@@ -36,12 +36,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One sub-command per protocol, so `key=value` overrides can follow the options (as in `pretrain`)."""
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for name, help_text in HELP.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        description, epilog = protocol_help(name)
+        p = sub.add_parser(name, help=help_text, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_eval_options(p)
     p = sub.add_parser("compare", help="put several runs' results side by side (Markdown table)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="--out directories of eval runs (or their parent)")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the table to FILE")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
+
+
+def protocol_help(protocol: str) -> tuple[str, str]:
+    """(what `protocol` does, the recipe keys it reads with their defaults), from the evaluators' own modules and
+    constructors and the eval recipe's defaults, for `ssl-vit eval PROTOCOL --help`."""
+    from . import names
+    from .recipe import CHECKPOINT_DEFAULTS, DEFAULT_EVALUATORS, EvalRecipe
+    from .registry import describe
+
+    evaluators = list(DEFAULT_EVALUATORS) if protocol == "all" else [protocol]
+    if protocol == "all":
+        what = f"{HELP['all']}; registered: {', '.join(names())}."
+    else:
+        what = describe(protocol)[0]
+    rows = []
+    for name in evaluators:
+        rows += [(f"{name}.{key}", value) for key, value in describe(name)[1].items()]
+    if protocol != "finetune":
+        common = EvalRecipe().to_dict()
+        common.pop("evaluators")
+        for section, value in common.items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for key, default in items:
+                dotted = f"{section}.{key}" if key else section
+                if dotted in ("data.train", "data.test"):
+                    continue  # --train / --test
+                rows.append((dotted, "as the checkpoint was trained" if dotted in CHECKPOINT_DEFAULTS else default))
+    width = max(len(key) for key, _ in rows)
+    lines = [f"  {key:<{width}}  {_shown(value)}" for key, value in rows]
+    where = ("the fine-tuning recipe's own keys: ssl-vit recipes show finetune/vit_b16_paper" if protocol == "finetune"
+             else "in --config's recipe (evaluators.NAME.KEY) or as NAME.KEY=value after the options")
+    return what, f"keys it reads, with their defaults ({where}):\n" + "\n".join(lines)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    return "null" if value is None else str(value)
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:

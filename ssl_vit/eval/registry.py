@@ -7,7 +7,9 @@ calls `run(ctx)` without knowing what it computes. Metric names carry the evalua
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
+import inspect
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from ssl_vit.lookup import check_options, lookup
 
@@ -46,3 +48,13 @@ def build(name: str, **cfg) -> Evaluator:
     cls = lookup("evaluator", name, _REGISTRY)
     check_options(f"evaluator '{name}'", cls, cfg)
     return cls(**cfg)
+
+
+def describe(name: str) -> tuple[str, dict[str, Any]]:
+    """What evaluator `name` does (its module's first paragraph) and its options with their defaults, read from
+    its constructor, so `ssl-vit eval NAME --help` cannot drift from the code."""
+    cls = lookup("evaluator", name, _REGISTRY)
+    doc = sys.modules[cls.__module__].__doc__ or cls.__doc__ or ""
+    options = {p.name: (None if p.default is p.empty else p.default)
+               for p in inspect.signature(cls).parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return " ".join(doc.strip().split("\n\n")[0].split()), options
