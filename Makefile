@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean bench
+.PHONY: test demo venv clean bench gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,5 +27,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/data.py && $(BIN)/python bench/step.py && $(BIN)/python bench/loader_vs_gpu.py
 
+# The packages the GPU machine lacks (Python 3.12, x86_64, no network there): wheels into the git-ignored .whl/,
+# which travels with the working tree; bench/gpu_check.py's docstring and docs/benchmarks.md give the command
+# that installs them there offline. The versions are the ones the test suite runs with.
+GPU_WHEELS ?= webdataset==1.0.2 braceexpand==0.1.7 simplejpeg==1.9.0
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $(GPU_WHEELS)
+	ls -l .whl
+
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info
+	rm -rf $(VENV) runs build dist *.egg-info .whl

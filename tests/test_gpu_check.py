@@ -1,0 +1,81 @@
+"""bench/gpu_check.py cannot rot between GPU runs: its CPU dry run passes every stage at toy size and writes the
+report, a stage over its budget or failing still leaves a report that says so, and the record goes to the docs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["environment", "gpu_tests", "step", "memory", "loader", "end_to_end"]
+
+
+def gpu_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cpu_dry_run_passes_every_stage_and_prints_the_report_last(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = gpu_check("--cpu-dry-run", "--out", str(out), "--work", str(work), timeout=880)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_report.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == STAGES and report["dry_run"] is True
+    assert {n: (s["status"], s.get("error")) for n, s in stages.items()} == {n: ("passed", None) for n in STAGES}
+    assert proc.stdout.endswith((out / "gpu_report.md").read_text())  # the report is printed last
+    assert sorted(os.listdir(out)) == ["gpu_check.log", "gpu_report.json", "gpu_report.md"]  # $OUT holds ≤ 8 files
+
+    env = stages["environment"]["figures"]
+    assert env["versions"]["torch"] and env["machine"]["gpu"] is None
+    assert env["sdpa"]["self_attention_197"]["forward"] and env["sdpa"]["queries_98_of_197"]["backward"]
+    collected = stages["gpu_tests"]["figures"]["collected"]
+    assert "collect-only" in stages["gpu_tests"]["figures"]["mode"] and len(collected) >= 7
+    assert any("test_no_host_device_sync" in t for t in collected) and any("timm" in t for t in collected)
+    step = stages["step"]["figures"]
+    assert step["ratio"] == pytest.approx(step["ours_images_per_s"] / step["reference_images_per_s"])
+    assert step["full_model_flops_per_image"] > step["flops_per_image"] > 0  # ours skips the unscored outputs
+    memory = stages["memory"]["figures"]["rows"]
+    assert [r["grad_checkpointing"] for r in memory] == [False, True]
+    assert memory[1]["estimate_bytes"] < memory[0]["estimate_bytes"]  # checkpointing needs less
+    loader = stages["loader"]["figures"]
+    assert loader["step_rate_source"] == "measured by the step stage" and loader["rows"][0]["loader_images_per_s"] > 0
+    e2e = stages["end_to_end"]["figures"]
+    assert e2e["resumed_from_step"] == e2e["killed_after_step"] // 5 * 5 >= 5  # the last checkpoint before the kill
+    # On the CPU the replayed steps after the resume compute exactly what the killed run had computed.
+    assert e2e["replayed_steps_max_abs_loss_diff"] == 0.0
+    assert e2e["training"]["images_per_s"] > 0 and e2e["fewshot"]["images"] == 48
+    assert all(g["met"] is None for g in report["goals"])  # a dry run measures no GPU goal
+
+
+def test_a_stage_past_its_budget_is_stopped_and_the_report_still_written(tmp_path: Path) -> None:
+    proc = gpu_check("--cpu-dry-run", "--stages", "step", "--budget", "step=0.2", "--out", str(tmp_path),
+                     "--work", str(tmp_path / "work"), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (stage,) = json.loads((tmp_path / "gpu_report.json").read_text())["stages"]
+    assert (stage["status"], stage["error"]) == ("timeout", "stopped after its budget of 0 s")
+    assert "| step | timeout |" in (tmp_path / "gpu_report.md").read_text()
+
+
+def test_a_failing_stage_is_recorded_with_its_error_and_recorded_in_the_docs(tmp_path: Path) -> None:
+    """Without a GPU the real (not dry) environment stage fails with its one-line reason; the others would go on.
+    `--record-from` appends the report to the benchmarks file."""
+    proc = gpu_check("--stages", "environment", "--out", str(tmp_path), "--work", str(tmp_path / "work"), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (stage,) = json.loads((tmp_path / "gpu_report.json").read_text())["stages"]
+    assert stage["status"] == "failed"
+    assert stage["error"].startswith("RuntimeError: torch.cuda.is_available() is False: no usable GPU")
+    docs = tmp_path / "benchmarks.md"
+    recorded = gpu_check("--record-from", str(tmp_path / "gpu_report.json"), "--record", str(docs), timeout=120)
+    assert recorded.returncode == 0, recorded.stderr[-2000:]
+    text = docs.read_text()
+    assert text.count("## bench/gpu_check.py — the GPU check") == 1 and "| environment | failed |" in text
+    assert "`python bench/gpu_check.py --stages environment" in text
