@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ PACKAGES = ("torch", "transformers", "timm", "torchvision", "accelerate", "safet
 SDPA_OPS = {"_scaled_dot_product_flash_attention_for_cpu": "flash (CPU)",
             "_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_efficient_attention": "efficient",
             "_scaled_dot_product_cudnn_attention": "cudnn", "_scaled_dot_product_attention_math": "math"}
-MIN_GPU_TESTS = 7  # tests/test_gpu.py: bf16, compile, fused AdamW, SDPA, no sync, resume, timm
+MIN_GPU_TESTS = 7  # tests/test_gpu.py: bf16, compile, fused AdamW, SDPA, no sync, resume, timm (some parametrised)
 
 
 @dataclass
@@ -160,7 +159,8 @@ def gpu_tests(ctx: Context) -> dict:
     outcomes = Outcomes()
     code = pytest.main(["-m", "gpu", *files, "-p", "no:cacheprovider", "-q", "-rA",
                         *(["--collect-only"] if ctx.dry else [])], plugins=[outcomes])
-    ctx.check(int(code) == 0, f"pytest exited {int(code)}")
+    errors = [f"{t['name']}: {t['message']}" for t in outcomes.tests.values() if t["name"].startswith("collecting")]
+    ctx.check(int(code) == 0, f"pytest exited {int(code)}" + (f" ({errors[0]})" if errors else ""))
     if ctx.dry:
         ctx.check(len(outcomes.collected) >= MIN_GPU_TESTS, f"only {len(outcomes.collected)} gpu tests collected")
         return {"mode": "collect-only on the CPU (not run: they measure the GPU)", "collected": outcomes.collected}
@@ -180,6 +180,13 @@ class Outcomes:
 
     def pytest_collection_finish(self, session) -> None:
         self.collected = [item.nodeid for item in session.items]
+
+    def pytest_collectreport(self, report) -> None:
+        if report.failed:  # a module that does not import: its tests never run, and the report must say why
+            lines = report.longreprtext.splitlines() or [""]
+            name = f"collecting {report.nodeid}"
+            self.tests[name] = {"name": name, "outcome": "error", "seconds": 0.0,
+                                "message": next((x[1:].strip() for x in lines if x.startswith("E ")), lines[-1])[:300]}
 
     def pytest_runtest_logreport(self, report) -> None:
         name = report.nodeid.split("::", 1)[-1]
@@ -245,7 +252,7 @@ def memory(ctx: Context) -> dict:
                 "--json", str(ctx.work / f"memory_{int(checkpointing)}.json")]
         result = step_bench.main(argv + (["--grad-checkpointing"] if checkpointing else []))
         (r,) = result["results"]
-        estimate = estimate_peak_bytes(name, batch, checkpointing=checkpointing)
+        estimate = estimate_peak_bytes(name, batch, r["img_size"], checkpointing=checkpointing)
         real = r["ours_peak_mem_bytes"]
         row = {"model": name, "batch": batch, "grad_checkpointing": checkpointing, "real_peak_bytes": real,
                "reference_real_peak_bytes": r["reference_peak_mem_bytes"], "images_per_s": r["ours_images_per_s"],
@@ -258,26 +265,24 @@ def memory(ctx: Context) -> dict:
     return {"rows": rows}
 
 
-def estimate_peak_bytes(name: str, batch: int, *, checkpointing: bool, precision: str = "bf16") -> dict:
-    """Our step's estimated peak memory: through `ssl-vit estimate-memory` when the package has that command,
-    else bench/memory.py's fake-tensor step (the same estimator before it moved into the package)."""
+def estimate_peak_bytes(name: str, batch: int, img_size: int, *, checkpointing: bool, precision: str = "bf16") -> dict:
+    """Our step's estimated peak memory: `ssl-vit estimate-memory --json` when the package has that command (the
+    estimator moved there from bench/memory.py), else bench/memory.py's own fake-tensor step."""
     from ssl_vit.cli import COMMANDS
 
     if "estimate-memory" in COMMANDS:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "estimate.json"
-            argv = [sys.executable, "-m", "ssl_vit", "estimate-memory", "--model", name, "--batch", str(batch),
-                    "--precision", precision, "--json", str(path)] + (["--grad-checkpointing"] if checkpointing else [])
-            proc = subprocess.run(argv, cwd=ROOT, env=child_env(), capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"ssl-vit estimate-memory failed: {proc.stderr.strip()[-500:]}")
-            data = json.loads(path.read_text())
-        record = data["results"][0] if "results" in data else data
-        total = record.get("ours_peak_bytes") or record.get("peak_bytes") or record["total"]
-        return {"estimate_bytes": int(total), "estimate_source": "ssl-vit estimate-memory"}
+        argv = [sys.executable, "-m", "ssl_vit", "estimate-memory", "--model", name, "--batch", str(batch),
+                "--img-size", str(img_size), "--precision", precision, "--json"]
+        proc = subprocess.run(argv + (["--grad-checkpointing"] if checkpointing else []), cwd=ROOT, env=child_env(),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ssl-vit estimate-memory failed: {proc.stderr.strip()[-500:]}")
+        peak = json.loads(proc.stdout)["peak_bytes"]
+        return {"estimate_bytes": int(peak["total"] if isinstance(peak, dict) else peak),
+                "estimate_source": "ssl-vit estimate-memory"}
     from memory import peak_memory
 
-    estimate = peak_memory(name, "ours", batch, checkpointing=checkpointing, bf16=precision == "bf16")
+    estimate = peak_memory(name, "ours", batch, checkpointing=checkpointing, bf16=precision == "bf16", img_size=img_size)
     return {"estimate_bytes": estimate["total"], "estimate_source": "bench/memory.py"}
 
 

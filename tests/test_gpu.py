@@ -17,17 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).resolve().parents[1] / "bench")]
+from test_resume import last_logged_step, losses, start_and_wait
+from test_trainer import records
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
 
-from test_resume import last_logged_step, losses, start_and_wait  # noqa: E402
-from test_trainer import pretrain, records  # noqa: E402,F401  (`pretrain` is a fixture)
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.config import OptimConfig  # noqa: E402
-from ssl_vit.data.normalize import DEFAULT_MEAN, DEFAULT_STD, normalize_uint8  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
-from ssl_vit.objectives.mpp import MaskedPatchPrediction  # noqa: E402
-from ssl_vit.train.optim import build_optimizer, param_groups, step_unless  # noqa: E402
+from ssl_vit.config import OptimConfig
+from ssl_vit.data.normalize import DEFAULT_MEAN, DEFAULT_STD, normalize_uint8
+from ssl_vit.models import create_model
+from ssl_vit.objectives.mpp import MaskedPatchPrediction
+from ssl_vit.train.optim import build_optimizer, param_groups, step_unless
 
 pytestmark = pytest.mark.gpu
 FUSED_SDPA = {"flash", "efficient", "cudnn"}
@@ -56,11 +54,6 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=48, shard_size=16)
 
 
 def objective(name: str, device: torch.device) -> MaskedPatchPrediction:
@@ -171,7 +164,8 @@ def test_fused_adamw_matches_the_reference_and_skips_on_the_device(device, exact
 def test_attention_takes_a_fused_sdpa_kernel(cuda, dtype):
     """At ViT-B/16's shapes (12 heads of 64, 197 tokens; and the last block's 98 queries against 197 keys) SDPA
     dispatches to flash, memory-efficient or cuDNN attention, forward and backward, never the math fallback."""
-    from gpu_stages import attention_kernels
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_stages import attention_kernels  # the function the GPU check's environment stage reports with
 
     for queries in (None, 98):
         kernels = attention_kernels(cuda, dtype, batch=8, heads=12, tokens=197, queries=queries)
@@ -179,7 +173,7 @@ def test_attention_takes_a_fused_sdpa_kernel(cuda, dtype):
         assert set(kernels["backward"]) & FUSED_SDPA and "math" not in kernels["backward"], (queries, kernels)
 
 
-def test_no_host_device_sync_inside_a_training_step(cuda, shards, tmp_path, pretrain, monkeypatch):
+def test_no_host_device_sync_inside_a_training_step(cuda, pretrain_shards, tmp_path, pretrain, monkeypatch):
     """The trainer's steps (bf16, gradient accumulation, clipping, the NaN guard, fused AdamW, the schedule) run
     under `torch.cuda.set_sync_debug_mode("error")`: any operation that waits for the GPU raises. The first step
     is exempt (it creates the optimizer state), and so are the logged steps' reductions, outside `_step`."""
@@ -201,7 +195,7 @@ def test_no_host_device_sync_inside_a_training_step(cuda, shards, tmp_path, pret
 
     monkeypatch.setattr(trainer_module.Trainer, "_step", step)
     run_dir = tmp_path / "run"
-    assert pretrain(shards, run_dir, **{"train.precision": "bf16", "train.total_steps": 6, "train.log_every": 3,
+    assert pretrain(pretrain_shards, run_dir, **{"train.precision": "bf16", "train.total_steps": 6, "train.log_every": 3,
                                         "train.checkpoint_every": 6, "train.global_batch": 32, "data.batch_size": 16,
                                         "optim.grad_clip": 1.0, "optim.warmup_steps": 1}) == 0
     assert watched == [2, 3, 4, 5, 6]
@@ -213,7 +207,7 @@ DETERMINISTIC_MAIN = ("import sys, torch; torch.use_deterministic_algorithms(Tru
 
 
 @pytest.mark.timeout(300)
-def test_resume_reproduces_the_losses(device, shards, tmp_path):
+def test_resume_reproduces_the_losses(device, pretrain_shards, tmp_path):
     """On the GPU with deterministic algorithms, bf16: `kill -9` after a checkpoint, then `--resume auto`, gives
     the uninterrupted run's per-step losses and final weights exactly (tests/test_resume.py does it on CPU)."""
     steps, every = 20, 5
@@ -224,7 +218,7 @@ def test_resume_reproduces_the_losses(device, shards, tmp_path):
 
     def command(run_dir: Path) -> list[str]:
         return [sys.executable, "-c", DETERMINISTIC_MAIN, "pretrain", "--config", str(SMOKE),
-                *smoke_overrides(shards, run_dir, **settings)]
+                *smoke_overrides(pretrain_shards, run_dir, **settings)]
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(command(whole), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -243,11 +237,32 @@ def test_resume_reproduces_the_losses(device, shards, tmp_path):
         assert torch.equal(value, final[1]["model"][key]), key
 
 
+@pytest.fixture(scope="module")
+def timm_export(device, pretrain_shards, tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, `ssl-vit export RUN DIR --format timm` folder) of a 2-step ViT-Ti/16 run at 224 px."""
+    tmp = tmp_path_factory.mktemp("timm")
+    run_dir, out = tmp / "run", tmp / "timm_export"
+    settings = {"model.name": "vit_tiny_patch16", "data.image_size": 224, "data.batch_size": 8,
+                "train.global_batch": 8, "train.total_steps": 2, "train.checkpoint_every": 2, "optim.warmup_steps": 1}
+    trained = subprocess.run([sys.executable, "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
+                              *smoke_overrides(pretrain_shards, run_dir, **settings)], cwd=REPO, env=cli_env(),
+                             capture_output=True, text=True, timeout=240)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    export = subprocess.run([sys.executable, "-m", "ssl_vit", "export", str(run_dir), str(out), "--format", "timm"],
+                            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
+    if export.returncode != 0 or not (out / "config.json").exists() or not (out / "model.safetensors").exists():
+        pytest.fail("`ssl-vit export RUN DIR --format timm` did not write DIR/config.json + DIR/model.safetensors "
+                    f"(exit {export.returncode}): {export.stderr.strip()[-400:]}")
+    return run_dir, out
+
+
 @pytest.mark.timeout(300)
-def test_timm_loads_our_timm_export(device, shards, tmp_path, exact_fp32):
-    """`ssl-vit export RUN DIR --format timm` writes timm's `config.json` + `model.safetensors`; timm's own
-    `create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=…))` builds from it a ViT whose tokens and
-    pooled features equal our backbone's, and whose preprocessing config is ours."""
+@pytest.mark.parametrize("form", ["local-dir", "pretrained_cfg_overlay"])
+def test_timm_loads_our_timm_export(device, timm_export, exact_fp32, form):
+    """timm itself loads the `--format timm` folder: `create_model("local-dir:DIR", pretrained=True)` with no
+    keyword arguments (config.json's architecture, model_args and pretrained_cfg), or `create_model(ARCH,
+    pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors), num_classes=0, **model_args)` — the
+    form that reads only the weights. Either way its tokens and pooled features equal our backbone's."""
     if device.type == "cpu":
         timm = pytest.importorskip("timm")
     else:
@@ -258,24 +273,21 @@ def test_timm_loads_our_timm_export(device, shards, tmp_path, exact_fp32):
     from ssl_vit.train import checkpoint as ckpt
     from ssl_vit.train.restore import restore_objective
 
-    run_dir, out = tmp_path / "run", tmp_path / "timm_export"
-    settings = {"model.name": "vit_tiny_patch16", "data.image_size": 224, "data.batch_size": 8,
-                "train.global_batch": 8, "train.total_steps": 2, "train.checkpoint_every": 2, "optim.warmup_steps": 1}
-    trained = subprocess.run([sys.executable, "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
-                              *smoke_overrides(shards, run_dir, **settings)], cwd=REPO, env=cli_env(),
-                             capture_output=True, text=True, timeout=240)
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    export = subprocess.run([sys.executable, "-m", "ssl_vit", "export", str(run_dir), str(out), "--format", "timm"],
-                            cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
-    if export.returncode != 0 or not (out / "config.json").exists() or not (out / "model.safetensors").exists():
-        pytest.fail("`ssl-vit export RUN DIR --format timm` did not write DIR/config.json + DIR/model.safetensors "
-                    f"(exit {export.returncode}): {export.stderr.strip()[-400:]}")
+    run_dir, out = timm_export
     config = json.loads((out / "config.json").read_text())
-    model = timm.create_model(config["architecture"], pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"))).to(device).eval()
+    assert tuple(config["pretrained_cfg"]["mean"]) == DEFAULT_MEAN and tuple(config["pretrained_cfg"]["std"]) == DEFAULT_STD
+    if form == "local-dir":
+        version = tuple(int(p) for p in timm.__version__.split(".")[:3] if p.isdigit())
+        if version < (1, 0, 16):
+            pytest.skip(f"timm {timm.__version__} has no local-dir: model names (timm >= 1.0.16)")
+        model = timm.create_model(f"local-dir:{out}", pretrained=True)
+        assert tuple(model.pretrained_cfg["mean"]) == DEFAULT_MEAN and model.pretrained_cfg["input_size"][-1] == 224
+    else:
+        model = timm.create_model(config["architecture"], pretrained=True, num_classes=0,
+                                  pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
+                                  **config.get("model_args", {}))
+    model = model.to(device).eval()
     ours = restore_objective(ckpt.latest_checkpoint(run_dir / "checkpoints"))[0].backbone.to(device).eval()
-    assert tuple(model.pretrained_cfg["mean"]) == DEFAULT_MEAN and tuple(model.pretrained_cfg["std"]) == DEFAULT_STD
-    assert model.pretrained_cfg["input_size"][-1] == 224
     x = normalize_uint8(image_batch(4, 224, device))
     with torch.no_grad():
         tokens = ours.forward_features(x)  # (B, 1+N, D)
