@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -36,7 +37,7 @@ STAGES = [
     ("gpu_tests", "pytest -m gpu (bf16, compile, fused AdamW, SDPA, no sync, resume, timm)", 150),
     ("step", "ViT-B/16 batch 256 bf16 compiled, ours vs transformers: images/s, MFU, peak memory", 150),
     ("memory", "ViT-L/16 batch 128 ± activation checkpointing: real peak vs estimate", 75),
-    ("loader", "train stream with 4/8/12/15 workers at the measured step rate (shards at 256 px)", 75),
+    ("loader", "train stream with 4/8/12/15 workers at the measured step rate (shards at 256 px)", 90),
     ("end_to_end", "ssl-vit pretrain ViT-B/16 300 steps, kill -9, --resume auto, eval fewshot", 120),
 ]
 DRY_BUDGET = 600  # per stage in the dry run: a safety net on a loaded 2-core CI machine
@@ -222,7 +223,9 @@ def markdown(report: dict) -> str:
 
 
 def gib(b: float | None) -> str:
-    return "n/a" if b is None else f"{b / 2**30:.1f} GiB"
+    if b is None:
+        return "n/a"
+    return f"{b / 2**30:.1f} GiB" if b >= 2**30 else f"{b / 2**20:.1f} MiB"
 
 
 def pct(x: float | None) -> str:
@@ -304,7 +307,8 @@ def e2e_section(report: dict) -> list[str]:
             f"{e['replayed_steps_max_abs_loss_diff']}.",
             f"Few-shot evaluation: {f.get('images')} images in {f.get('seconds')} s = "
             f"{f.get('images_per_s', 0):.0f} img/s (feature extraction included; {f.get('command_wall_s', 0):.0f} s "
-            f"with start-up); {f.get('metrics')}."]
+            f"with start-up); accuracy " + ", ".join(f"{k.split('/')[-1]} {v:.1f}%" for k, v in (f.get("metrics") or {}).items()
+                                                      if re.fullmatch(r"fewshot/\d+shot", k)) + "."]
 
 
 # ---------------------------------------------------------------------------------------------- record

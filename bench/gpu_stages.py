@@ -361,7 +361,7 @@ def end_to_end(ctx: Context) -> dict:
     overlap = [(r["loss"], again[r["step"]]) for r in before if resumed_at and r["step"] > resumed_at
                and r["step"] in again and r["loss"] is not None and again[r["step"]] is not None]
     figures = {"steps": plan["steps"], "killed_after_step": reached, "resumed_from_step": resumed_at,
-               "first_run_s": first_s, "resume_run_s": resume_s, "training": steady_state(after, overrides),
+               "first_run_s": first_s, "resume_run_s": resume_s, "training": steady_state(after, resumed_at, global_batch(run)),
                "loss_first": after[0]["loss"], "loss_last": after[-1]["loss"],
                "replayed_steps_max_abs_loss_diff": max((abs(a - b) for a, b in overlap), default=None)}
     figures["fewshot"] = fewshot_throughput(ctx, run, photos, plan)
@@ -389,16 +389,24 @@ def records(path: Path) -> list[dict]:
     return out
 
 
-def steady_state(rows: list[dict], overrides: dict) -> dict:
-    """Medians over the logged windows after the first of each process (start-up, warm-up, worker start)."""
-    resumed_first = {rows[i]["step"] for i in range(1, len(rows)) if rows[i]["step"] <= rows[i - 1]["step"]}
-    steady = [r for i, r in enumerate(rows) if i > 0 and r["step"] not in resumed_first][1:] or rows
+def steady_state(rows: list[dict], resumed_at: int | None, global_batch: int) -> dict:
+    """Medians over the logged windows, leaving out the first window of each process (start-up, warm-up, data
+    workers starting): the run's first, and the first after `resumed_at`."""
+    first_after_resume = next((r["step"] for r in rows if resumed_at is not None and r["step"] > resumed_at), None)
+    steady = [r for r in rows[1:] if r["step"] != first_after_resume] or rows
     ips = common.median([r["images_per_s"] for r in steady])
     wait = common.median([r["data_wait_s"] for r in steady])
-    step_s = overrides.get("train.global_batch", 16) / ips
+    step_s = global_batch / ips
     mfu = [r["mfu"] for r in steady if r.get("mfu") is not None]
     return {"windows": len(steady), "images_per_s": ips, "data_wait_s_per_step": wait,
             "data_wait_share": wait / step_s, "mfu": common.median(mfu) if mfu else None}
+
+
+def global_batch(run: Path) -> int:
+    """The run's images per step, from the resolved recipe it wrote."""
+    import yaml
+
+    return int(yaml.safe_load((run / "config.yaml").read_text())["train"]["global_batch"])
 
 
 def fewshot_throughput(ctx: Context, run: Path, photos: Path, plan: dict) -> dict:
