@@ -46,7 +46,11 @@ class Context:
     dry: bool  # --cpu-dry-run: toy sizes on the CPU
     work: Path  # scratch space: shards, runs, JSON of the bench scripts
     report: dict  # the report so far: earlier stages' figures (the loader feeds on the step's rate)
+    result: Path  # where the stage's JSON goes (also partial figures, so a stage stopped by its budget keeps them)
     failures: list[str] = field(default_factory=list)
+
+    def save(self, figures: dict) -> None:
+        self.result.write_text(json.dumps({"figures": figures, "failures": self.failures}, indent=1, default=str) + "\n")
 
     @property
     def device(self) -> torch.device:
@@ -156,7 +160,7 @@ def gpu_tests(ctx: Context) -> dict:
     import pytest
 
     files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_gpu*.py"))  # where they live
-    outcomes = Outcomes()
+    outcomes = Outcomes(lambda tests: ctx.save({"mode": "run on the GPU (stopped part-way)", "tests": tests}))
     code = pytest.main(["-m", "gpu", *files, "-p", "no:cacheprovider", "-q", "-rA",
                         *(["--collect-only"] if ctx.dry else [])], plugins=[outcomes])
     errors = [f"{t['name']}: {t['message']}" for t in outcomes.tests.values() if t["name"].startswith("collecting")]
@@ -174,9 +178,10 @@ def gpu_tests(ctx: Context) -> dict:
 class Outcomes:
     """A pytest plugin keeping each test's outcome (passed, failed, error, skipped), seconds and first message."""
 
-    def __init__(self):
+    def __init__(self, on_report: Callable[[list[dict]], None]):
         self.collected: list[str] = []
         self.tests: dict[str, dict] = {}
+        self.on_report = on_report  # called after every test phase with the outcomes so far
 
     def pytest_collection_finish(self, session) -> None:
         self.collected = [item.nodeid for item in session.items]
@@ -200,6 +205,7 @@ class Outcomes:
             test["outcome"] = "skipped"
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longreprtext
             test["message"] = str(reason)[:300]
+        self.on_report(list(self.tests.values()))
 
 
 # ---------------------------------------------------------------------------------------------- 3: step
@@ -262,6 +268,7 @@ def memory(ctx: Context) -> dict:
                       f"{name} batch {batch} checkpointing={checkpointing}: real peak {real / 2**30:.1f} GiB is "
                       f"not within 15% of the estimate {estimate['estimate_bytes'] / 2**30:.1f} GiB")
         rows.append(row)
+        ctx.save({"rows": rows})  # kept if the next setting runs past the budget
     return {"rows": rows}
 
 
@@ -364,6 +371,7 @@ def end_to_end(ctx: Context) -> dict:
                "first_run_s": first_s, "resume_run_s": resume_s, "training": steady_state(after, resumed_at, global_batch(run)),
                "loss_first": after[0]["loss"], "loss_last": after[-1]["loss"],
                "replayed_steps_max_abs_loss_diff": max((abs(a - b) for a, b in overlap), default=None)}
+    ctx.save(figures)  # kept if the evaluation runs past the budget
     figures["fewshot"] = fewshot_throughput(ctx, run, photos, plan)
     return figures
 
@@ -477,9 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     report = json.loads(args.report.read_text()) if args.report and args.report.exists() else {}
-    ctx = Context(dry=args.cpu_dry_run, work=args.work, report=report)
-    figures = STAGES[args.stage](ctx)
-    args.result.write_text(json.dumps({"figures": figures, "failures": ctx.failures}, indent=1, default=str) + "\n")
+    ctx = Context(dry=args.cpu_dry_run, work=args.work, report=report, result=args.result)
+    ctx.save(STAGES[args.stage](ctx))
     return 0
 
 

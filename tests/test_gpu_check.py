@@ -79,3 +79,18 @@ def test_a_failing_stage_is_recorded_with_its_error_and_recorded_in_the_docs(tmp
     text = docs.read_text()
     assert text.count("## bench/gpu_check.py — the GPU check") == 1 and "| environment | failed |" in text
     assert "`python bench/gpu_check.py --stages environment" in text
+
+
+def test_gpu_tests_fail_without_cuda_instead_of_skipping(tmp_path: Path) -> None:
+    """`pytest -m gpu` where torch sees no GPU is a failure naming the reason: a silent skip would read as a pass."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the gpu tests would run")
+    env = {k: v for k, v in os.environ.items() if k != "SSL_VIT_TEST_DEVICE"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-k", "fused_adamw",
+                           "-p", "no:cacheprovider", "-q"], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "pytest -m gpu needs a CUDA device and torch sees none" in proc.stdout
+    assert "1 error" in proc.stdout and "skipped" not in proc.stdout
