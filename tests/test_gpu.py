@@ -261,8 +261,9 @@ def timm_export(device, pretrain_shards, tmp_path_factory) -> tuple[Path, Path]:
 def test_timm_loads_our_timm_export(device, timm_export, exact_fp32, form):
     """timm itself loads the `--format timm` folder: `create_model("local-dir:DIR", pretrained=True)` with no
     keyword arguments (config.json's architecture, model_args and pretrained_cfg), or `create_model(ARCH,
-    pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors), num_classes=0, **model_args)` — the
-    form that reads only the weights. Either way its tokens and pooled features equal our backbone's."""
+    pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors, custom_load=False), num_classes=0,
+    **model_args)` — the form that reads only the weights, as the model card prints it. Either way its tokens and
+    pooled features equal our backbone's."""
     if device.type == "cpu":
         timm = pytest.importorskip("timm")
     else:
@@ -284,7 +285,7 @@ def test_timm_loads_our_timm_export(device, timm_export, exact_fp32, form):
         assert tuple(model.pretrained_cfg["mean"]) == DEFAULT_MEAN and model.pretrained_cfg["input_size"][-1] == 224
     else:
         model = timm.create_model(config["architecture"], pretrained=True, num_classes=0,
-                                  pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
+                                  pretrained_cfg_overlay=dict(file=str(out / "model.safetensors"), custom_load=False),
                                   **config.get("model_args", {}))
     model = model.to(device).eval()
     ours = restore_objective(ckpt.latest_checkpoint(run_dir / "checkpoints"))[0].backbone.to(device).eval()
