@@ -273,24 +273,25 @@ def memory(ctx: Context) -> dict:
 
 
 def estimate_peak_bytes(name: str, batch: int, img_size: int, *, checkpointing: bool, precision: str = "bf16") -> dict:
-    """Our step's estimated peak memory: `ssl-vit estimate-memory --json` when the package has that command (the
-    estimator moved there from bench/memory.py), else bench/memory.py's own fake-tensor step."""
-    from ssl_vit.cli import COMMANDS
+    """Our step's estimated peak memory, as `ssl-vit estimate-memory --model … --batch …` computes it (its own
+    functions, in this process: the paper's ViT-B/16 recipe with those keys set), or, in a checkout from before
+    the estimator moved into the package, bench/memory.py's fake-tensor step."""
+    try:
+        from ssl_vit.commands.estimate_memory import DEFAULT_RECIPE
+        from ssl_vit.config import load_config
+        from ssl_vit.estimate import pretrain_step_memory
+        from ssl_vit.recipe_files import resolve_recipe
+    except ImportError:
+        from memory import peak_memory
 
-    if "estimate-memory" in COMMANDS:
-        argv = [sys.executable, "-m", "ssl_vit", "estimate-memory", "--model", name, "--batch", str(batch),
-                "--img-size", str(img_size), "--precision", precision, "--json"]
-        proc = subprocess.run(argv + (["--grad-checkpointing"] if checkpointing else []), cwd=ROOT, env=child_env(),
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ssl-vit estimate-memory failed: {proc.stderr.strip()[-500:]}")
-        peak = json.loads(proc.stdout)["peak_bytes"]
-        return {"estimate_bytes": int(peak["total"] if isinstance(peak, dict) else peak),
-                "estimate_source": "ssl-vit estimate-memory"}
-    from memory import peak_memory
-
-    estimate = peak_memory(name, "ours", batch, checkpointing=checkpointing, bf16=precision == "bf16", img_size=img_size)
-    return {"estimate_bytes": estimate["total"], "estimate_source": "bench/memory.py"}
+        estimate = peak_memory(name, "ours", batch, checkpointing=checkpointing, bf16=precision == "bf16",
+                               img_size=img_size)
+        return {"estimate_bytes": estimate["total"], "estimate_source": "bench/memory.py"}
+    keys = {"model.name": name, "data.batch_size": batch, "data.image_size": img_size, "train.precision": precision,
+            "train.grad_checkpointing": checkpointing}
+    cfg = load_config(resolve_recipe(DEFAULT_RECIPE, "pretrain"), [f"{k}={v}" for k, v in keys.items()])
+    return {"estimate_bytes": int(pretrain_step_memory(cfg)["peak_bytes"]["total"]),
+            "estimate_source": "ssl-vit estimate-memory"}
 
 
 # -------------------------------------------------------------------------------------------- 4: loader

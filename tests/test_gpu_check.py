@@ -46,6 +46,7 @@ def test_cpu_dry_run_passes_every_stage_and_prints_the_report_last(tmp_path: Pat
     memory = stages["memory"]["figures"]["rows"]
     assert [r["grad_checkpointing"] for r in memory] == [False, True]
     assert memory[1]["estimate_bytes"] < memory[0]["estimate_bytes"]  # checkpointing needs less
+    assert {r["estimate_source"] for r in memory} == {"ssl-vit estimate-memory"}
     loader = stages["loader"]["figures"]
     assert loader["step_rate_source"] == "measured by the step stage" and loader["rows"][0]["loader_images_per_s"] > 0
     e2e = stages["end_to_end"]["figures"]
