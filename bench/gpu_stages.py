@@ -3,8 +3,9 @@ process, so a crash, a hang or a CUDA error in one stage costs only that stage's
 
     python bench/gpu_stages.py step --work DIR --report gpu_report.json --result step.json [--cpu-dry-run]
 
-A stage returns `{"figures": {...}, "failures": [...]}`: its measurements, and the checks it ran that did not
-hold (a failed check fails the stage, its figures are kept). The measurements come from the scripts beside
+A stage returns its figures; the checks it ran that did not hold collect in its `Context` (a failed check fails
+the stage, its figures are kept). Both go to `--result` as `{"figures": {...}, "failures": [...]}`, also part-way
+through the longer stages. The measurements come from the scripts beside
 this one (step.py, memory.py, loader_vs_gpu.py) and from the `ssl-vit` commands, run as a user runs them;
 `--cpu-dry-run` runs each at toy size on the CPU, so this file is exercised by the test suite.
 """

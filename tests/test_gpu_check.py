@@ -2,6 +2,8 @@
 report, a stage over its budget or failing still leaves a report that says so, and the record goes to the docs."""
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -55,6 +57,32 @@ def test_cpu_dry_run_passes_every_stage_and_prints_the_report_last(tmp_path: Pat
     assert e2e["replayed_steps_max_abs_loss_diff"] == 0.0
     assert e2e["training"]["images_per_s"] > 0 and e2e["fewshot"]["images"] == 48
     assert all(g["met"] is None for g in report["goals"])  # a dry run measures no GPU goal
+    assert_gpu_figures_render(report)
+
+
+def assert_gpu_figures_render(report: dict) -> None:
+    """The dry run's figures with what only a GPU measures filled in (MFU, peaks, test outcomes): every section of
+    the report is drawn and every goal judged — the report of the one GPU call must not break on its own figures."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu = copy.deepcopy(report)
+    gpu["dry_run"] = False
+    figures = {s["name"]: s["figures"] for s in gpu["stages"]}
+    figures["step"].update(ours_mfu=0.44, reference_mfu=0.40, ours_mfu_full_model=0.46, ratio=1.15,
+                           ours_peak_mem_bytes=17 * 2**30, reference_peak_mem_bytes=19 * 2**30)
+    for row, real in zip(figures["memory"]["rows"], (26 * 2**30, 7 * 2**30)):
+        row.update(real_peak_bytes=real, estimate_bytes=int(real / 1.05), real_over_estimate=1.05)
+    figures["loader"]["rows"][-1]["data_wait_share"] = 0.01
+    figures["gpu_tests"]["tests"] = [
+        {"name": "test_no_host_device_sync_inside_a_training_step", "outcome": "passed", "seconds": 3.0, "message": ""},
+        {"name": "test_resume_reproduces_the_losses", "outcome": "failed", "seconds": 30.0, "message": "assert 1 == 2"}]
+    met = [g["met"] for g in gpu_check.goals(gpu)]
+    assert met == [True, True, True, True, True, False]
+    gpu["goals"] = gpu_check.goals(gpu)
+    text = gpu_check.markdown(gpu)
+    assert "could not be drawn" not in text and "| test_resume_reproduces_the_losses | failed | 30.0 | assert 1 == 2 |" in text
+    assert "44.0% / 46.0%" in text and "26.0 GiB" in text and "| resumed losses equal the uninterrupted ones on GPU" in text
 
 
 def test_a_stage_past_its_budget_is_stopped_and_the_report_still_written(tmp_path: Path) -> None:
