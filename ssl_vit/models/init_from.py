@@ -19,6 +19,7 @@ import torch.nn as nn
 from .vit import VisionTransformer
 from .weights import LoadReport, load_backbone_with_report
 
+
 def init_from(source: str | Path, backbone: VisionTransformer, owner: nn.Module | None = None) -> str:
     """Load `source`'s backbone weights into `backbone` in place; returns the one-line report.
 
