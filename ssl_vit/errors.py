@@ -22,6 +22,14 @@ class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
 
 
+class StorageError(UserError):
+    """A file could not be written: a full disk, a read-only file system, no permission, a file in the way."""
+
+
+class RunDirectoryError(UserError):
+    """A run directory is in use by another process, or holds a run the command would overwrite or mix with."""
+
+
 def one_line(err: BaseException) -> str:
     """The user-facing form of an error: `error: ...` on one line."""
     return f"error: {' '.join(str(err).split())}"

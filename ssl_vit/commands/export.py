@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.checkpoint import resolve_resume
+    from ..train.checkpoint import resolve_checkpoint
     from ..train.restore import restore_objective
 
     if not Path(args.source).exists():
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{output}: --format {args.format} writes a folder; pass a directory path")
     if args.push_to_hub and args.format == "safetensors":
         raise UserError("--push-to-hub uploads a folder: add --format hf or --format timm")
-    path = resolve_resume(args.source, Path(args.source) / "checkpoints")
+    path = resolve_checkpoint(args.source, "export")
     objective, cfg, state = restore_objective(path)
     step = int(state["step"])
     backbone = objective.backbone

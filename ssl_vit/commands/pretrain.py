@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a recipe file or a shipped recipe's name (pretrain/smoke, vit_b16_mean_color; see `ssl-vit recipes`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-3 data.train=/data/in1k")
     parser.add_argument("--resume", metavar="auto|PATH",
-                        help="auto: continue from output_dir's latest checkpoint (fresh start if none); PATH: from that checkpoint or run")
+                        help="auto: continue from output_dir's latest checkpoint (fresh start if it has none); PATH: from "
+                             "that checkpoint or run. The recipe may change only in optimizer, schedule, length, logging "
+                             "and evaluation keys (README: Resuming)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let a fresh start delete the run in output_dir, or --resume PATH replace that run's later "
+                             "checkpoints (without it, both are refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe as YAML and exit")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the plan (data, batch arithmetic, length, resume, memory per device) and exit without training")
@@ -120,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             val_fn=periodic_eval(cfg, objective, accelerator), val_every=cfg.eval.every,
             samples_per_epoch=shards.num_samples, flops_per_image=flops,
         )
-        result = trainer.fit(args.resume)
+        result = trainer.fit(args.resume, overwrite=args.overwrite)
         if result.status == "finished":
             accelerator.print(f"done: step {result.step}, checkpoint {result.checkpoint}; "
                               f"export the backbone with: ssl-vit export {cfg.output_dir} backbone.safetensors")

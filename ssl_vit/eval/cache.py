@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ssl_vit.errors import DataError
+from ssl_vit.files import atomic_write, make_dir
 from ssl_vit.safe_load import load_weights_only
 
 from .features import Features
@@ -33,11 +33,9 @@ def cache_path(cache_dir: str | Path, key: str) -> Path:
 
 def save_features(path: Path, features: Features, meta: dict) -> None:
     """Write atomically (temp file + rename) so a crashed run never leaves a half file that looks valid."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    make_dir(path.parent, "feature cache directory")
     blob = {"x": features.x.contiguous(), "labels": features.labels, "keys": list(features.keys), "meta": json.dumps(meta, default=str)}
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(blob, f))
 
 
 def load_features(path: Path) -> Features:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
+from ..files import atomic_write, make_dir
 from ..safe_load import load_weights_only
 from .formats import folder_kind, read_folder, write_safetensors
 from .hf import HF_DROPPED, HF_PREFIXES, hf_to_timm
@@ -69,11 +69,9 @@ def save_backbone(model: nn.Module, path: str | Path, *, metadata: Mapping | Non
         "model_name": suggest_model_name(config),
         "num_params": sum(t.numel() for t in tensors.values()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(path.parent, "export directory")
     write_safetensors(tensors, path, {"format": FORMAT, "config": json.dumps(config.to_dict())})
-    json_path = path.with_suffix(".json")
-    json_path.with_name(json_path.name + ".tmp").write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(json_path.with_name(json_path.name + ".tmp"), json_path)
+    atomic_write(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return path
 
 

@@ -1,5 +1,5 @@
 """The objective-agnostic training loop: optimizer and schedule, checkpoints, metrics, preemption."""
-from .checkpoint import latest_checkpoint, list_checkpoints, read_state, resolve_resume
+from .checkpoint import latest_checkpoint, list_checkpoints, read_state, resolve_checkpoint
 from .trainer import Trainer, TrainResult, make_accelerator, parameter_checksum, resolve_precision
 
 __all__ = [
@@ -11,5 +11,5 @@ __all__ = [
     "parameter_checksum",
     "read_state",
     "resolve_precision",
-    "resolve_resume",
+    "resolve_checkpoint",
 ]

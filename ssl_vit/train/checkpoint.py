@@ -31,13 +31,14 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
+from ..files import atomic_write
 from ..safe_load import load_weights_only
 from .signals import HostAgreement
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "state.pt"
-_NAME = re.compile(r"^step_(\d+)$")
+STEP_NAME = re.compile(r"^step_(\d+)$")
 
 
 def checkpoint_name(step: int) -> str:
@@ -54,8 +55,8 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first (temporary directories are not complete)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(STEP_NAME.match(p.name).group(1)))
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -111,13 +112,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # -------------------------------------------------------------------------------------------------- save
 def _write(obj: Any, path: Path) -> None:
-    """One file of a checkpoint (a separate function so tests can make it fail half-way).
-
-    Through a Python file object: a full disk then raises OSError "[Errno 28] No space left on device", where
-    torch's own file writer says only "unexpected pos 704 vs 598".
-    """
-    with open(path, "wb") as f:
-        torch.save(obj, f)
+    """One file of a checkpoint (a separate function so tests can make it fail half-way); a full disk is
+    reported as such (`atomic_write`), never as torch's "unexpected pos 704 vs 598"."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(
@@ -152,7 +149,7 @@ def save_checkpoint(
                      "step": step, **meta}
             _write(state, tmp / STATE_FILE)
             if config_yaml is not None:
-                (tmp / "config.yaml").write_text(config_yaml)
+                atomic_write(tmp / "config.yaml", config_yaml)
     except Exception as err:  # noqa: BLE001 — any failure must reach the other ranks, not hang them
         error = err
     ok = agreement.all(error is None)
@@ -186,10 +183,7 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    pointer = final.parent / LATEST
-    pointer_tmp = final.parent / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name + "\n")
-    os.replace(pointer_tmp, pointer)
+    atomic_write(final.parent / LATEST, final.name + "\n")
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -215,19 +209,36 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return None
 
 
-def resolve_resume(resume: str | None, root: Path) -> Path | None:
-    """`auto` → `root/latest` or None (start fresh); a path → that checkpoint (or a run directory's latest)."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        return latest_checkpoint(root)
-    found = find_checkpoint(resume)
+def resolve_checkpoint(path: str | Path, flag: str = "--resume") -> Path:
+    """The checkpoint a user-given path stands for (`find_checkpoint`), or one line saying why there is none:
+    when the path is a run whose `latest` is broken, the line names its intact checkpoints."""
+    found = find_checkpoint(path)
     if found is not None:
         return found
+    path = Path(path)
+    for root in (path / CHECKPOINTS, path):
+        intact = list_checkpoints(root)
+        if intact:
+            raise CheckpointError(f"{flag} {path}: {root / LATEST} is missing or names no intact checkpoint; "
+                                  f"{intact_choices(root, intact)}")
     raise CheckpointError(
-        f"--resume {resume}: no checkpoint there (expected a directory with {STATE_FILE}, a run directory, or "
-        f"its {CHECKPOINTS}/ with a `{LATEST}` file). Use --resume auto to continue the run in output_dir."
-    )
+        f"{flag} {path}: no checkpoint there (expected a directory with {STATE_FILE}, a run directory, or "
+        f"its {CHECKPOINTS}/ with a `{LATEST}` file)")
+
+
+def intact_choices(root: Path, intact: list[Path]) -> str:
+    """How to go on when `latest` cannot be trusted: the intact checkpoints under `root` and how to resume."""
+    if not intact:
+        return (f"no intact checkpoint is left in {root}: start afresh with --overwrite (deletes the run) or in "
+                "another output_dir")
+    return f"intact checkpoints: {', '.join(p.name for p in intact)}; resume from one with --resume {intact[-1]}"
+
+
+def step_of(checkpoint: Path) -> int:
+    """The step in a checkpoint directory's name (`step_0001000` → 1000; 0 for a directory named otherwise,
+    whose step only its `state.pt` knows)."""
+    match = STEP_NAME.match(checkpoint.name)
+    return int(match.group(1)) if match else 0
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -246,8 +257,15 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
 ) -> tuple[dict[str, Any], bool]:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns (state without tensors, rng restored)."""
+    """Restore model, optimizer, scheduler and this rank's RNG; returns (state without tensors, rng restored).
+
+    The optimizer's moments and the schedule's position come from the checkpoint; its hyperparameters (lr,
+    weight decay, betas, …) and the schedule's base rates stay those of the optimizer and scheduler given,
+    which the current recipe built: a resume with a changed changeable key (`recipe_changes.py`) trains on
+    with the new values from the resumed step on, and an unchanged recipe continues exactly.
+    """
     state = read_state(path)
+    recipe = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         set_state_dict(
             model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
@@ -259,9 +277,34 @@ def load_checkpoint(
             "recipe the checkpoint was written with (its config.yaml)"
         ) from None
     scheduler.load_state_dict(state["scheduler"])
+    apply_recipe(optimizer, scheduler, recipe)
     rng_file = path / f"rng_rank{rank}.pt"
     restored = rng_file.is_file()
     if restored:
-        set_rng_state(torch.load(rng_file, weights_only=True))
+        rng = load_weights_only(rng_file, "Delete the checkpoint's rng_rank*.pt files to resume with fresh random draws.")
+        try:
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(
+                f"{rng_file}: not an RNG state written by ssl-vit pretrain ({type(err).__name__}: "
+                f"{' '.join(str(err).split())[:120]}); delete the checkpoint's rng_rank*.pt files to resume with "
+                "fresh random draws (the run then differs from an uninterrupted one), or resume from another checkpoint"
+            ) from None
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
     return meta, restored
+
+
+def apply_recipe(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                 recipe: list[dict[str, Any]]) -> None:
+    """Put the recipe's hyperparameters back into the loaded optimizer and rebase the schedule on them.
+
+    `recipe` is each param group's settings before loading (`initial_lr` is the group's base rate, set when
+    the scheduler was built). The rate of the next step is then the new schedule's value at the resumed step.
+    """
+    for group, settings in zip(optimizer.param_groups, recipe):
+        group.update(settings)
+    scheduler.base_lrs = [settings["initial_lr"] for settings in recipe]
+    factors = [fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas]  # LambdaLR: one factor function per group
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, factors):
+        group["lr"] = base * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -22,6 +22,8 @@ import torch
 from accelerate import Accelerator
 from data_tools.progress_bar import progress_bar
 
+from ..files import append_line, atomic_write
+
 # Dense peak TFLOP/s per device (vendor datasheets, without sparsity): (name fragment, bf16, fp32), the more
 # specific names first ("H100 PCIe" before "H100", the SXM part). CPUs: no MFU.
 PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
@@ -126,8 +128,6 @@ class MetricsLog:
         peak = device_peak_flops(accelerator.device, "bf16" if accelerator.mixed_precision == "bf16" else "fp32")
         self.flops_budget = peak * accelerator.num_processes if peak and flops_per_image else None
         self.flops_per_image = flops_per_image
-        if self.main:
-            truncate_after(self.path, start_step)
         self.bar = progress_bar(total=total_steps, initial=start_step, disable=not self.main, dynamic_ncols=True,
                         desc="train", unit="step")
 
@@ -149,8 +149,7 @@ class MetricsLog:
             record["mfu"] = images_per_s * self.flops_per_image / self.flops_budget
         window.reset()
         if self.main:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_line(self.path, json.dumps(record))
             postfix = {"loss": f"{record['loss']:.4f}" if record["loss"] is not None else "nan",
                        "lr": f"{lr:.2e}", "img/s": f"{images_per_s:.0f}"}
             self.bar.set_postfix(postfix, refresh=False)
@@ -176,6 +175,4 @@ def truncate_after(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", math.inf) <= step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    atomic_write(path, "".join(line + "\n" for line in kept))

@@ -16,11 +16,14 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ..errors import DataError, UserError
+
+T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -103,3 +106,16 @@ def raise_on_every_rank(failure: Exception | None, gather: Callable[[object], li
             if user_error:
                 raise DataError(message)
             raise RuntimeError(f"{what} failed on rank {rank} ({message}); its traceback shows where")
+
+
+def together(agreement: HostAgreement, fn: Callable[[], T], what: str, *, main_only: bool = False) -> T:
+    """`fn()` on every rank (or on rank 0 only, its result then handed to every rank); collective. A failure on
+    any rank is raised on every rank (`raise_on_every_rank`), so no rank goes on into collectives alone."""
+    result, failure = None, None
+    if not main_only or not agreement.distributed or dist.get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 — re-raised by raise_on_every_rank, here and on the others
+            failure = err
+    raise_on_every_rank(failure, agreement.gather, what)
+    return agreement.gather(result)[0] if main_only else result

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,11 +40,15 @@ from accelerate.tracking import LoggerType, get_available_trackers
 from accelerate.utils import set_seed
 
 from ..config import OptimConfig, TrainConfig, accumulation_steps
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, DataError, UserError
+from ..files import append_line, atomic_write, make_dir
 from . import checkpoint as ckpt
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
-from .signals import HostAgreement, StopRequest, raise_on_every_rank
+from .recipe_changes import describe as describe_changes
+from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
+from .run_lock import RunLock, describe as describe_holder
+from .signals import HostAgreement, StopRequest, raise_on_every_rank, together
 
 StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
@@ -163,26 +168,39 @@ class Trainer:
         self._lr = 0.0
 
     # ------------------------------------------------------------------------------------------ public
-    def fit(self, resume: str | None = None) -> TrainResult:
-        """Train to `total_steps` (from a checkpoint when `resume` is "auto" or a path). Collective: call on every rank."""
+    def fit(self, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+        """Train to `total_steps` (from a checkpoint when `resume` is "auto" or a path). Collective: call on every rank.
+
+        The main process holds the run directory's lock throughout, and nothing is written into the directory
+        before every check has passed and the checkpoint has loaded (`run_dir.py`); `overwrite` lets a fresh
+        start, or a resume from an earlier checkpoint, replace the run that is there.
+        """
         acc = self.accelerator
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.remove_stale_temporaries(self.ckpt_root)
-            if self.config_yaml is not None:
-                (self.run_dir / "config.yaml").write_text(self.config_yaml)
+        agreement = HostAgreement()
+        lock = RunLock(self.run_dir) if acc.is_main_process else None
+        try:
+            return self._fit(resume, overwrite, agreement, lock)
+        finally:
+            agreement.close()
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, resume: str | None, overwrite: bool, agreement: HostAgreement, lock: RunLock | None) -> TrainResult:
+        acc = self.accelerator
+        plan = together(agreement, lambda: self._plan(resume, overwrite, lock), "checking the run directory", main_only=True)
         if self.train.grad_checkpointing:
             self.objective.backbone.set_grad_checkpointing(True)
         optimizer = self.optimizer_factory(self.objective)
         scheduler = build_scheduler(optimizer, self.optim, self.total_steps)
         model, optimizer = acc.prepare(self.objective, optimizer)
         forward = torch.compile(model) if self.train.compile else model
-        agreement = HostAgreement()
-        start = self._restore(resume, model, optimizer, scheduler)
+        start = together(agreement, lambda: self._restore(plan, model, optimizer, scheduler), "loading the checkpoint")
         if start >= self.total_steps:
             acc.print(f"the run is already at step {start} of {self.total_steps}; nothing to do")
-            agreement.close()
             return TrainResult(start, "already_finished", ckpt.latest_checkpoint(self.ckpt_root))
+        plan.step = start
+        together(agreement, lambda: begin(self.run_dir, plan, self.config_yaml, acc.num_processes), "writing the run's files",
+                 main_only=True)
         if acc.is_main_process:
             acc.print(
                 f"training steps {start + 1}..{self.total_steps}: {self.per_device_batch} per device × "
@@ -204,7 +222,6 @@ class Trainer:
             log.close()
             if finished:
                 acc.wait_for_everyone()
-            agreement.close()
             for tracker in acc.trackers:
                 tracker.finish()
             acc.trackers = []  # finished: a later `end_training()` must not finish them twice
@@ -312,8 +329,7 @@ class Trainer:
     def _validate(self, step: int) -> None:
         results = self.val_fn(step) or {}
         if self.accelerator.is_main_process and results:
-            with (self.run_dir / "eval.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, **results}) + "\n")
+            append_line(self.run_dir / "eval.jsonl", json.dumps({"step": step, **results}))
         self.accelerator.log({f"eval/{k}": v for k, v in results.items()}, step=step)
 
     def _save(self, step: int, s: RunState) -> Path:
@@ -333,20 +349,31 @@ class Trainer:
         )
         return path
 
-    def _restore(self, resume: str | None, model, optimizer, scheduler) -> int:
+    def _plan(self, resume: str | None, overwrite: bool, lock: RunLock) -> StartPlan:
+        """Main process: take the run's lock, then decide where to start (reads only; refusals are one line)."""
+        created = not self.run_dir.exists()
+        make_dir(self.run_dir, "output_dir")
+        try:
+            lock.acquire()
+            if lock.took_over:
+                print(f"{self.run_dir}: took over the lock of {describe_holder(lock.took_over)}, "
+                      f"{lock.took_over['reason']}", flush=True)
+            return plan_start(self.run_dir, resume, overwrite, self.config)
+        except BaseException:
+            lock.release()
+            if created:  # a refused command leaves no trace, not even an empty directory
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _restore(self, plan: StartPlan, model, optimizer, scheduler) -> int:
+        """Load the planned checkpoint (or seed a fresh run); returns the step to continue after."""
         acc = self.accelerator
-        path = ckpt.resolve_resume(resume, self.ckpt_root)
-        existing = ckpt.latest_checkpoint(self.ckpt_root)
-        if resume is None and existing is not None:
-            raise UserError(
-                f"{self.run_dir} already holds a run (latest checkpoint {existing.name}); pass --resume auto to "
-                "continue it, or choose another output_dir"
-            )
-        if path is None:
-            if resume == "auto":
-                acc.print(f"--resume auto: no checkpoint in {self.ckpt_root}; starting from step 0")
+        if plan.note:
+            acc.print(plan.note)
+        if plan.checkpoint is None:
             set_seed(self.train.seed, device_specific=True)  # seed + rank: ranks draw different corruptions
             return 0
+        path = plan.checkpoint
         meta, rng_restored = ckpt.load_checkpoint(path, model=model, optimizer=_inner(optimizer),
                                                   scheduler=scheduler, rank=self.rank)
         step = int(meta["step"])
@@ -359,6 +386,9 @@ class Trainer:
                 f"stays {self.train.global_batch} (accumulation {self.accumulation}), the data order differs"
             )
         acc.print(f"resumed from {path} at step {step}")
+        if plan.changes:
+            acc.print(f"the recipe changed on resume, from step {step + 1} on: {describe_changes(plan.changes)} "
+                      f"(recorded in {self.run_dir / RESUMES_FILE})")
         return step
 
     def _open_stream(self, segment: int) -> Iterator:
@@ -376,9 +406,9 @@ class Trainer:
     def _write_rank_summary(self, step: int) -> None:
         """ranks/rank{r}.json: this rank's final step and parameter checksum (equal across ranks under DDP)."""
         folder = self.run_dir / "ranks"
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dir(folder)
         summary = {"rank": self.rank, "step": step, "param_sha256": parameter_checksum(self.objective)}
-        (folder / f"rank{self.rank}.json").write_text(json.dumps(summary) + "\n")
+        atomic_write(folder / f"rank{self.rank}.json", json.dumps(summary) + "\n")
 
 
 def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -11,12 +11,12 @@ format (Hugging Face's) that has no field for it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ...errors import CheckpointError
+from ...files import atomic_write
 from ..vit import ViTConfig
 
 FOLDER_FORMATS = ("hf", "timm")
@@ -107,16 +107,13 @@ def read_json(path: Path) -> dict:
 
 
 def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> Path:
-    """Save `tensors` (detached, contiguous CPU copies) to `path` through a temporary file renamed into place, so an
-    interrupted export never leaves a truncated file under the final name."""
-    from safetensors.torch import save_file
+    """Save `tensors` (detached, contiguous CPU copies) to `path` complete or not at all (`atomic_write`): an
+    interrupted export never leaves a truncated file under the final name, a full disk is one line."""
+    from safetensors.torch import save
 
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=metadata))
     return path
 
 
 def write_json(path: Path, data: dict) -> Path:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-    return path
+    return atomic_write(path, json.dumps(data, indent=2) + "\n")
