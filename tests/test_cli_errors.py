@@ -59,7 +59,8 @@ def test_a_fresh_run_refuses_to_overwrite_an_existing_one(shards: Path, tmp_path
     assert ssl_vit(*args)[0] == 0
     rc, err = ssl_vit(*args)
     assert rc == 2 and err == (f"error: {tmp_path / 'run'} already holds a run (latest checkpoint step_0000002); "
-                               "pass --resume auto to continue it, or choose another output_dir\n")
+                               "pass --resume auto to continue it, --overwrite to delete it and start afresh, or "
+                               "choose another output_dir\n")
 
 
 def test_debug_shows_the_traceback(tmp_path: Path, ssl_vit):

@@ -176,3 +176,27 @@ def test_every_recipe_key_is_decided_changeable_or_fixed():
     assert rule("optim.lr") == "changeable" and rule("model.overrides.depth") == "fixed"
     assert rule("eval.evaluators") == "changeable" and rule("data.shuffle_buffer") == "fixed"
     assert recipe_changes({"optim": {"lr": 1e-3, "betas": [0.9, 0.99]}}, {"optim": {"lr": 0.001, "betas": (0.9, 0.99)}}, "x") == {}
+
+
+# ------------------------------------------------------------------------------------------ files read back
+class RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("tamper", ["code", "wrong shape"])
+def test_a_tampered_rng_state_is_one_line_and_runs_no_code(finished_run, shards, tmp_path, capsys, tamper):
+    run_dir = copy_of(finished_run, tmp_path)
+    rng_file = run_dir / "checkpoints" / "step_0000008" / "rng_rank0.pt"
+    marker = tmp_path / "pwned"
+    torch.save(RunsCode(marker) if tamper == "code" else {"python": 1, "torch": torch.zeros(3)}, rng_file)
+    before = tree_digest(run_dir)
+    line = refused(capsys, run_dir, pretrain(shards, run_dir, "--resume", "auto", **{**RUN, "train.total_steps": 12}), before)
+    assert str(rng_file) in line and not marker.exists()
+    if tamper == "code":
+        assert "refusing to load: unpickling it would run code" in line
+    else:
+        assert "not an RNG state written by ssl-vit pretrain" in line and "delete the checkpoint's rng_rank*.pt" in line

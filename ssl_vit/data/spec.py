@@ -20,6 +20,7 @@ inside its directory: a `pipe:rm …`, an `http://…` or a `../../x.tar` there 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -47,6 +48,7 @@ class ShardSet:
     num_samples: int | None = None
     shard_lengths: tuple[int, ...] | None = None
     class_names: tuple[str, ...] | None = None
+    sha256: tuple[str, ...] | None = None  # each shard's checksum, as `_info.json` records it
 
     @property
     def num_classes(self) -> int | None:
@@ -157,6 +159,7 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
         lengths = tuple(int(n) for n in entry["shard_lengths"]) if entry.get("shard_lengths") is not None else None
         count = int(entry["num_samples"]) if entry.get("num_samples") is not None else None
         names = tuple(entry["class_names"]) if entry.get("class_names") is not None else None
+        sums = tuple(str(x) for x in entry["sha256"]) if isinstance(entry.get("sha256"), list) else None
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(
             f"{where}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
@@ -171,7 +174,9 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
     _check_listed_once(urls, where)
     if names is not None and len(set(names)) != len(names):
         raise DataError(f"{where}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
-    return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names)
+    if sums is not None and len(sums) != len(filenames):
+        sums = None  # a hand-edited index: fall back to the files' sizes and dates where checksums are wanted
+    return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names, sums)
 
 
 def _check_plain_name(name: object, info_path: str, split: str) -> None:
@@ -223,4 +228,4 @@ def _with_count(shards: ShardSet, num_samples: int, source: str) -> ShardSet:
         raise DataError(f"num_samples={num_samples} disagrees with {source}, which holds {shards.num_samples} samples")
     if num_samples <= 0:
         raise DataError(f"num_samples must be positive, got {num_samples}")
-    return ShardSet(shards.urls, num_samples, shards.shard_lengths, shards.class_names)
+    return dataclasses.replace(shards, num_samples=num_samples)

@@ -102,6 +102,11 @@ class Stream:
                 return
         self.close()
 
+    def dead_workers(self) -> list[int]:
+        """The pids of this iteration's loader workers that have died (killed from outside, e.g. for memory)."""
+        workers = getattr(self._iterator, "_workers", None) or []
+        return [w.pid for w in workers if not w.is_alive() and w.exitcode not in (None, 0)]
+
     def close(self) -> None:
         """Shut the worker processes down; safe to call more than once."""
         iterator, self._iterator = self._iterator, None

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from ssl_vit.data.normalize import DEFAULT_MEAN, DEFAULT_STD
 from ssl_vit.errors import ConfigError, DataError
 
-from .cache import cache_key, cache_path, load_features, save_features
+from .cache import cache_key, cache_path, load_features, save_features, shard_contents
 from .features import Features, Pool, check_pool, extract_features
 
 if TYPE_CHECKING:
@@ -173,9 +174,9 @@ class EvalContext:
         path = None
         if self.cache_dir is not None:
             key = cache_key(
-                checkpoint=self.fingerprint, spec=spec, split=name, urls=list(shards.urls),
+                weights=self.fingerprint, urls=list(shards.urls), contents=shard_contents(shards),
                 num_samples=shards.num_samples, image_size=self.data.image_size, crop_pct=self.data.crop_pct,
-                pool=pool, layers=list(layers) if layers is not None else None,
+                mean=DEFAULT_MEAN, std=DEFAULT_STD, pool=pool, layers=list(layers) if layers is not None else None,
                 precision=self.accelerator.mixed_precision if self.accelerator is not None else "no",
             )
             path = cache_path(self.cache_dir, key)

@@ -215,7 +215,13 @@ class Trainer:
         state = RunState(model, forward, optimizer, scheduler, agreement)
         finished = False
         try:
-            result = self._loop(start, state, log, window)
+            try:
+                result = self._loop(start, state, log, window)
+            except (RuntimeError, ConnectionError, EOFError) as err:  # a worker's death surfaces anywhere
+                death = self._worker_death(err)
+                if death is None:
+                    raise
+                raise death from err
             finished = True
         finally:
             self._close_stream()
@@ -305,11 +311,25 @@ class Trainer:
         try:
             batch, failure = next(batches), None
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
-            batch, failure = None, err
+            batch, failure = None, self._worker_death(err) or err
         failed, stopping = agreement.any_each(failure is not None, stop.received is not None)
         if failed:
             raise_on_every_rank(failure, agreement.gather, "the data stream")
         return batch, stopping
+
+    def _worker_death(self, err: Exception) -> DataError | None:
+        """A loader worker killed from outside (most often by the out-of-memory killer) as one line that says
+        how to go on; None for any other failure."""
+        died = isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
+        dead = getattr(self._stream, "dead_workers", lambda: [])()
+        if not died and not (isinstance(err, (ConnectionError, EOFError)) and dead):  # lost mid-transfer
+            return None
+        last = ckpt.latest_checkpoint(self.ckpt_root)
+        since = f"from {last}" if last is not None else "from step 0: no checkpoint yet"
+        return DataError(
+            f"a data loader worker died ({' '.join(str(err).split())[:160]}); the usual cause is the out-of-memory "
+            f"killer: lower data.num_workers or data.shuffle_buffer, then run the same command with --resume auto "
+            f"(it continues {since})")
 
     # ------------------------------------------------------------------------------------- pieces
     def _log(self, step: int, log: MetricsLog, window: MetricsWindow) -> None:
