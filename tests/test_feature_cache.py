@@ -5,20 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
+from imagegen import make_image_folder
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from imagegen import make_image_folder  # noqa: E402
-
-from data_tools.build import build_split  # noqa: E402
-from ssl_vit.eval import command  # noqa: E402
-from ssl_vit.eval.backbones import resolve_backbone  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
-from ssl_vit.models.weights import save_backbone  # noqa: E402
+from data_tools.build import build_split
+from ssl_vit.eval import command
+from ssl_vit.eval.backbones import resolve_backbone
+from ssl_vit.models import create_model
+from ssl_vit.models.weights import save_backbone
 
 TINY = ["image_size=32", "batch_size=8", "num_workers=0", "crop_pct=1.0", "knn.k=[1]"]
 

@@ -6,24 +6,19 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from trainer_fixtures import SMOKE, run_cli, smoke_overrides, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.errors import StorageError  # noqa: E402
-from ssl_vit.eval.cache import save_features  # noqa: E402
-from ssl_vit.eval.features import Features  # noqa: E402
-from ssl_vit.files import atomic_write, write_error  # noqa: E402
-from ssl_vit.train import checkpoint as ckpt  # noqa: E402
-from ssl_vit.train import run_dir as run_dir_module  # noqa: E402
-from ssl_vit.train import trainer as trainer_module  # noqa: E402
-from ssl_vit.train.metrics import MetricsLog  # noqa: E402
+from ssl_vit.errors import StorageError
+from ssl_vit.eval.cache import save_features
+from ssl_vit.eval.features import Features
+from ssl_vit.files import atomic_write, write_error
+from ssl_vit.train import checkpoint as ckpt
+from ssl_vit.train import run_dir as run_dir_module
+from ssl_vit.train import trainer as trainer_module
+from ssl_vit.train.metrics import MetricsLog
 
 RUN = {"train.total_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "optim.warmup_steps": 1}
 
@@ -65,8 +60,8 @@ def disk(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=32, shard_size=16)
+def shards(pretrain_shards_32: Path) -> Path:
+    return pretrain_shards_32
 
 
 def one_line(capsys, rc: int) -> str:
@@ -76,8 +71,10 @@ def one_line(capsys, rc: int) -> str:
     return lines[0]
 
 
-def pretrain(shards: Path, run_dir: Path, *args: str, **overrides) -> int:
-    return run_cli(["pretrain", "--config", str(SMOKE), *smoke_overrides(shards, run_dir, **{**RUN, **overrides}), *args])
+@pytest.fixture
+def pretrain(pretrain):
+    """The shared in-process runner with this module's short run as the default."""
+    return lambda shards, run_dir, *args, **overrides: pretrain(shards, run_dir, *args, **{**RUN, **overrides})
 
 
 def fill_before(disk: SmallDisk, function):
@@ -89,7 +86,7 @@ def fill_before(disk: SmallDisk, function):
 
 
 # ------------------------------------------------------------------------------------------------ pretraining
-def test_full_at_start_is_one_line_and_leaves_no_directory_behind(disk, shards, capsys):
+def test_full_at_start_is_one_line_and_leaves_no_directory_behind(disk, shards, capsys, pretrain):
     disk.fill()
     run = disk.root / "run"
     line = one_line(capsys, pretrain(shards, run))
@@ -97,7 +94,7 @@ def test_full_at_start_is_one_line_and_leaves_no_directory_behind(disk, shards, 
     assert not run.exists()
 
 
-def test_full_when_writing_config_yaml(disk, shards, capsys, monkeypatch):
+def test_full_when_writing_config_yaml(disk, shards, capsys, monkeypatch, pretrain):
     monkeypatch.setattr(trainer_module, "begin", fill_before(disk, run_dir_module.begin))
     run = disk.root / "run"
     line = one_line(capsys, pretrain(shards, run))
@@ -105,7 +102,7 @@ def test_full_when_writing_config_yaml(disk, shards, capsys, monkeypatch):
     assert not (run / "run.lock").exists()  # the lock is released on the way out
 
 
-def test_full_when_writing_metrics(disk, shards, capsys, monkeypatch):
+def test_full_when_writing_metrics(disk, shards, capsys, monkeypatch, pretrain):
     """Appends fit into the log's last page for a while; the error comes when a line needs a new one."""
     real = MetricsLog.write
 
@@ -120,7 +117,7 @@ def test_full_when_writing_metrics(disk, shards, capsys, monkeypatch):
     assert f"no space left on {disk.root} while writing {run / 'metrics.jsonl'}" in line
 
 
-def test_full_when_writing_a_checkpoint_keeps_latest_and_the_resume_continues(disk, shards, capsys, monkeypatch):
+def test_full_when_writing_a_checkpoint_keeps_latest_and_the_resume_continues(disk, shards, capsys, monkeypatch, pretrain):
     real = ckpt.save_checkpoint
 
     def save(root, step, **kwargs):
@@ -155,13 +152,13 @@ def test_torch_writer_on_a_full_disk_says_no_space_not_unexpected_pos(disk):
 
 
 # ------------------------------------------------------------------------------------------------ export, cache
-def test_full_when_exporting(disk, shards, tmp_path, capsys):
+def test_full_when_exporting(disk, shards, tmp_path, capsys, pretrain, run_cli):
     run = tmp_path / "run"
     assert pretrain(shards, run) == 0
     capsys.readouterr()
     disk.fill()
     out = disk.root / "vit.safetensors"
-    line = one_line(capsys, run_cli(["export", str(run), str(out)]))
+    line = one_line(capsys, run_cli("export", str(run), str(out)))
     assert f"no space left on {disk.root} while writing {out}" in line
     assert not out.exists()
 

@@ -5,41 +5,34 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+from trainer_fixtures import tree_digest
 
-from trainer_fixtures import SMOKE, run_cli, smoke_overrides, tree_digest, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.config import PretrainConfig, schema_keys  # noqa: E402
-from ssl_vit.eval.finetune_config import FinetuneConfig  # noqa: E402
-from ssl_vit.train import trainer as trainer_module  # noqa: E402
-from ssl_vit.train.optim import lr_factor  # noqa: E402
-from ssl_vit.train.recipe_changes import CHANGEABLE, FIXED, recipe_changes, rule  # noqa: E402
+from ssl_vit.config import PretrainConfig, schema_keys
+from ssl_vit.eval.finetune_config import FinetuneConfig
+from ssl_vit.train import trainer as trainer_module
+from ssl_vit.train.optim import lr_factor
+from ssl_vit.train.recipe_changes import CHANGEABLE, FIXED, recipe_changes, rule
 
 RUN = {"train.total_steps": 8, "train.checkpoint_every": 4, "train.log_every": 1, "optim.warmup_steps": 2}
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=32, shard_size=16)
+def shards(pretrain_shards_32: Path) -> Path:
+    return pretrain_shards_32
 
 
 @pytest.fixture(scope="module")
-def finished_run(shards: Path, tmp_path_factory) -> Path:
+def finished_run(shards: Path, tmp_path_factory, pretrain) -> Path:
     """A run of 8 steps with checkpoints at 4 and 8 (copied by each test that changes it)."""
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     assert pretrain(shards, run_dir, **RUN) == 0
     return run_dir
-
-
-def pretrain(data: Path, run_dir: Path, *args: str, **overrides: object) -> int:
-    return run_cli(["pretrain", "--config", str(SMOKE), *smoke_overrides(data, run_dir, **overrides), *args])
 
 
 def copy_of(run_dir: Path, tmp_path: Path) -> Path:
@@ -61,7 +54,8 @@ def records(path: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ latest is broken
-def test_resume_without_latest_refuses_and_names_the_intact_checkpoints(finished_run, shards, tmp_path, capsys):
+def test_resume_without_latest_refuses_and_names_the_intact_checkpoints(finished_run, shards, tmp_path, capsys,
+        pretrain):
     run_dir = copy_of(finished_run, tmp_path)
     (run_dir / "checkpoints" / "latest").unlink()
     before = tree_digest(run_dir)
@@ -71,7 +65,8 @@ def test_resume_without_latest_refuses_and_names_the_intact_checkpoints(finished
     assert "intact checkpoints: step_0000004, step_0000008" in line and f"--resume {newest}" in line
 
 
-def test_latest_naming_a_deleted_step_refuses_then_resume_path_continues_from_the_one_left(finished_run, shards, tmp_path, capsys):
+def test_latest_naming_a_deleted_step_refuses_then_resume_path_continues_from_the_one_left(finished_run, shards, tmp_path, capsys,
+        pretrain):
     """The natural way there: an error names a damaged step directory, the user deletes it, then resumes."""
     run_dir = copy_of(finished_run, tmp_path)
     shutil.rmtree(run_dir / "checkpoints" / "step_0000008")
@@ -86,7 +81,8 @@ def test_latest_naming_a_deleted_step_refuses_then_resume_path_continues_from_th
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_0000008"
 
 
-def test_resume_from_an_earlier_checkpoint_needs_overwrite_to_replace_the_later_ones(finished_run, shards, tmp_path, capsys):
+def test_resume_from_an_earlier_checkpoint_needs_overwrite_to_replace_the_later_ones(finished_run, shards, tmp_path, capsys,
+        pretrain):
     run_dir = copy_of(finished_run, tmp_path)
     step4, step8 = (run_dir / "checkpoints" / f"step_000000{s}" for s in (4, 8))
     old8 = torch.load(step8 / "state.pt", weights_only=True)["model"]
@@ -101,7 +97,8 @@ def test_resume_from_an_earlier_checkpoint_needs_overwrite_to_replace_the_later_
 
 
 # ------------------------------------------------------------------------------------------ fresh starts
-def test_a_fresh_start_in_a_run_directory_is_refused_without_overwrite(finished_run, shards, tmp_path, capsys):
+def test_a_fresh_start_in_a_run_directory_is_refused_without_overwrite(finished_run, shards, tmp_path, capsys,
+        pretrain):
     run_dir = copy_of(finished_run, tmp_path)
     before = tree_digest(run_dir)
     line = refused(capsys, run_dir, pretrain(shards, run_dir, **{**RUN, "optim.lr": 0.01}), before)
@@ -116,7 +113,8 @@ def test_a_fresh_start_in_a_run_directory_is_refused_without_overwrite(finished_
     assert not (run_dir / "ranks" / "rank0.json").read_text() == ""
 
 
-def test_a_resume_that_changes_the_model_is_refused_naming_the_key_and_both_values(finished_run, shards, tmp_path, capsys):
+def test_a_resume_that_changes_the_model_is_refused_naming_the_key_and_both_values(finished_run, shards, tmp_path, capsys,
+        pretrain):
     run_dir = copy_of(finished_run, tmp_path)
     before = tree_digest(run_dir)
     rc = pretrain(shards, run_dir, "--resume", "auto", **{**RUN, "train.total_steps": 12, "model.overrides.depth": 3})
@@ -126,7 +124,7 @@ def test_a_resume_that_changes_the_model_is_refused_naming_the_key_and_both_valu
     assert "train.seed is 1 but the checkpoint" in refused(capsys, run_dir, rc, before)
 
 
-def test_an_output_dir_that_is_a_file_is_one_line(shards, tmp_path, capsys):
+def test_an_output_dir_that_is_a_file_is_one_line(shards, tmp_path, capsys, pretrain):
     target = tmp_path / "taken"
     target.write_text("not a directory\n")
     line = refused(capsys, tmp_path, pretrain(shards, target, **RUN), tree_digest(tmp_path))
@@ -134,7 +132,8 @@ def test_an_output_dir_that_is_a_file_is_one_line(shards, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ changing the recipe
-def test_a_changed_rate_weight_decay_and_betas_take_effect_at_the_resumed_step(finished_run, shards, tmp_path, capsys, monkeypatch):
+def test_a_changed_rate_weight_decay_and_betas_take_effect_at_the_resumed_step(finished_run, shards, tmp_path, capsys,
+        monkeypatch, pretrain):
     """The NaN error's advice ("lower optim.lr, then resume") must act: the rate, weight decay and betas the
     optimizer actually uses after resuming are the new recipe's, on the new schedule's length."""
     run_dir = copy_of(finished_run, tmp_path)
@@ -188,7 +187,8 @@ class RunsCode:
 
 
 @pytest.mark.parametrize("tamper", ["code", "wrong shape"])
-def test_a_tampered_rng_state_is_one_line_and_runs_no_code(finished_run, shards, tmp_path, capsys, tamper):
+def test_a_tampered_rng_state_is_one_line_and_runs_no_code(finished_run, shards, tmp_path, capsys, tamper,
+                                                                   pretrain):
     run_dir = copy_of(finished_run, tmp_path)
     rng_file = run_dir / "checkpoints" / "step_0000008" / "rng_rank0.pt"
     marker = tmp_path / "pwned"

@@ -14,23 +14,21 @@ import time
 from pathlib import Path
 
 import pytest
+from test_faults import _error_lines as rank_error_lines
+from test_faults import _free_port as free_port
+from test_resume import start_and_wait
+from trainer_fixtures import REPO, SMOKE, cli_env, pretrain_command, run_pretrain, smoke_overrides, tree_digest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from test_faults import _error_lines as rank_error_lines, _free_port as free_port  # noqa: E402
-from test_resume import start_and_wait  # noqa: E402
-from trainer_fixtures import REPO, SMOKE, cli_env, pretrain_command, run_pretrain, smoke_overrides, tree_digest, write_pretrain_shards  # noqa: E402
-
-from ssl_vit.errors import RunDirectoryError  # noqa: E402
-from ssl_vit.train import run_lock  # noqa: E402
-from ssl_vit.train.run_lock import LOCK_NAME, RunLock, process_identity  # noqa: E402
+from ssl_vit.errors import RunDirectoryError
+from ssl_vit.train import run_lock
+from ssl_vit.train.run_lock import LOCK_NAME, RunLock, process_identity
 
 LONG = {"train.total_steps": 5000, "train.log_every": 1, "train.checkpoint_every": 5}
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    return write_pretrain_shards(tmp_path_factory.mktemp("shards"), num_samples=32, shard_size=16)
+def shards(pretrain_shards_32: Path) -> Path:
+    return pretrain_shards_32
 
 
 def error_lines(text: str) -> list[str]:

@@ -53,21 +53,6 @@ def run_pretrain(overrides: list[str], *extra_args: str, timeout: float = 120, *
                           text=True, timeout=timeout)
 
 
-def run_cli(argv: list[str]) -> int:
-    """`ssl-vit ARGV` in this process, with Accelerate's process-wide state reset before and after."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from ssl_vit.cli import main
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        return main(argv)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-
 def tree_digest(root: Path) -> dict[str, str]:
     """Every file under `root` (relative name → sha256 of its bytes; folders as 'dir'): equal iff nothing changed."""
     import hashlib

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import create_model
     from ..objectives import build
     from ..train import Trainer, make_accelerator
-    from ..train.checkpoint import resolve_resume
+    from ..train.checkpoint import latest_checkpoint
 
     shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
     steps = total_steps(cfg, shards.num_samples)
@@ -111,7 +111,9 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
         backbone = create_model(cfg.model.name, **model_overrides(cfg))
         objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
-        if cfg.model.init_from and resolve_resume(args.resume, Path(cfg.output_dir) / "checkpoints") is None:
+        resuming = args.resume is not None and (
+            args.resume != "auto" or latest_checkpoint(Path(cfg.output_dir) / "checkpoints") is not None)
+        if cfg.model.init_from and not resuming:
             from ..models.init_from import init_from  # a resumed run has its own weights: nothing to initialise
 
             accelerator.print(init_from(cfg.model.init_from, backbone, objective))

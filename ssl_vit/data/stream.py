@@ -36,6 +36,8 @@ other broken promise of `_info.json` — a shard listed twice, a key read twice,
 """
 from __future__ import annotations
 
+import time
+
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -102,9 +104,13 @@ class Stream:
                 return
         self.close()
 
-    def dead_workers(self) -> list[int]:
-        """The pids of this iteration's loader workers that have died (killed from outside, e.g. for memory)."""
+    def dead_workers(self, wait: float = 0.0) -> list[int]:
+        """The pids of this iteration's loader workers that have died (killed from outside, e.g. for memory),
+        giving a dying one up to `wait` seconds to be seen dead (its sockets close a moment before it exits)."""
         workers = getattr(self._iterator, "_workers", None) or []
+        deadline = time.monotonic() + wait
+        for worker in workers:
+            worker.join(timeout=max(deadline - time.monotonic(), 0.0))
         return [w.pid for w in workers if not w.is_alive() and w.exitcode not in (None, 0)]
 
     def close(self) -> None:

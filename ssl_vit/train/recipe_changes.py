@@ -24,13 +24,16 @@ CHANGEABLE = (
     # logging, checkpointing, evaluation, where the run writes
     "train.log_every", "train.checkpoint_every", "train.keep_last", "train.max_nonfinite", "train.log_with",
     "eval", "val_every", "data.val", "data.val_split", "data.crop_pct", "output_dir",
+    # read only when a run starts from step 0 (a resume has its own weights)
+    "model.init_from",
     # how the same global batch is computed: exact reproduction needs the old values, like the process count
     "train.precision", "train.compile", "train.grad_checkpointing", "data.batch_size", "data.num_workers",
-    "data.max_bad_fraction",
+    # how bad data is handled (which samples count as bad, whether a bad shard stops the run)
+    "data.max_bad_fraction", "data.max_pixels", "data.shard_errors",
 )
 FIXED = (
     "model", "objective",  # what is trained
-    "data.train", "data.split", "data.image_size", "data.num_classes",  # on which data
+    "data.train", "data.split", "data.image_size", "data.num_classes", "holdout_fraction",  # on which data
     "data.shuffle_buffer", "data.crop_scale", "data.crop_ratio", "data.hflip",  # in which order and views
     "train.global_batch", "train.seed", "optim.name",  # what a step is
 )

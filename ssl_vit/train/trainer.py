@@ -46,6 +46,7 @@ from . import checkpoint as ckpt
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
 from .recipe_changes import describe as describe_changes
+from .recipe_changes import flatten
 from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
 from .run_lock import RunLock, describe as describe_holder
 from .signals import HostAgreement, StopRequest, raise_on_every_rank, together
@@ -321,8 +322,9 @@ class Trainer:
         """A loader worker killed from outside (most often by the out-of-memory killer) as one line that says
         how to go on; None for any other failure."""
         died = isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
-        dead = getattr(self._stream, "dead_workers", lambda: [])()
-        if not died and not (isinstance(err, (ConnectionError, EOFError)) and dead):  # lost mid-transfer
+        if not died and isinstance(err, (ConnectionError, EOFError)):  # a batch lost in transfer: was it a death?
+            died = bool(getattr(self._stream, "dead_workers", lambda wait: [])(wait=2.0))
+        if not died:
             return None
         last = ckpt.latest_checkpoint(self.ckpt_root)
         since = f"from {last}" if last is not None else "from step 0: no checkpoint yet"
@@ -436,13 +438,6 @@ def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, Any]:
+def _flat(config: dict) -> dict[str, Any]:
     """Dotted scalar keys for trackers (tensorboard's hparams accept only scalars)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, name + "."))
-        else:
-            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return out
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
