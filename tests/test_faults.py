@@ -322,6 +322,7 @@ def test_resume_from_a_checkpoint_of_another_model_size(nano_run: Path, pretrain
     assert rc == 2
     line = one_error_line(err)
     assert f"model.name is 'vit_micro_patch4' but the checkpoint {checkpoint} was trained with 'vit_nano_patch4'" in line
+    assert not (tmp_path / "run").exists()  # refused before any write: not even the output directory is left
 
 
 @pytest.mark.timeout(60)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -179,12 +178,16 @@ class Trainer:
         acc = self.accelerator
         agreement = HostAgreement()
         lock = RunLock(self.run_dir) if acc.is_main_process else None
+        created = acc.is_main_process and not self.run_dir.exists()
         try:
             return self._fit(resume, overwrite, agreement, lock)
         finally:
             agreement.close()
             if lock is not None:
                 lock.release()
+            if created:  # a refused command leaves no trace, not even an empty directory (rmdir: only if empty,
+                with suppress(OSError):  # so whatever was written there stays)
+                    self.run_dir.rmdir()
 
     def _fit(self, resume: str | None, overwrite: bool, agreement: HostAgreement, lock: RunLock | None) -> TrainResult:
         acc = self.accelerator
@@ -373,19 +376,12 @@ class Trainer:
 
     def _plan(self, resume: str | None, overwrite: bool, lock: RunLock) -> StartPlan:
         """Main process: take the run's lock, then decide where to start (reads only; refusals are one line)."""
-        created = not self.run_dir.exists()
         make_dir(self.run_dir, "output_dir")
-        try:
-            lock.acquire()
-            if lock.took_over:
-                print(f"{self.run_dir}: took over the lock of {describe_holder(lock.took_over)}, "
-                      f"{lock.took_over['reason']}", flush=True)
-            return plan_start(self.run_dir, resume, overwrite, self.config)
-        except BaseException:
-            lock.release()
-            if created:  # a refused command leaves no trace, not even an empty directory
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-            raise
+        lock.acquire()
+        if lock.took_over:
+            print(f"{self.run_dir}: took over the lock of {describe_holder(lock.took_over)}, "
+                  f"{lock.took_over['reason']}", flush=True)
+        return plan_start(self.run_dir, resume, overwrite, self.config)
 
     def _restore(self, plan: StartPlan, model, optimizer, scheduler) -> int:
         """Load the planned checkpoint (or seed a fresh run); returns the step to continue after."""
