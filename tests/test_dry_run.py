@@ -63,8 +63,9 @@ def test_epochs_accumulation_and_an_existing_run(shards, tmp_path, capsys, monke
     assert rc == 0, err
     assert rows["batch"] == "4 per device × 2 processes × 2 accumulation = 16 images per step"
     assert rows["length"].startswith("6 steps (train.epochs 2) = 2.0 epochs of 3 steps; 96 images")
-    assert rows["run dir"] == (f"{run_dir}: already holds a run (latest checkpoint step_0000050); the run would stop: "
-                               "pass --resume auto to continue it, or choose another output_dir")
+    assert rows["run dir"] == (f"{run_dir}: the run would stop: {run_dir} already holds a run (latest checkpoint "
+                               "step_0000050); pass --resume auto to continue it, --overwrite to delete it and start "
+                               "afresh, or choose another output_dir")
     rc, rows, err = _dry_run(capsys, *argv, "--resume", "auto")
     assert rows["run dir"] == f"{run_dir}: resumes from {checkpoint} at step 50"
 

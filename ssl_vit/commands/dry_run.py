@@ -33,14 +33,14 @@ def planned_processes(requested: int | None) -> int:
 
 
 def plan(cfg: PretrainConfig, recipe: Path, overrides: list[str], shards: ShardSet, steps: int, processes: int,
-         resume: str | None) -> list[tuple[str, str]]:
+         resume: str | None, overwrite: bool = False) -> list[tuple[str, str]]:
     """(label, text) rows of the dry run's report."""
     accumulation = accumulation_steps(cfg.train.global_batch, cfg.data.batch_size, processes, where=str(recipe))
     rows = [("recipe", _recipe_line(recipe, overrides)), ("data", _data_line(cfg, shards))]
     rows.append(("batch", f"{cfg.data.batch_size:,} per device × {processes} process{'es' * (processes != 1)} × "
                           f"{accumulation} accumulation = {cfg.train.global_batch:,} images per step"))
     rows.append(("length", _length_line(cfg, shards, steps)))
-    rows.append(("run dir", _run_dir_line(Path(cfg.output_dir), resume)))
+    rows.append(("run dir", _run_dir_line(Path(cfg.output_dir), resume, overwrite)))
     rows.append(("memory", describe(pretrain_step_memory(cfg)).replace("\n", "\n" + " " * 11)))
     return rows
 
@@ -93,16 +93,19 @@ def _length_line(cfg: PretrainConfig, shards: ShardSet, steps: int) -> str:
     return text + (f"; warmup {warmup:,} steps" if warmup else "") + f", checkpoint every {cfg.train.checkpoint_every:,}"
 
 
-def _run_dir_line(run_dir: Path, resume: str | None) -> str:
-    """What the trainer's `_restore` would do with this run directory and `--resume`."""
-    root = run_dir / ckpt.CHECKPOINTS
-    existing = ckpt.latest_checkpoint(root)
-    if resume is None and existing is not None:
-        return (f"{run_dir}: already holds a run (latest checkpoint {existing.name}); the run would stop: pass "
-                "--resume auto to continue it, or choose another output_dir")
-    found = ckpt.resolve_resume(resume, root)
-    if found is None:
-        return f"{run_dir}: a new run" + (" (--resume auto: no checkpoint there yet)" if resume == "auto" else "")
-    step = ckpt.checkpoint_step(found)
+def _run_dir_line(run_dir: Path, resume: str | None, overwrite: bool) -> str:
+    """What the trainer would do with this run directory, `--resume` and `--overwrite`: the run's own decision
+    (`plan_start`, which reads only). The recipe is compared with the checkpoint's when the run starts."""
+    from ..errors import UserError
+    from ..train.run_dir import plan_start
+
+    try:
+        start = plan_start(run_dir, resume, overwrite, None)
+    except UserError as err:
+        return f"{run_dir}: the run would stop: {err}"
+    replaced = f"; {start.note}" if start.replaces else ""
+    if start.checkpoint is None:
+        return f"{run_dir}: a new run" + (" (--resume auto: no checkpoint there yet)" if resume == "auto" else "") + replaced
+    step = ckpt.checkpoint_step(start.checkpoint)
     at = f" at step {step:,}" if step is not None else ""
-    return f"{run_dir}: resumes from {found}{at}"
+    return f"{run_dir}: resumes from {start.checkpoint}{at}{replaced}"

@@ -147,7 +147,8 @@ def _dry_run(args: argparse.Namespace, cfg: PretrainConfig, shards, steps: int) 
 
     if args.processes is not None and args.processes < 1:
         raise ConfigError(f"--processes must be at least 1, got {args.processes}")
-    rows = plan(cfg, args.config, list(args.overrides), shards, steps, planned_processes(args.processes), args.resume)
+    rows = plan(cfg, args.config, list(args.overrides), shards, steps, planned_processes(args.processes), args.resume,
+                args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"dry run: nothing is trained\n{format_plan(rows)}", end="")
     return 0

@@ -47,7 +47,7 @@ def checkpoint_name(step: int) -> str:
 
 def checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint directory's name says (`step_0001000` → 1000), without reading it; None otherwise."""
-    match = _NAME.match(Path(path).name)
+    match = STEP_NAME.match(Path(path).name)
     return int(match.group(1)) if match else None
 
 
@@ -232,13 +232,6 @@ def intact_choices(root: Path, intact: list[Path]) -> str:
         return (f"no intact checkpoint is left in {root}: start afresh with --overwrite (deletes the run) or in "
                 "another output_dir")
     return f"intact checkpoints: {', '.join(p.name for p in intact)}; resume from one with --resume {intact[-1]}"
-
-
-def step_of(checkpoint: Path) -> int:
-    """The step in a checkpoint directory's name (`step_0001000` → 1000; 0 for a directory named otherwise,
-    whose step only its `state.pt` knows)."""
-    match = STEP_NAME.match(checkpoint.name)
-    return int(match.group(1)) if match else 0
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -70,9 +70,9 @@ def plan_start(run_dir: Path, resume: str | None, overwrite: bool, config: dict 
     if resume == "auto":
         return _auto(run_dir, root, held, config)
     found = ckpt.resolve_checkpoint(resume)
-    plan = StartPlan(checkpoint=found, step=ckpt.step_of(found), changes=_changes(found, config))
+    plan = StartPlan(checkpoint=found, step=(ckpt.checkpoint_step(found) or 0), changes=_changes(found, config))
     if found.parent.resolve() == root.resolve():  # an earlier checkpoint of this very run
-        later = [p for p in ckpt.list_checkpoints(root) if ckpt.step_of(p) > plan.step]
+        later = [p for p in ckpt.list_checkpoints(root) if ckpt.checkpoint_step(p) > plan.step]
         if later and not overwrite:
             raise RunDirectoryError(
                 f"--resume {resume}: {run_dir} holds later checkpoints ({', '.join(p.name for p in later)}), which "
@@ -128,7 +128,7 @@ def _auto(run_dir: Path, root: Path, held: list[Path], config: dict | None) -> S
         if found is None:
             state = "is incomplete" if (root / name).is_dir() else "does not exist"
             raise CheckpointError(f"{pointer} names {name}, which {state}; {ckpt.intact_choices(root, intact)}")
-        return StartPlan(checkpoint=found, step=ckpt.step_of(found), changes=_changes(found, config))
+        return StartPlan(checkpoint=found, step=(ckpt.checkpoint_step(found) or 0), changes=_changes(found, config))
     if intact or any(root.glob("step_*")):
         raise CheckpointError(f"{pointer} is missing, so the run's latest checkpoint is unknown; {ckpt.intact_choices(root, intact)}")
     note = f"--resume auto: no checkpoint in {root}; starting from step 0"
