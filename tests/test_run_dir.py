@@ -128,7 +128,7 @@ def test_an_output_dir_that_is_a_file_is_one_line(shards, tmp_path, capsys, pret
     target = tmp_path / "taken"
     target.write_text("not a directory\n")
     line = refused(capsys, tmp_path, pretrain(shards, target, **RUN), tree_digest(tmp_path))
-    assert f"output_dir {target} is a file, not a directory" in line
+    assert str(target) in line and "is a file" in line  # the recipe loader's check; the trainer's make_dir is the net
 
 
 # ------------------------------------------------------------------------------------------ changing the recipe
