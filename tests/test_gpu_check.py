@@ -123,3 +123,27 @@ def test_gpu_tests_fail_without_cuda_instead_of_skipping(tmp_path: Path) -> None
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "pytest -m gpu needs a CUDA device and torch sees none" in proc.stdout
     assert "1 error" in proc.stdout and "skipped" not in proc.stdout
+
+
+# What the GPU machine ships (docs/benchmarks.md, "The GPU check"); anything else must travel as a wheel.
+ON_THE_GPU_MACHINE = {"torch", "accelerate", "einops", "pyyaml", "pillow", "tqdm", "safetensors", "numpy",
+                      "transformers", "timm", "torchvision", "matplotlib", "scikit-learn", "pytest", "pytest-timeout",
+                      "hypothesis", "huggingface_hub"}
+
+
+def test_documented_gpu_command_and_wheels_cover_the_dependencies() -> None:
+    """README and docs/benchmarks.md give the same one-line command, short enough for the device tool (2,000
+    characters); `make gpu-wheels` fetches every runtime dependency the GPU machine lacks."""
+    import re
+    import tomllib
+
+    commands = {doc: [line for line in (ROOT / doc).read_text().splitlines() if line.startswith("python3 -m pip install")]
+                for doc in ("README.md", "docs/benchmarks.md")}
+    (readme,), (docs,) = commands.values()
+    assert readme == docs and len(readme) < 2000
+    assert "--no-index --no-deps" in readme and ".whl/*.whl" in readme and readme.endswith("python3 bench/gpu_check.py")
+    wheels = re.search(r"^GPU_WHEELS \?= (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    fetched = {w.split("==")[0].lower() for w in wheels}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert needed - ON_THE_GPU_MACHINE == fetched
