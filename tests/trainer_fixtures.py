@@ -37,8 +37,10 @@ def smoke_overrides(data: Path, run_dir: Path, **extra: object) -> list[str]:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for subprocess runs: one thread per process, the repository importable."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO),
+    """Environment for subprocess runs: one thread per process, the repository importable first. What was on
+    PYTHONPATH stays after it: on the GPU machine the wheels it lacks are installed there (`pip --target`)."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path,
                TOKENIZERS_PARALLELISM="false", ACCELERATE_DISABLE_RICH="1")
     env.update(extra)
     return env
