@@ -5,16 +5,10 @@ seeded shuffle, each sample's bytes are decided on their own (pass-through or de
 re-encoding), and the packer closes a shard exactly when the next sample would push it past
 `shard_size` or `max_count`. So `--workers` cannot change a byte, a rebuild is byte-identical, and an
 interrupted build resumes from its last finished shard to the same result (see progress.py).
-
-One environment variable exists only for the tests of that last property:
-`DATA_TOOLS_TEST_HANG_AFTER_SHARDS=K` makes a build stop once K shards are finished in this run and the
-next one is partly written, say so on stderr and sleep until it is killed — a deterministic point for a
-test to SIGKILL it.
 """
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -228,7 +222,6 @@ def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[S
                   progress: bool) -> int:
     """Pack the inputs after the record's last shard into new shards; returns how many were re-encoded."""
     start = record.shards[-1].next_input if record.shards else 0
-    hooks = _TestHooks()
     reencoded = read_bytes = 0
     clock = time.perf_counter()
     writer: ShardWriter | None = None
@@ -245,12 +238,10 @@ def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[S
                 if writer is not None and _full(writer, result, opts):
                     _close(writer, out, record, next_input=index)
                     writer = None
-                    hooks.shard_finished()
                 if writer is None:
                     writer = ShardWriter(out / shard_name(opts.split, len(record.shards)))
                 writer.add(result)
                 reencoded += result.reencoded is not None
-                hooks.sample_written(writer)
             bar.update(1)
             if index % BATCH == 0:
                 rate = read_bytes / 1e6 / max(time.perf_counter() - clock, 1e-9)
@@ -301,22 +292,3 @@ def _summary(opts: BuildOptions, out: Path, record: Progress, inputs: Inputs, st
         skipped=len(inputs.skipped) + len(record.skipped), shards=len(record.shards),
         bytes=sum(s.bytes for s in record.shards), seconds=time.perf_counter() - started,
         up_to_date=up_to_date)
-
-
-class _TestHooks:
-    """See the module docstring: a deterministic point for the tests to SIGKILL a build."""
-
-    def __init__(self) -> None:
-        hang = os.environ.get("DATA_TOOLS_TEST_HANG_AFTER_SHARDS")
-        self.hang_after = int(hang) if hang else None
-        self.finished = 0
-
-    def shard_finished(self) -> None:
-        self.finished += 1
-
-    def sample_written(self, writer: ShardWriter) -> None:
-        if self.hang_after is not None and self.finished >= self.hang_after:
-            writer.flush()  # leave a real partial `.tar.tmp` behind, as a kill mid-write would
-            print(f"data_tools test hook: hanging in {writer.tmp.name}", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(60)

@@ -17,9 +17,9 @@ from .errors import UserError, one_line
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("ssl_vit.commands.pretrain", "pretrain a ViT with masked patch prediction (under accelerate launch for several processes)"),
     "export": ("ssl_vit.commands.export", "write a run's backbone as .safetensors, a Hugging Face or a timm folder, with a model card (--push-to-hub)"),
-    "eval": ("ssl_vit.eval.command", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
-    "analyze": ("ssl_vit.analysis.command", "figures and reports of a trained backbone"),
-    "demo": ("ssl_vit.demo.command", "the end-to-end demo on a small dataset"),
+    "eval": ("ssl_vit.commands.eval", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
+    "analyze": ("ssl_vit.commands.analyze", "figures and reports of a trained backbone"),
+    "demo": ("ssl_vit.commands.demo", "the end-to-end demo on a small dataset"),
     "study": ("ssl_vit.commands.study", "a grid of targets × corruption rates × seeds, each against its own random init"),
     "estimate-memory": ("ssl_vit.commands.estimate_memory", "peak memory of one training step per device, estimated without a GPU"),
     "recipes": ("ssl_vit.commands.recipes", "list the shipped recipes, print one (show NAME) or its file (path NAME)"),

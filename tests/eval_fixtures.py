@@ -81,12 +81,13 @@ def _extract_main(data: str, out: str) -> None:
     """Run under `accelerate launch`: each rank records the keys it read itself and the gathered features."""
     from accelerate import Accelerator
 
-    from ssl_vit.eval.context import DataConfig, EvalContext
+    from ssl_vit.config import EvalData
+    from ssl_vit.eval.context import EvalContext
 
     accelerator = Accelerator(cpu=True)
     ctx = EvalContext(
         backbone_factory=lambda: create_model("vit_nano_patch4").requires_grad_(False),
-        data=DataConfig(train=data, test=data, image_size=32, batch_size=5, num_workers=2),
+        data=EvalData(train=data, test=data, image_size=32, batch_size=5, num_workers=2),
         accelerator=accelerator,
     )
     torch.manual_seed(0)  # the same random weights on every rank

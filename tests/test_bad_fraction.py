@@ -5,17 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import Sample, unique_samples, write_shards  # noqa: E402
+from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_train_stream  # noqa: E402
-from ssl_vit.data.stages import BadSampleTally  # noqa: E402
-from ssl_vit.errors import DataError  # noqa: E402
+from ssl_vit.data import build_train_stream
+from ssl_vit.data.stages import BadSampleTally
+from ssl_vit.errors import DataError
 
 
 def _first_stop(bad_at: set[int], n: int, limit: float) -> int | None:

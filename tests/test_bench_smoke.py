@@ -43,6 +43,17 @@ def test_step_quick_reports_both_rates_and_their_ratio(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_reader_quick_reads_every_sample_and_reports_the_ratio(tmp_path: Path) -> None:
+    record = tmp_path / "bench.md"
+    out = run_bench("reader.py", "--quick", "--json", "--record", str(record))
+    assert out["benchmark"] == "reader" and out["samples"] == 100  # 2 shards × 50, both readers saw all of them
+    assert out["ratio"] == pytest.approx(out["ours_samples_per_s"] / out["webdataset_samples_per_s"])
+    assert out["ours_us_per_sample"] == pytest.approx(1e6 / out["ours_samples_per_s"])
+    assert len(out["runs_s"]["ours"]) == len(out["runs_s"]["webdataset"]) == 2
+    assert not record.exists()
+
+
+@pytest.mark.timeout(120)
 def test_loader_vs_gpu_quick_reports_loader_and_step_rates(tmp_path: Path) -> None:
     out = run_bench("loader_vs_gpu.py", "--quick", "--json", "--cache-dir", str(tmp_path), "--no-record")
     assert out["step_images_per_s"] > 0 and out["loader_images_per_s"] > 0

@@ -7,21 +7,21 @@ that the cap, not luck, keeps a worker's memory independent of the file.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile import bomb_png, jpeg_bytes, photo  # noqa: E402
-from shardgen import Sample, unique_samples, write_shards  # noqa: E402
+from hostile import bomb_png, jpeg_bytes, photo
+from shardgen import Sample, unique_samples, write_shards
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.cli import main as shards_main  # noqa: E402
-from data_tools.decoding import DEFAULT_MAX_PIXELS, UndecodableImage  # noqa: E402
-from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop  # noqa: E402
-from ssl_vit.errors import ConfigError, DataError  # noqa: E402
+from data_tools.build import build_split
+from data_tools.cli import main as shards_main
+from data_tools.decoding import DEFAULT_MAX_PIXELS, UndecodableImage
+from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop
+from ssl_vit.errors import ConfigError, DataError
 
 WHOLE = lambda w, h: CropBox(0, 0, w, h)  # noqa: E731
 BOMB = bomb_png()  # 12000 x 12000
@@ -36,8 +36,6 @@ def test_the_default_cap_is_pillows_bomb_limit_and_refuses_the_144_mpx_png_small
 # The decoder the streams' decode_crop and the build use for PNGs, without importing torch (a fast subprocess).
 # Peak RSS is the kernel's high-water mark VmHWM (ru_maxrss is not kept up to date in every sandbox).
 _PEAK = """
-import sys
-sys.path.insert(0, {tests!r})
 from hostile import bomb_png
 from data_tools.decoding import UndecodableImage, load_strictly, open_image
 def peak_mb():
@@ -57,8 +55,11 @@ print(refused, peak_mb() - before)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
 def test_peak_memory_is_set_by_the_cap_not_by_the_file() -> None:
     def peak_mb(cap: int) -> tuple[bool, float]:
-        code = _PEAK.format(tests=str(Path(__file__).parent), cap=cap)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True)
+        code = _PEAK.format(cap=cap)
+        tests = str(Path(__file__).parent)  # the subprocess imports tests/hostile.py
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=True,
+                             env=env)
         refused, mb = out.stdout.split()
         return refused == "True", float(mb)
 

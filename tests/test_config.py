@@ -11,7 +11,10 @@ from ssl_vit.config import (
     PretrainConfig,
     accumulation_steps,
     config_from_mapping,
+    describe,
     load_config,
+    load_eval_recipe,
+    load_finetune_config,
     parse_override,
 )
 from ssl_vit.errors import ConfigError
@@ -147,3 +150,51 @@ def test_accelerate_configs_load_with_the_keys_accelerate_expects(path: Path):
         assert cfg.main_process_ip and cfg.main_process_port and "--machine_rank" in path.read_text()
     if kind == "FSDP":
         assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
+
+
+# ----------------------------------------------------------------------------- one loader for every recipe kind
+KINDS = {
+    "pretrain": (load_config, "recipes/pretrain/smoke.yaml"),
+    "finetune": (load_finetune_config, "recipes/finetune/smoke.yaml"),
+    "eval": (load_eval_recipe, "recipes/eval/smoke.yaml"),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_recipe_kind_takes_base_and_overrides_with_the_same_messages(kind: str, tmp_path: Path):
+    load, shipped = KINDS[kind]
+    base = load(REPO / shipped)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {REPO / shipped}\ndata:\n  batch_size: 4\n")
+    cfg = load(child, ["data.num_workers=3"])
+    assert (cfg.data.batch_size, cfg.data.num_workers) == (4, 3)  # the file's value, then the command line's
+    assert cfg.data.image_size == base.data.image_size and base.data.batch_size != 4  # the rest from base:
+
+    def message(*args) -> str:
+        with pytest.raises(ConfigError) as err:
+            load(*args)
+        return str(err.value)
+
+    assert message(child, ["data.batch_sise=3"]) == \
+        "command line: unknown key 'data.batch_sise' (did you mean 'data.batch_size'?)"
+    assert message(child, ["data.batch_size=lots"]) == \
+        "command line: data.batch_size: expected an integer, got 'lots' (str)"
+    assert message(child, ["data.batch_size"]) == \
+        "command line: 'data.batch_size' is not a key=value override (e.g. optim.lr=1e-3)"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("base: child.yaml\ndata:\n  batch_sise: 4\n")  # relative to the including file
+    assert message(typo) == f"{typo}: unknown key 'data.batch_sise' (did you mean 'data.batch_size'?)"
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("base: missing.yaml\n")
+    assert message(orphan) == f"{tmp_path / 'missing.yaml'}: recipe not found (included from {orphan.resolve()})"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    assert message(loop).startswith(f"{loop}: recipes include each other in a cycle")
+
+
+def test_every_key_has_a_type_default_and_help_for_generated_help():
+    rows = {key: (kind, default, text) for key, kind, default, text in describe(PretrainConfig)}
+    assert rows["optim.lr"][:2] == ("float", 2e-4) and rows["optim.lr"][2]
+    assert rows["train.total_steps"][:2] == ("int | None", None)
+    assert rows["eval.image_size"][:2] == ("int | None", None)  # the eval-data section, embedded
+    assert all(text for _, _, text in rows.values())

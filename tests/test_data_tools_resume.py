@@ -47,9 +47,10 @@ def test_rebuilds_are_byte_identical_for_any_worker_count(tiny, tmp_path, refere
 
 def _start_and_kill(tiny: Path, out: Path, hang_after: int, workers: int) -> None:
     """Run the CLI until the test hook says it is mid-way through shard `hang_after`, then SIGKILL it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DATA_TOOLS_TEST_HANG_AFTER_SHARDS": str(hang_after)}
-    proc = subprocess.Popen([sys.executable, "-m", "data_tools", "build", str(tiny), str(out), *OPTS,
-                             "--workers", str(workers)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "build_until_killed.py"), str(hang_after), "build",
+                             str(tiny), str(out), *OPTS, "--workers", str(workers)], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
         assert "test hook: hanging" in line, line

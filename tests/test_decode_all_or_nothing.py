@@ -8,22 +8,20 @@ refuse them.
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import ImageFile
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile import damaged_scan_jpeg, jpeg_bytes, photo, pillow_accepts, png_without_iend  # noqa: E402
-from shardgen import Sample, unique_samples, write_shards  # noqa: E402
+from hostile import damaged_scan_jpeg, jpeg_bytes, photo, pillow_accepts, png_without_iend
+from shardgen import Sample, unique_samples, write_shards
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.cli import main as shards_main  # noqa: E402
-from data_tools.decoding import UndecodableImage  # noqa: E402
-from data_tools.images import BadImage, prepare_image  # noqa: E402
-from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop  # noqa: E402
-from ssl_vit.errors import DataError  # noqa: E402
+from data_tools.build import build_split
+from data_tools.cli import main as shards_main
+from data_tools.decoding import UndecodableImage
+from data_tools.images import BadImage, prepare_image
+from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop
+from ssl_vit.errors import DataError
 
 DAMAGED = {
     "jpeg_scan_garbage": damaged_scan_jpeg(0, "garbage"),

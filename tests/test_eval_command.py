@@ -11,8 +11,8 @@ import torch
 from eval_fixtures import write_dataset
 
 from ssl_vit.errors import CheckpointError, ConfigError
-from ssl_vit.eval import command
-from ssl_vit.eval.recipe import load_eval_recipe
+import ssl_vit.commands.eval as command
+from ssl_vit.config import load_eval_recipe
 from ssl_vit.eval.results import compare_runs, write_results
 from ssl_vit.models import create_model
 from ssl_vit.models.weights import save_backbone

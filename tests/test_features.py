@@ -14,7 +14,8 @@ from eval_fixtures import write_dataset
 from ssl_vit.data.normalize import normalize_uint8
 from ssl_vit.errors import ConfigError
 from ssl_vit.eval import build
-from ssl_vit.eval.context import DataConfig, EvalContext
+from ssl_vit.config import EvalData
+from ssl_vit.eval.context import EvalContext
 from ssl_vit.eval.features import embed_images
 from ssl_vit.models import create_model
 
@@ -50,7 +51,7 @@ def test_pooling_and_layers_match_the_token_outputs():
 def context(data: Path, **kwargs) -> EvalContext:
     return EvalContext(
         backbone_factory=kwargs.pop("factory", nano),
-        data=DataConfig(train=str(data), test=str(data), image_size=32, batch_size=5, num_workers=0),
+        data=EvalData(train=str(data), test=str(data), image_size=32, batch_size=5, num_workers=0),
         **kwargs,
     )
 
@@ -120,13 +121,15 @@ def test_periodic_evaluation_on_the_live_backbone(data: Path, tmp_path: Path, mo
 
     monkeypatch.chdir(tmp_path)
     model = nano().train()
-    flat = {"evaluators": [{"name": "knn", "k": [3]}, {"name": "fewshot", "shots": [2], "seeds": 1}],
-            "train": str(data), "test": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0}
-    out = evaluate_during_pretraining(model, flat, None, step=100)
+    own = PretrainConfig()  # the eval section names its own data
+    own.eval.evaluators = [{"name": "knn", "k": [3]}, {"name": "fewshot", "shots": [2], "seeds": 1}]
+    own.eval.train, own.eval.test, own.eval.image_size, own.eval.batch_size, own.eval.num_workers = (
+        str(data), str(data), 32, 8, 0)
+    out = evaluate_during_pretraining(model, own, None, step=100)
     assert set(out) == {"knn/k3_top1", "fewshot/2shot", "fewshot/2shot_std", "fewshot/2shot_fixed_l2",
                         "fewshot/2shot_fixed_l2_std", "fewshot/2shot_log2_l2"}
     assert model.training and not list(tmp_path.rglob("features-*"))  # mode restored, nothing cached
-    cfg = PretrainConfig()  # the pretraining recipe's form: eval.evaluators, data.train / data.val
+    cfg = PretrainConfig()  # eval data left out: it comes from data.train / data.val
     cfg.data.train, cfg.data.val, cfg.data.image_size, cfg.data.batch_size, cfg.data.num_workers = str(data), str(data), 32, 8, 0
     cfg.eval.evaluators = [{"name": "knn", "k": [3]}]
     check_periodic(cfg)

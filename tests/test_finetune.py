@@ -11,10 +11,10 @@ import torch
 from eval_fixtures import write_dataset, write_split
 
 from ssl_vit.errors import ConfigError
-from ssl_vit.eval import command
+import ssl_vit.commands.eval as command
 from ssl_vit.eval.backbones import resolve_backbone
-from ssl_vit.eval.finetune import build_finetune_optimizer, param_groups_lrd
-from ssl_vit.eval.finetune_config import FinetuneOptim, load_finetune_config
+from ssl_vit.train.layer_decay import build_finetune_optimizer, param_groups_lrd
+from ssl_vit.config import FinetuneOptim, load_finetune_config
 from ssl_vit.models import create_model
 from ssl_vit.models.pos_embed import resample_pos_embed
 from ssl_vit.models.weights import save_backbone

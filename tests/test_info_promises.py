@@ -6,19 +6,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import Sample, unique_samples, write_shards  # noqa: E402
+from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
-from ssl_vit.errors import DataError  # noqa: E402
-from ssl_vit.eval.features import extract_features  # noqa: E402
-from ssl_vit.models import create_model  # noqa: E402
+from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.errors import DataError
+from ssl_vit.eval.features import extract_features
+from ssl_vit.models import create_model
 
 NAMES = ["a", "b", "c", "d", "e", "f"]
 

@@ -8,7 +8,8 @@ import torch
 
 from ssl_vit.eval import features_context
 from ssl_vit.eval.features import Features
-from ssl_vit.eval.knn import KNN, knn_votes, topk_accuracy
+from ssl_vit.eval.knn import KNN, knn_votes
+from ssl_vit.eval.metrics import topk_accuracy
 
 
 def brute_force(train_x, train_y, test_x, k, num_classes, t):

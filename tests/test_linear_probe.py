@@ -79,11 +79,23 @@ def test_lars_scales_matrix_updates_by_the_trust_ratio():
     torch.testing.assert_close(b.detach(), torch.full((2,), -1.0))
 
 
-def test_mae_protocol_trains_on_tiny_shards(tmp_path):
+def test_mae_protocol_trains_on_tiny_shards(tmp_path, monkeypatch):
     from eval_fixtures import write_dataset
 
-    from ssl_vit.eval.context import DataConfig, EvalContext
+    from ssl_vit.config import EvalData
+    from ssl_vit.eval.context import EvalContext
+    from ssl_vit.eval.lars import LARS
     from ssl_vit.models import create_model
+    from ssl_vit.train.optim import lr_factor
+
+    rates: list[float] = []
+    lars_step = LARS.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return lars_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(LARS, "step", recording_step)
 
     data = write_dataset(tmp_path)
 
@@ -91,10 +103,14 @@ def test_mae_protocol_trains_on_tiny_shards(tmp_path):
         torch.manual_seed(0)
         return create_model("vit_nano_patch4")
 
-    ctx = EvalContext(factory, DataConfig(train=str(data), test=str(data), image_size=32, batch_size=8, num_workers=0))
+    ctx = EvalContext(factory, EvalData(train=str(data), test=str(data), image_size=32, batch_size=8, num_workers=0))
     # 24 images, batch 8: 3 steps per epoch, 30 steps. lr = 64 × 8 / 256 = 2 with a larger trust coefficient than
     # MAE's, so LARS moves the head in 30 steps rather than MAE's 100k.
     probe = LinearProbe(protocol="mae", epochs=10, warmup_epochs=1, base_lr=64.0, trust_coefficient=0.02)
     out = probe.run(ctx)
     assert out["linear/top1"] >= 75.0  # 3 classes: chance is 33%
     assert out["linear/train_loss"] < 0.8  # from log(3) = 1.10
+    # each step's rate: 2 × the trainer's schedule (1 epoch = 3 steps of linear warmup, then cosine to 0 at step 30)
+    assert rates == pytest.approx([2.0 * lr_factor(s, total_steps=30, warmup_steps=3, schedule="cosine", min_ratio=0.0)
+                                   for s in range(30)])
+    assert rates[:3] == pytest.approx([2 / 3, 4 / 3, 2.0])

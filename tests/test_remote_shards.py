@@ -6,7 +6,6 @@ import gzip
 import http.server
 import itertools
 import json
-import sys
 import threading
 import time
 from collections import Counter
@@ -14,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shardgen import Sample, unique_samples, write_shards  # noqa: E402
+from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec  # noqa: E402
-from ssl_vit.data import remote  # noqa: E402
-from ssl_vit.errors import DataError  # noqa: E402
+from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import remote
+from ssl_vit.errors import DataError
 
 FAST = remote.RetryPolicy(attempts=4, first_delay=0.01, max_delay=0.05, timeout=5)
 

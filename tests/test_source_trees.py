@@ -6,18 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hostile import jpeg_bytes, photo  # noqa: E402
+from hostile import jpeg_bytes, photo
 
-from data_tools.build import build_split  # noqa: E402
-from data_tools.images import BadImage  # noqa: E402
-from data_tools.samples import read_regular_file  # noqa: E402
+from data_tools.build import build_split
+from data_tools.images import BadImage
+from data_tools.samples import read_regular_file
 
 
 def _image(path: Path, seed: int) -> None:

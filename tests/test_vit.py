@@ -117,7 +117,7 @@ def test_explicit_attention_equals_sdpa_and_rows_sum_to_one() -> None:
     attn = model.blocks[1].attn
     with torch.no_grad():
         fast = attn(x)
-        slow, weights = attn(x, return_attention=True)
+        slow, weights = attn.forward_with_attention(x)
     assert (fast - slow).abs().max().item() < 1e-5
     assert weights.shape == (3, 2, 65, 65)
     assert torch.allclose(weights.sum(-1), torch.ones(3, 2, 65), atol=1e-5)

@@ -106,17 +106,26 @@ def test_round_trip_keeps_every_option(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.compile imports torch.jit shims
 def test_save_unwraps_compile_and_ddp_wrappers(tmp_path: Path, nano: torch.nn.Module) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     class Wrapper(torch.nn.Module):  # what DDP and Accelerate put around the model: keys gain `module.`
         def __init__(self, module: torch.nn.Module):
             super().__init__()
             self.module = module
 
     plain = set(nano.state_dict())
-    for i, wrapped in enumerate([torch.compile(nano), Wrapper(nano), Wrapper(torch.compile(nano))]):
-        assert set(wrapped.state_dict()) != plain
-        loaded = load_backbone(save_backbone(wrapped, tmp_path / f"w{i}.safetensors"))
-        assert set(loaded.state_dict()) == plain and same_outputs(nano, loaded)
-        assert set(unwrap_state_dict(wrapped.state_dict())) == plain
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:  # real DDP (one process): what Accelerate's extract_model_from_parallel unwraps
+        for i, wrapped in enumerate([torch.compile(nano), DDP(nano), DDP(torch.compile(nano))]):
+            assert set(wrapped.state_dict()) != plain
+            loaded = load_backbone(save_backbone(wrapped, tmp_path / f"w{i}.safetensors"))
+            assert set(loaded.state_dict()) == plain and same_outputs(nano, loaded)
+            assert set(unwrap_state_dict(wrapped.state_dict())) == plain
+    finally:
+        dist.destroy_process_group()
+    for wrapped in (Wrapper(nano), Wrapper(torch.compile(nano))):  # a state dict saved from any wrapper
+        assert set(wrapped.state_dict()) != plain and set(unwrap_state_dict(wrapped.state_dict())) == plain
 
     t = torch.zeros(1)
     wrapped_keys = {"module._orig_mod.blocks.0.norm1.weight": t, "backbone._orig_mod.norm.bias": t}

@@ -122,7 +122,7 @@ def pixel_reference(train: str, test: str, eval_recipe: str, eval_overrides: Seq
 
     from ..eval.context import EvalContext, features_context
     from ..eval.features import Features
-    from ..eval.recipe import load_eval_recipe
+    from ..config import load_eval_recipe
     from ..eval.registry import build
 
     recipe = load_eval_recipe(eval_recipe, list(eval_overrides))

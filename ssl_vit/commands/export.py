@@ -93,7 +93,7 @@ def _write(backbone, output: Path, fmt: str, preprocessing, metadata: dict) -> l
 def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, backbone):
     """Everything the model card states, gathered from the checkpoint's recipe, its data and its evaluations."""
     from ..data.normalize import DEFAULT_MEAN, DEFAULT_STD
-    from ..eval.context import DataConfig as EvalData
+    from ..config import EvalData
     from ..models.formats import Preprocessing
     from ..models.model_card import CardFacts
     from ..models.weights import suggest_model_name

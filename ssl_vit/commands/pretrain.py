@@ -7,7 +7,6 @@ pretrain ...`; the global batch stays `train.global_batch` whatever the process 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..config import PretrainConfig, accumulation_steps, load_config, model_overrides
+from ..config import PretrainConfig, accumulation_steps, build_objective, load_config
 from ..errors import ConfigError, UserError, report_now
 from ..recipe_files import resolve_recipe
 
@@ -36,38 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the plan (data, batch arithmetic, length, resume, memory per device) and exit without training")
     parser.add_argument("--processes", type=int, default=None, metavar="N",
                         help="with --dry-run: plan for N processes (default: this launch's, 1 outside accelerate launch)")
-
-
-def total_steps(cfg: PretrainConfig, num_samples: int | None) -> int:
-    """`train.total_steps`, or `train.epochs` × steps per epoch (the sample count must be known)."""
-    if cfg.train.total_steps is not None:
-        return cfg.train.total_steps
-    from ..data import steps_per_epoch
-
-    if num_samples is None:
-        raise ConfigError(
-            f"train.epochs needs the sample count of {cfg.data.train}: set data.num_samples (URL lists do not know it) "
-            "or use train.total_steps"
-        )
-    return math.ceil(cfg.train.epochs * steps_per_epoch(num_samples, cfg.train.global_batch))
-
-
-def stream_factory(cfg: PretrainConfig, shards, rank: int, world_size: int, pin_memory: bool) -> Callable:
-    """`make_stream(segment)` for the trainer: this rank's endless train stream, a pure function of the segment."""
-    from ..data import build_train_stream
-
-    d = cfg.data
-
-    def make_stream(segment: int):
-        return build_train_stream(
-            shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=rank,
-            world_size=world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
-            scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
-            max_pixels=d.max_pixels, shard_errors=d.shard_errors,
-            pin_memory=pin_memory,
-        )
-
-    return make_stream
 
 
 def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) -> Callable | None:
@@ -95,13 +62,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"model.init_from {cfg.model.init_from}: no such file or directory; give an ssl-vit export, "
                           "a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
     from ..data import resolve_spec
-    from ..models import create_model
-    from ..objectives import build
     from ..train import Trainer, make_accelerator
     from ..train.checkpoint import latest_checkpoint
+    from ..train.wiring import total_steps, train_stream_factory
 
     shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
-    steps = total_steps(cfg, shards.num_samples)
+    steps = total_steps(cfg.train, shards.num_samples, cfg.data.train)
     if args.dry_run:
         return _dry_run(args, cfg, shards, steps)
     accelerator = make_accelerator(cfg.train, cfg.output_dir)
@@ -109,19 +75,18 @@ def run(args: argparse.Namespace) -> int:
         # Before any model is built: the batch arithmetic depends on the process count, known only now.
         accumulation_steps(cfg.train.global_batch, cfg.data.batch_size, accelerator.num_processes, where=args.config)
         torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank (DDP also broadcasts them)
-        backbone = create_model(cfg.model.name, **model_overrides(cfg))
-        objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
+        objective = build_objective(cfg)
         resuming = args.resume is not None and (
             args.resume != "auto" or latest_checkpoint(Path(cfg.output_dir) / "checkpoints") is not None)
         if cfg.model.init_from and not resuming:
             from ..models.init_from import init_from  # a resumed run has its own weights: nothing to initialise
 
-            accelerator.print(init_from(cfg.model.init_from, backbone, objective))
+            accelerator.print(init_from(cfg.model.init_from, objective.backbone, objective))
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
         trainer = Trainer(
             objective,
-            stream_factory(cfg, shards, accelerator.process_index, accelerator.num_processes,
-                           pin_memory=accelerator.device.type == "cuda"),
+            train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
+                                 world_size=accelerator.num_processes, pin_memory=accelerator.device.type == "cuda"),
             accelerator=accelerator, train=cfg.train, optim=cfg.optim, per_device_batch=cfg.data.batch_size,
             total_steps=steps, run_dir=cfg.output_dir, config=cfg.to_dict(), config_yaml=cfg.to_yaml(),
             val_fn=periodic_eval(cfg, objective, accelerator), val_every=cfg.eval.every,

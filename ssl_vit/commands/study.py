@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import study
-    from ..demo.command import call_command, digit_shards
+    from .demo import call_command, digit_shards
 
     if (args.train is None) != (args.test is None):
         raise ConfigError("give both --train and --test (your own shards), or neither (the digits)")

@@ -32,8 +32,8 @@ import torch
 
 from ssl_vit.errors import CheckpointError
 from ssl_vit.models import ViTConfig, VisionTransformer, model_config
-from ssl_vit.models.formats import folder_kind, read_folder
-from ssl_vit.models.weights import load_backbone, saved_config, suggest_model_name
+from ssl_vit.models.formats import folder_kind
+from ssl_vit.models.weights import load_backbone, read_folder, saved_config, suggest_model_name
 
 RANDOM = "random"
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from ssl_vit.config.eval_data import SPLITS, EvalData
 from ssl_vit.data.normalize import DEFAULT_MEAN, DEFAULT_STD
 from ssl_vit.errors import ConfigError, DataError
 
@@ -27,30 +28,6 @@ if TYPE_CHECKING:
     from ssl_vit.models import VisionTransformer
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "test")
-
-
-@dataclass
-class DataConfig:
-    """Where the labelled evaluation data lives and how it is preprocessed (centre crop, no augmentation)."""
-
-    train: str | None = None
-    test: str | None = None
-    train_split: str = "train"
-    test_split: str = "validation"
-    image_size: int = 224
-    crop_pct: float = 0.875
-    batch_size: int = 256
-    num_workers: int = 4
-
-    def spec(self, split: str) -> tuple[str, str]:
-        """(data spec, split name inside it) for "train" or "test"; missing specs name the flag to pass."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        spec = self.train if split == "train" else self.test
-        if not spec:
-            raise ConfigError(f"no {split} data given: pass --{split} SPEC (a shard directory or URL pattern)")
-        return spec, self.train_split if split == "train" else self.test_split
 
 
 @dataclass
@@ -58,7 +35,7 @@ class EvalContext:
     """Everything an evaluator may use. `features()` memoises in memory and, with `cache_dir`, on disk."""
 
     backbone_factory: Callable[..., "VisionTransformer"]
-    data: DataConfig
+    data: EvalData
     fingerprint: str = "live"
     pool: Pool = "cls"
     layers: Sequence[int] | None = None
@@ -221,7 +198,7 @@ def features_context(train: Features, test: Features, **kwargs) -> EvalContext:
     def no_backbone():
         raise ConfigError("this evaluation context holds precomputed features only; it has no backbone")
 
-    ctx = EvalContext(backbone_factory=no_backbone, data=DataConfig(), **kwargs)
+    ctx = EvalContext(backbone_factory=no_backbone, data=EvalData(), **kwargs)
     for split, feats in (("train", train), ("test", test)):
         ctx._features[(split, ctx.pool, tuple(ctx.layers) if ctx.layers is not None else None)] = feats
     return ctx

@@ -8,78 +8,34 @@ the training split (by key hash, `data.split.Holdout`) is left out of training a
 test top-1 is `finetune/top1_selected`, with `finetune/selected_step` and `finetune/holdout_top1`. A different resolution (the paper fine-tunes
 at 384px) builds the backbone at that size; `load_backbone` resamples the position embeddings in 2D.
 
-The optimizer is built here: SGD with momentum (the ViT paper) or AdamW (MAE), both with optional
-layer-wise learning-rate decay (MAE/BEiT): parameters of block i get lr × decay^(depth + 1 − i), the patch
-embedding, [class] token and position embeddings decay^(depth + 1), the final norm and head the full rate.
+The optimizer: SGD with momentum (the ViT paper) or AdamW (MAE), both with optional layer-wise learning-rate
+decay (`ssl_vit/train/layer_decay.py`).
 Every holdout validation is in OUT/finetune/eval.jsonl and finetune_history.json. Re-running the same command
 resumes from the run's last checkpoint.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from ssl_vit.data.split import Holdout
+from ssl_vit.config.finetune import FinetuneConfig, FinetuneData, load_finetune_config
 from ssl_vit.errors import ConfigError, UserError
-from ssl_vit.train.optim import no_weight_decay_names
+from ssl_vit.train.layer_decay import build_finetune_optimizer
 
 from .context import EvalContext
-from .finetune_config import FinetuneConfig, FinetuneData, FinetuneOptim, load_finetune_config
 from .registry import register
-
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and the head (names without `backbone.`)."""
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
-        return 0
-    block = _BLOCK.match(name)
-    return int(block[1]) + 1 if block else depth + 1
-
-
-def param_groups_lrd(model: nn.Module, cfg: FinetuneOptim) -> list[dict]:
-    """One group per (layer, decay or not) with `lr = cfg.lr × layer_decay^(depth + 1 − layer)`.
-
-    No weight decay on norms, biases and what modules list in `no_weight_decay_keys()` (as in pretraining).
-    """
-    backbone = getattr(model, "backbone", model)
-    depth = len(backbone.blocks)
-    exempt = no_weight_decay_names(model)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        layer = layer_id(name.removeprefix("backbone."), depth)
-        decay = not (param.ndim <= 1 or name in exempt)
-        key = (layer, decay)
-        if key not in groups:
-            scale = cfg.layer_decay ** (depth + 1 - layer)
-            groups[key] = {"params": [], "lr": cfg.lr * scale, "lr_scale": scale,
-                           "weight_decay": cfg.weight_decay if decay else 0.0}
-        groups[key]["params"].append(param)
-    return [groups[k] for k in sorted(groups)]
-
-
-def build_finetune_optimizer(model: nn.Module, cfg: FinetuneOptim) -> torch.optim.Optimizer:
-    groups = param_groups_lrd(model, cfg)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    # Fused: one kernel per step, and what lets the trainer skip a non-finite step on the device.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=True)
-
 
 def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto") -> dict[str, float]:
     """Fine-tune ctx's backbone on the train split; test top-1 at the end (and of the holdout-selected weights)."""
-    from ssl_vit.data.stream import build_train_stream, steps_per_epoch
+    from ssl_vit.data.stream import steps_per_epoch
     from ssl_vit.objectives import ImageClassification
     from ssl_vit.train.trainer import Trainer
+    from ssl_vit.train.wiring import total_steps, train_stream_factory
 
     accelerator = ctx.accelerator
     if accelerator is None:
@@ -90,27 +46,15 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     if not num_classes:
         raise ConfigError(f"{ctx.data.train}: the shards list no class_names; set data.num_classes in the fine-tuning recipe")
     per_epoch = steps_per_epoch(train_shards.num_samples, cfg.train.global_batch) if train_shards.num_samples else None
-    if cfg.train.total_steps is not None:
-        total = cfg.train.total_steps
-    elif per_epoch is None:
-        raise ConfigError(f"{ctx.data.train}: the sample count is unknown, so train.epochs cannot be used; set train.total_steps")
-    else:
-        total = math.ceil(cfg.train.epochs * train_shards.num_samples / cfg.train.global_batch)
+    total = total_steps(cfg.train, train_shards.num_samples, ctx.data.train)
     holdout = Holdout(cfg.holdout_fraction, held=True) if cfg.holdout_fraction > 0 else None
     val_every = (cfg.val_every or per_epoch or max(total // 10, 1)) if holdout is not None else 0
 
     backbone = ctx.backbone_factory(img_size=cfg.data.image_size, **cfg.model_overrides())
     objective = ImageClassification(backbone, num_classes, **cfg.objective)
     d = cfg.data
-
-    def make_stream(segment: int):
-        return build_train_stream(
-            train_shards, batch_size=d.batch_size, image_size=d.image_size, seed=cfg.train.seed, rank=ctx.rank,
-            world_size=ctx.world_size, num_workers=d.num_workers, segment=segment, shuffle_buffer=d.shuffle_buffer,
-            scale=d.crop_scale, ratio=d.crop_ratio, hflip=d.hflip, max_bad_fraction=d.max_bad_fraction,
-            max_pixels=d.max_pixels, shard_errors=d.shard_errors,
-            holdout=None if holdout is None else Holdout(holdout.fraction, held=False),
-        )
+    make_stream = train_stream_factory(train_shards, d, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
+                                       holdout=None if holdout is None else Holdout(holdout.fraction, held=False))
 
     scores: dict[int, float] = {}  # step -> holdout top-1
     selected = run_dir / "selected.pt"

@@ -3,7 +3,7 @@
 Features are L2-normalised, so the dot product is the cosine similarity. Each of the k most similar
 training samples votes for its class with weight exp(sim / T), T = 0.07; the class with the largest
 summed weight wins; classes tied on votes share the credit, and top-5 counts only classes that got a vote
-(`topk_accuracy`). Test samples go in batches so the (batch, N_train) similarity block stays bounded.
+(`metrics.topk_accuracy`). Test samples go in batches so the (batch, N_train) similarity block stays bounded.
 Metrics (percent): `knn/k{k}_top1`, `knn/k{k}_top5` (top-5 only with more than 5 classes).
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ssl_vit.errors import ConfigError
 
 from .context import EvalContext
 from .features import Pool
+from .metrics import topk_accuracy
 from .registry import register
 
 SIM_BLOCK = 1 << 24  # similarities held at once: 64 MB of float32 on a CPU
@@ -47,25 +48,6 @@ def knn_votes(
             v.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])  # (b, C)
             votes[k].append(v.cpu())
     return {k: torch.cat(v) for k, v in votes.items()}
-
-
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int, *, min_score: float | None = None) -> float:
-    """Percent of rows whose label is among the k highest scores, ties shared fairly.
-
-    A row whose label ties with others at the boundary gets the chance a random tie-break would give it:
-    with g classes scoring strictly higher and t scoring equal (the label included), credit
-    clamp((k − g) / t, 0, 1). So the result never depends on class order (torch.topk breaks ties by index).
-    With `min_score`, a label scoring ≤ min_score earns nothing (kNN: a class no neighbour voted for is not
-    "in the top 5" just because fewer than 5 classes got votes).
-    """
-    scores = scores.double()
-    own = scores.gather(1, labels.view(-1, 1).long())  # (N, 1) the label's score
-    higher = (scores > own).sum(dim=1).double()  # (N,)
-    tied = (scores == own).sum(dim=1).double()  # (N,), ≥ 1
-    credit = ((k - higher) / tied).clamp(0.0, 1.0)
-    if min_score is not None:
-        credit = credit * (own.squeeze(1) > min_score).double()
-    return 100.0 * credit.mean().item()
 
 
 @register("knn")

@@ -22,7 +22,7 @@ from ssl_vit.errors import ConfigError
 
 from .context import EvalContext
 from .features import Pool
-from .knn import topk_accuracy
+from .metrics import topk_accuracy
 from .registry import register
 
 log = logging.getLogger(__name__)

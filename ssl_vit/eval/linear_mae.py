@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from data_tools.progress_bar import progress_bar
 
 from ssl_vit.errors import ConfigError
-from ssl_vit.train.optim import lr_factor
+from ssl_vit.config import OptimConfig
+from ssl_vit.train.optim import build_scheduler
 
 from .context import EvalContext
 from .features import Pool, embed_images
@@ -60,6 +61,8 @@ def mae_linear_probe(
     nn.init.zeros_(head[1].bias)
     lr = base_lr * global_batch / 256
     optimizer = LARS(head.parameters(), lr=lr, weight_decay=weight_decay, trust_coefficient=trust_coefficient)
+    # the trainer's warmup + cosine schedule (to 0), stepped once per optimizer step
+    scheduler = build_scheduler(optimizer, OptimConfig(lr=lr, warmup_steps=warmup, schedule="cosine", min_lr=0.0), total)
     model = accelerator.prepare_model(head) if accelerator is not None else head
     stream = build_train_stream(
         shards, batch_size=batch_size, image_size=size, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
@@ -68,15 +71,14 @@ def mae_linear_probe(
     losses: list[torch.Tensor] = []
     bar = progress_bar(total=total, desc="linear (mae)", disable=not ctx.is_main, dynamic_ncols=True)
     try:
-        for step, batch in zip(range(total), stream):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, total_steps=total, warmup_steps=warmup, schedule="cosine", min_ratio=0.0)
+        for _, batch in zip(range(total), stream):
             images = batch["image"].to(ctx.device, non_blocking=True)
             feats = embed_images(backbone, images, pool, layers)  # (B, D) under no_grad: the backbone stays frozen
             loss = F.cross_entropy(model(feats), batch["label"].to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward() if accelerator is None else accelerator.backward(loss)
             optimizer.step()
+            scheduler.step()
             losses.append(loss.detach())
             bar.update(1)
     finally:

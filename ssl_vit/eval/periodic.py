@@ -5,20 +5,17 @@ rank. Features are extracted afresh each time (the backbone changes between call
 on disk), gathered so that every rank computes the same metrics, and returned flat (`fewshot/10shot`,
 `knn/k20_top1`) for the trainer to log. The backbone's training mode is restored afterwards.
 
-`cfg` is either flat (a dict or object with `evaluators`, `train`, `test`, `train_split`, `test_split`,
-`image_size`, `batch_size`, `num_workers`, `crop_pct`) or a pretraining config, whose `eval` section
-lists the evaluators and may name `train`/`test` data and the other keys; what it leaves out comes from
-`data` (`train`/`split` as the labelled training pool, `val`/`val_split` as the test set).
+`cfg` is a pretraining config: its `eval` section lists the evaluators and may name `train`/`test` data and
+the other eval-data keys; what it leaves out comes from `data` (`PretrainConfig.eval_data()`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ssl_vit.config import EvalData, PretrainConfig, normalise_evaluators
 from ssl_vit.errors import ConfigError
 
-from .context import DataConfig, EvalContext
-from .recipe import normalise_evaluators
+from .context import EvalContext
 from .registry import build
 
 if TYPE_CHECKING:
@@ -30,36 +27,17 @@ if TYPE_CHECKING:
 NOT_PERIODIC = ("finetune",)
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    value = obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-    return default if value is None else value
-
-
-def periodic_settings(cfg: Any) -> tuple[DataConfig, dict[str, dict], int]:
-    """(data settings, {evaluator: options}, seed) from a flat or a pretraining-shaped config."""
-    section, data = _get(cfg, "eval"), _get(cfg, "data")
-    nested = section is not None and data is not None
-    source = section if nested else cfg
-
-    def pick(key: str, data_key: str | None, default: Any) -> Any:
-        return _get(source, key, _get(data, data_key, default) if nested and data_key else default)
-
-    settings = DataConfig(
-        train=pick("train", "train", None), test=pick("test", "val", None),
-        train_split=pick("train_split", "split", "train"), test_split=pick("test_split", "val_split", "validation"),
-        image_size=pick("image_size", "image_size", 224), crop_pct=pick("crop_pct", None, 0.875),
-        batch_size=pick("batch_size", "batch_size", 256), num_workers=pick("num_workers", "num_workers", 4),
-    )
-    evaluators = normalise_evaluators(_get(source, "evaluators", []), "eval.evaluators")
+def periodic_settings(cfg: PretrainConfig) -> tuple[EvalData, dict[str, dict], int]:
+    """(eval data, {evaluator: options}, seed) of a pretraining config."""
+    evaluators = normalise_evaluators(cfg.eval.evaluators, "eval.evaluators")
     for name, options in evaluators.items():
         if name in NOT_PERIODIC or options.get("protocol") == "mae":
             raise ConfigError(f"eval.evaluators: '{name}' trains for epochs and cannot run during pretraining; "
                               "run it afterwards with `ssl-vit eval`")
-    seed = int(_get(_get(cfg, "train", {}), "seed", _get(cfg, "seed", 0)))
-    return settings, evaluators, seed
+    return cfg.eval_data(), evaluators, cfg.train.seed
 
 
-def check_periodic(cfg: Any) -> None:
+def check_periodic(cfg: PretrainConfig) -> None:
     """Fail before training starts: unknown evaluators or options, missing or unresolvable data specs."""
     settings, evaluators, _ = periodic_settings(cfg)
     for name, options in evaluators.items():
@@ -71,7 +49,7 @@ def check_periodic(cfg: Any) -> None:
 
 
 def evaluate_during_pretraining(
-    backbone: "VisionTransformer", cfg: Any, accelerator: "Accelerator | None", step: int
+    backbone: "VisionTransformer", cfg: PretrainConfig, accelerator: "Accelerator | None", step: int
 ) -> dict[str, float]:
     """Run the configured evaluators on `backbone` as it is now; collective (call on every rank)."""
     settings, evaluators, seed = periodic_settings(cfg)

@@ -43,9 +43,14 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def get(name: str) -> Callable[..., Evaluator]:
+    """The evaluator class registered as `name`; an unknown name says which exist (and the closest)."""
+    return lookup("evaluator", name, _REGISTRY)
+
+
 def build(name: str, **cfg) -> Evaluator:
     """Construct a registered evaluator; an unknown name or option says what exists instead."""
-    cls = lookup("evaluator", name, _REGISTRY)
+    cls = get(name)
     check_options(f"evaluator '{name}'", cls, cfg)
     return cls(**cfg)
 

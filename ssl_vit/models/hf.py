@@ -10,9 +10,10 @@ from collections import defaultdict
 from typing import Literal, Mapping
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from ..errors import CheckpointError
-from .unwrap import StateDict, unwrap_module, unwrap_state_dict
+from .unwrap import StateDict, unwrap_state_dict
 from .vit import ViTConfig, VisionTransformer
 
 HF_PREFIXES = ("embeddings.", "encoder.layer.", "layers.")
@@ -84,7 +85,7 @@ def to_hf_state_dict(
     """
     if layout not in _HF_BLOCK_PREFIX:
         raise ValueError(f"layout must be 'hub' or 'module', got {layout!r}")
-    model = unwrap_module(model)
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     cfg = model.config
     if not cfg.class_token:
         raise CheckpointError("Hugging Face's ViT always has a [class] token; this model has class_token=False")

@@ -1,14 +1,14 @@
-"""Model wrappers, undone: DDP / Accelerate add `module.`, torch.compile adds `_orig_mod.`.
+"""State dicts of wrapped models, undone: DDP / Accelerate add `module.`, torch.compile adds `_orig_mod.`.
 
-The one place that knows about wrappers: saving a wrapped model and loading a checkpoint written from one both
-go through here, so no other code strips prefixes.
+A wrapped module itself is unwrapped by Accelerate's `extract_model_from_parallel`; what no library does is
+strip those prefixes from a state dict read from disk (a checkpoint saved from a DDP or compiled model), or
+from a compiled submodule's keys. Saving and loading both go through here, so no other code strips prefixes.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
-import torch.nn as nn
 
 from ..errors import CheckpointError
 
@@ -31,12 +31,3 @@ def unwrap_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             raise CheckpointError(f"state dict holds both '{key}' and another key that unwraps to '{name}'")
         out[name] = value
     return out
-
-
-def unwrap_module(model: nn.Module) -> nn.Module:
-    """The model inside DDP / Accelerate (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while True:
-        inner = [getattr(model, a) for a in ("module", "_orig_mod") if isinstance(getattr(model, a, None), nn.Module)]
-        if not inner:
-            return model
-        model = inner[0]

@@ -90,25 +90,32 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, query_index: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with `query_index` (B, K), only the outputs at those positions (B, K, D)."""
         if query_index is not None:
             return self._forward_queries(x, query_index)
+        q, k, v = self._qkv(x)
+        return self._project(F.scaled_dot_product_attention(q, k, v))  # (B, T, D)
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> ((B, T, D), attention weights (B, H, T, T)): the explicit path, for analysis only (SDPA
+        does not hand back its weights)."""
+        q, k, v = self._qkv(x)
+        attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, T, T)
+        return self._project(attn @ v), attn
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q, k, v, each (B, H, T, hd)."""
         b, t, _ = x.shape
         # Unbind along the "three" axis of the projection's own layout, then transpose the views: the backward
         # pass then stacks q/k/v gradients straight into (B, T, 3, H, hd) with no permuted copy.
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim)  # (B, T, 3, H, hd)
         q, k, v = (u.transpose(1, 2) for u in qkv.unbind(2))  # each (B, H, T, hd)
-        if return_attention:
-            # The explicit path, for analysis only: SDPA does not hand back its weights.
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-            attn = attn.softmax(dim=-1)
-            out = attn @ v  # (B, H, T, hd)
-        else:
-            attn = None
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, hd)
-        out = self.proj(rearrange(out, "b h t hd -> b t (h hd)"))  # (B, T, D)
-        return (out, attn) if return_attention else out
+        return q, k, v
+
+    def _project(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, H, T, hd) per-head outputs -> (B, T, D)."""
+        return self.proj(rearrange(out, "b h t hd -> b t (h hd)"))
 
     def _forward_queries(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Queries from the tokens at `index` (B, K) alone, keys and values from all: the full pass's outputs at
@@ -165,18 +172,20 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False, query_index: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, query_index: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with `query_index` (B, K), only the outputs at those positions (B, K, D):
         the residual stream and the MLP then run on K tokens, the attention reads all T."""
         if query_index is not None:
             x = gather_tokens(x, query_index) + self.drop_path(self.attn(self.norm1(x), query_index=query_index))
             return x + self.drop_path(self.mlp(self.norm2(x)))  # (B, K, D)
-        if return_attention:
-            out, attn = self.attn(self.norm1(x), return_attention=True)
-            x = x + self.drop_path(out)
-            return x + self.drop_path(self.mlp(self.norm2(x))), attn
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> ((B, T, D), the attention weights (B, H, T, T)), through the explicit attention path."""
+        out, attn = self.attn.forward_with_attention(self.norm1(x))
+        x = x + self.drop_path(out)
+        return x + self.drop_path(self.mlp(self.norm2(x))), attn
 
 
 class VisionTransformer(nn.Module):
@@ -318,7 +327,7 @@ class VisionTransformer(nn.Module):
         outputs, attentions = [], []
         for i, block in enumerate(self.blocks):
             if return_attention:
-                x, attn = block(x, return_attention=True)
+                x, attn = block.forward_with_attention(x)
                 attentions.append(attn)
             else:
                 x = block(x)

@@ -23,17 +23,20 @@ from typing import Literal, Mapping
 
 import torch
 import torch.nn as nn
+from accelerate.utils import extract_model_from_parallel
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
 from ..files import atomic_write, make_dir
 from ..safe_load import load_weights_only
-from .formats import folder_kind, read_folder, write_safetensors
+from .formats.common import CONFIG_FILE, WEIGHT_NAMES, folder_kind, read_json, write_safetensors
+from .formats.hf import config_from_hf
+from .formats.timm import config_from_timm
 from .hf import HF_DROPPED, HF_PREFIXES, hf_to_timm
 from .mae import is_mae, split_mae
 from .pos_embed import resample_pos_embed, sincos_2d
 from .registry import MODEL_CONFIGS, create_model
-from .unwrap import StateDict, unwrap_module, unwrap_state_dict
+from .unwrap import StateDict, unwrap_state_dict
 from .vit import ViTConfig, VisionTransformer
 
 FORMAT = "ssl_vit.backbone"
@@ -56,7 +59,7 @@ def save_backbone(model: nn.Module, path: str | Path, *, metadata: Mapping | Non
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: backbones are exported as .safetensors; use {path.with_suffix('.safetensors')}")
-    inner = unwrap_module(model)
+    inner = extract_model_from_parallel(model, keep_torch_compile=False)
     config = getattr(inner, "config", None)
     if not isinstance(config, ViTConfig):
         raise TypeError(f"save_backbone expects an ssl_vit VisionTransformer, got {type(inner).__name__}")
@@ -410,3 +413,22 @@ def load_backbone_with_report(
         warnings.warn(f"{source}: loaded what fits; {problems}", stacklevel=2)
     loaded = [k for k in fitted if k not in set(unexpected)]
     return model, LoadReport(source, loaded, list(missing), dropped + left_out + list(unexpected))
+
+
+def read_folder(path: str | Path) -> tuple[Path, ViTConfig | None]:
+    """(the weights file, its ViTConfig) of a Hugging Face ViT or timm folder; every failure is one line."""
+    path = Path(path)
+    kind = folder_kind(path)
+    if kind is None:
+        raise CheckpointError(
+            f"{path}: not a Hugging Face ViT or timm folder (its {CONFIG_FILE} is missing, or names neither "
+            "model_type 'vit' nor a timm architecture); pass a weights file instead"
+        )
+    weights = next((path / n for n in WEIGHT_NAMES if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no weights file ({', '.join(WEIGHT_NAMES)}) next to its {CONFIG_FILE}")
+    recorded = saved_config(weights) if weights.suffix == ".safetensors" else None  # ours: exact, pooling too
+    if recorded is not None:
+        return weights, recorded
+    info = read_json(path / CONFIG_FILE)
+    return weights, config_from_hf(info, str(path / CONFIG_FILE)) if kind == "hf" else config_from_timm(info)

@@ -11,21 +11,18 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..config import PretrainConfig, config_from_mapping, model_overrides
+from ..config import PretrainConfig, build_objective, config_from_mapping
 from ..errors import CheckpointError
 from .checkpoint import read_state
 
 
 def restore_objective(path: Path) -> tuple[nn.Module, PretrainConfig, dict[str, Any]]:
     """(objective with the checkpoint's weights, its recipe, the raw state) of checkpoint directory `path`."""
-    from ..models import create_model
-    from ..objectives import build
-
     state = read_state(path)
     if not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path}: the checkpoint holds no recipe (`config`); was it written by ssl-vit pretrain?")
     cfg = config_from_mapping(state["config"], where=f"{path}/state.pt config")
-    objective = build(cfg.objective.name, create_model(cfg.model.name, **model_overrides(cfg)), **cfg.objective.kwargs)
+    objective = build_objective(cfg)
     try:
         objective.load_state_dict(state["model"], strict=True)
     except RuntimeError as err:

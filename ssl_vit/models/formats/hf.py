@@ -17,7 +17,7 @@ from typing import Mapping
 from ...errors import CheckpointError
 from ..hf import to_hf_config, to_hf_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
+from .common import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as image processors store them

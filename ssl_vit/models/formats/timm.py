@@ -20,7 +20,7 @@ from typing import Mapping
 from ...errors import CheckpointError
 from ..unwrap import unwrap_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from . import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
+from .common import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
 
 # timm's registered plain ViT entrypoints (timm/models/vision_transformer.py): name -> (width, depth, heads,
 # patch, image size). The closest one is named as the architecture; model_args override its sizes anyway.

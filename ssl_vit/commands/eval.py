@@ -49,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def protocol_help(protocol: str) -> tuple[str, str]:
     """(what `protocol` does, the recipe keys it reads with their defaults), from the evaluators' own modules and
     constructors and the eval recipe's defaults, for `ssl-vit eval PROTOCOL --help`."""
-    from . import names
-    from .recipe import CHECKPOINT_DEFAULTS, DEFAULT_EVALUATORS, EvalRecipe
-    from .registry import describe
+    from ..config.eval import CHECKPOINT_DEFAULTS, DEFAULT_EVALUATORS, EvalRecipe
+    from ..eval import names
+    from ..eval.registry import describe
 
     evaluators = list(DEFAULT_EVALUATORS) if protocol == "all" else [protocol]
     if protocol == "all":
@@ -117,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from ssl_vit.config import TrainConfig, check_output_dir
     from ssl_vit.train.trainer import make_accelerator
 
-    from .backbones import resolve_backbone
-    from .threads import configure_threads
+    from ..eval.backbones import resolve_backbone
+    from ..eval.threads import configure_threads
 
     recipe, evaluators = _recipe(args)
     configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         tables.append((column, _evaluate(source, run_dir, Path(args.cache_dir) if args.cache_dir else out / "cache", recipe, evaluators,
                                           accelerator)))
     if accelerator.is_main_process:
-        from .results import metrics_table
+        from ..eval.results import metrics_table
 
         table = metrics_table(tables)
         if len(sources) > 1:
@@ -165,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _recipe(args: argparse.Namespace):
     """The eval recipe with the command-line data flags applied, and the evaluators to build (checked now)."""
+    from ..config.eval import load_eval_recipe
+    from ..eval.registry import build, get
     from ..recipe_files import resolve_recipe
-    from .recipe import load_eval_recipe
-    from .registry import build
 
     overrides = list(args.overrides)
     if args.protocol == "finetune":
@@ -176,6 +176,8 @@ def _recipe(args: argparse.Namespace):
         options = {"finetune": {"recipe": args.config, "overrides": overrides}}
     else:
         recipe = load_eval_recipe(resolve_recipe(args.config, "eval") if args.config else None, overrides)
+        for name in recipe.evaluators:
+            get(name)  # every evaluator the recipe lists must exist, even when only one runs now
         options = recipe.evaluators if args.protocol == "all" else {args.protocol: recipe.evaluators.get(args.protocol, {})}
     for flag, key in (("train", "train"), ("test", "test"), ("train_split", "train_split"), ("test_split", "test_split")):
         if getattr(args, flag) is not None:
@@ -219,8 +221,8 @@ def _as_trained(source, recipe, accelerator):
 
 
 def _evaluate(source, run_dir: Path, cache_dir: Path, recipe, evaluators: dict, accelerator) -> dict[str, float]:
-    from .context import EvalContext
-    from .results import write_results
+    from ..eval.context import EvalContext
+    from ..eval.results import write_results
 
     data, pool = _as_trained(source, recipe, accelerator)
     image_size = data.image_size
@@ -252,7 +254,7 @@ def _evaluate(source, run_dir: Path, cache_dir: Path, recipe, evaluators: dict, 
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .results import compare_runs
+    from ..eval.results import compare_runs
 
     table = compare_runs(args.runs)
     if args.out:

@@ -23,9 +23,9 @@ import json
 import sys
 from pathlib import Path
 
+from ..demo.report import write_demo_report
 from ..errors import ConfigError, UserError
 from ..eval.results import read_pair
-from .report import write_demo_report
 
 SHOTS = ("1", "5", "10", "25")
 # --quick: seconds, for the test suite; checks every artefact, proves nothing about learning.
@@ -96,7 +96,7 @@ def digit_shards(work: Path) -> tuple[str, str]:
     """The digits as an image folder, then as verified shards (`ssl-vit-shards build` + `verify`)."""
     from data_tools.cli import main as shards_main
 
-    from .digits import write_digit_folders
+    from ..demo.digits import write_digit_folders
 
     _stage("images: scikit-learn's handwritten digits as a <class>/ folder of 32×32 PNGs")
     counts = write_digit_folders(work / "images")

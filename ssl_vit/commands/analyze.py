@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from . import figure7, masked, plots
-from .loading import load_for_analysis
-from .report import write_report
+from ..analysis import figure7, masked, plots
+from ..analysis.loading import load_for_analysis
+from ..analysis.report import write_report
 
 MASKED_ROWS = 4  # images in the masked-prediction picture; the attention distances use all --num-images
 

@@ -11,7 +11,8 @@ with SGD, momentum and layer-wise learning-rate decay added to `optim`.
                                                  # select the step scoring best on it; test is read only at the end
     val_every: null                              # steps between holdout validations; null: once per epoch
 
-The training data is `--train`, the validation data `--test` of `ssl-vit eval finetune`.
+The training data is `--train`, the validation data `--test` of `ssl-vit eval finetune`. Loaded by the one
+recipe loader (`loader.py`), so `base:`, dotted overrides and the error messages are the pretraining ones.
 """
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-from ssl_vit.config import DataConfig, OptimConfig, TrainConfig, build_section, parse_override, read_yaml_mapping
-from ssl_vit.errors import ConfigError
+from ..errors import ConfigError
+from .loader import load_recipe, source_of
+from .pretrain import DataConfig, OptimConfig, TrainConfig
 
 
 @dataclass
@@ -65,51 +66,46 @@ class FinetuneConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self, where: str, sources: dict[str, str] | None = None) -> None:
+        """The loader's value-check hook: `validate` below."""
+        validate(self, where, sources)
+
 
 def load_finetune_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
-    where = str(path) if path is not None else "fine-tuning defaults"
-    raw: dict = {}
-    if path is not None:
-        raw = read_yaml_mapping(path, "fine-tuning recipe (see recipes/finetune/)", "model:, data:, optim:, ...")
-    sources: dict[str, str] = {}
-    for item in overrides:
-        key, value = parse_override(item)
-        node = raw
-        for part in key.split(".")[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"command line: '{key}': '{part}' is a value, not a section")
-        node[key.split(".")[-1]] = value
-        sources[key] = "command line"
-    cfg: FinetuneConfig = build_section(FinetuneConfig, raw, "", where, sources)
-    _validate(cfg, where)
-    return cfg
+    """Read a fine-tuning recipe (following `base:`), apply `key=value` overrides, check types and values."""
+    return load_recipe(FinetuneConfig, path, overrides, what="fine-tuning recipe (see recipes/finetune/)",
+                       sections="model:, data:, optim:, ...")
 
 
-def _validate(cfg: FinetuneConfig, where: str) -> None:
+def validate(cfg: FinetuneConfig, where: str, sources: dict[str, str] | None = None) -> None:
+    """Value checks; each message names where the offending key was set (the recipe or the command line)."""
     o, t = cfg.optim, cfg.train
+
+    def at(*keys: str) -> str:
+        return source_of(sources or {}, where, *keys)
+
     if (t.total_steps is None) == (t.epochs is None):
-        raise ConfigError(f"{where}: set exactly one of train.total_steps and train.epochs")
+        raise ConfigError(f"{at('train.total_steps', 'train.epochs')}: set exactly one of train.total_steps and train.epochs")
     if not 0 < o.layer_decay <= 1:
-        raise ConfigError(f"{where}: optim.layer_decay must be in (0, 1] (1 disables it), got {o.layer_decay}")
+        raise ConfigError(f"{at('optim.layer_decay')}: optim.layer_decay must be in (0, 1] (1 disables it), got {o.layer_decay}")
     if not 0 <= o.momentum < 1:
-        raise ConfigError(f"{where}: optim.momentum must be in [0, 1), got {o.momentum}")
+        raise ConfigError(f"{at('optim.momentum')}: optim.momentum must be in [0, 1), got {o.momentum}")
     if o.lr <= 0 or o.weight_decay < 0 or o.warmup_steps < 0:
-        raise ConfigError(f"{where}: optim.lr must be positive, weight_decay and warmup_steps ≥ 0")
+        raise ConfigError(f"{at('optim')}: optim.lr must be positive, weight_decay and warmup_steps ≥ 0")
     if not 0 < cfg.data.crop_pct <= 1:
-        raise ConfigError(f"{where}: data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
+        raise ConfigError(f"{at('data.crop_pct')}: data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
     if not 0 <= cfg.holdout_fraction < 0.5:
-        raise ConfigError(f"{where}: holdout_fraction must be 0 (no selection) or a small fraction such as 0.02, "
-                          f"got {cfg.holdout_fraction}")
+        raise ConfigError(f"{at('holdout_fraction')}: holdout_fraction must be 0 (no selection) or a small fraction "
+                          f"such as 0.02, got {cfg.holdout_fraction}")
     if cfg.val_every is not None and cfg.val_every < 1:
-        raise ConfigError(f"{where}: val_every must be a positive number of steps or null (once per epoch)")
+        raise ConfigError(f"{at('val_every')}: val_every must be a positive number of steps or null (once per epoch)")
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
-        raise ConfigError(f"{where}: model.init_from must be a path, got {cfg.init_from!r}")
+        raise ConfigError(f"{at('model.init_from')}: model.init_from must be a path, got {cfg.init_from!r}")
     if "img_size" in cfg.model:
-        raise ConfigError(f"{where}: model.img_size: set the fine-tuning resolution with data.image_size")
-    from ssl_vit.objectives import ImageClassification
+        raise ConfigError(f"{at('model.img_size')}: model.img_size: set the fine-tuning resolution with data.image_size")
+    from ..objectives import ImageClassification
 
     options = [p for p in inspect.signature(ImageClassification).parameters if p not in ("backbone", "num_classes")]
     for key in cfg.objective:
         if key not in options:
-            raise ConfigError(f"{where}: objective.{key} is not an option of classification; options: {', '.join(options)}")
+            raise ConfigError(f"{at(f'objective.{key}')}: objective.{key} is not an option of classification; options: {', '.join(options)}")
