@@ -197,4 +197,6 @@ def test_every_key_has_a_type_default_and_help_for_generated_help():
     assert rows["optim.lr"][:2] == ("float", 2e-4) and rows["optim.lr"][2]
     assert rows["train.total_steps"][:2] == ("int | None", None)
     assert rows["eval.image_size"][:2] == ("int | None", None)  # the eval-data section, embedded
+    assert rows["data.batch_size"][2] == "per device, per micro-batch"  # the field's own comment
+    assert rows["train.seed"][2].startswith("Length, precision, logging")  # no comment: the section's docstring
     assert all(text for _, _, text in rows.values())

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -171,11 +173,13 @@ def check_key(schema: type, key: str) -> None:
 
 
 def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, one-line help) for every key: a field's `metadata["help"]`, else the first
-    line of its section's docstring."""
+    """(dotted key, type, default, one-line help) for every key. The help is a field's `metadata["help"]`, else
+    the comment after the field in its class (`batch_size: int = 64  # per device`), else the first line of the
+    section's docstring."""
     rows = []
     hints = typing.get_type_hints(schema)
     section_help = (schema.__doc__ or "").strip().splitlines()[0] if schema.__doc__ else ""
+    comments = _field_comments(schema)
     for f in _recipe_fields(schema):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
@@ -183,8 +187,24 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        rows.append((f"{prefix}{f.name}", _type_name(hint), default, f.metadata.get("help", section_help)))
+        text = f.metadata.get("help") or comments.get(f.name) or section_help
+        rows.append((f"{prefix}{f.name}", _type_name(hint), default, text))
     return rows
+
+
+def _field_comments(schema: type) -> dict[str, str]:
+    """{field: its trailing comment} from the source of `schema` and its dataclass bases (none when unavailable)."""
+    out: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # generated (make_dataclass) or no source file
+            continue
+        for match in re.finditer(r"^\s+(\w+): [^\n#]*#\s*(.+)$", source, flags=re.M):
+            out[match[1]] = match[2].strip()
+    return out
 
 
 def _type_name(hint: Any) -> str:
