@@ -7,8 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ssl_vit", "data_tools")
-# Environment variables product code may read: launcher and thread settings, documented where they are read.
-RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"}
+# Environment variables product code may read: what `accelerate launch` / torchrun set, and the thread count.
+RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "RANK", "WORLD_SIZE"}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
