@@ -21,5 +21,6 @@ def test_epochs_are_whole_epochs_of_the_stream():
 
 
 def test_epochs_without_a_sample_count_name_the_data_and_the_fix():
-    with pytest.raises(ConfigError, match=r"train.epochs needs the sample count of /d/train-\{0..9\}.tar.*train.total_steps"):
+    url_list = r"train.epochs needs the sample count of /d/train-\{0..9\}.tar.*train.total_steps"
+    with pytest.raises(ConfigError, match=url_list):
         total_steps(TrainConfig(global_batch=4, epochs=1), None, "/d/train-{0..9}.tar")

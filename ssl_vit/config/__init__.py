@@ -21,7 +21,6 @@ from .loader import (
     load_recipe,
     parse_override,
     read_yaml_mapping,
-    resolve_recipe_path,
     schema_keys,
 )
 from .pretrain import (
@@ -45,7 +44,7 @@ __all__ = [
     "COMMAND_LINE", "DataConfig", "EvalConfig", "EvalData", "EvalRecipe", "FeaturesConfig", "FinetuneConfig",
     "FinetuneData", "FinetuneOptim", "ModelConfig", "ObjectiveConfig", "OptimConfig", "PeriodicEvalData",
     "PretrainConfig", "TrainConfig", "accumulation_steps", "build_backbone", "build_objective", "build_section",
-    "check_key", "check_output_dir", "check_seed", "config_from_mapping", "describe", "from_mapping", "load_config", "load_eval_recipe",
-    "load_finetune_config", "load_recipe", "model_overrides", "normalise_evaluators", "parse_override",
-    "read_yaml_mapping", "resolve_recipe_path", "schema_keys", "validate",
+    "check_key", "check_output_dir", "check_seed", "config_from_mapping", "describe", "from_mapping", "load_config",
+    "load_eval_recipe", "load_finetune_config", "load_recipe", "model_overrides", "normalise_evaluators",
+    "parse_override", "read_yaml_mapping", "schema_keys", "validate",
 ]

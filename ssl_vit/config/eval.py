@@ -69,7 +69,8 @@ class EvalRecipe:
 
     @staticmethod
     def expand_key(key: str) -> str:
-        """Override shorthands: `batch_size` → `data.batch_size`, `pool` → `features.pool`, `knn.k` → `evaluators.knn.k`."""
+        """Override shorthands: `batch_size` → `data.batch_size`, `pool` → `features.pool`,
+        `knn.k` → `evaluators.knn.k`."""
         head = key.split(".", 1)[0]
         if head in DATA_KEYS:
             return f"data.{key}"
@@ -81,7 +82,8 @@ class EvalRecipe:
 
     @staticmethod
     def prepare(raw: dict, where: str) -> dict:
-        """`evaluators` as `{name: options}` (the list form of pretraining recipes is accepted too); absent: the default three."""
+        """`evaluators` as `{name: options}` (the pretraining recipes' list form is accepted too); absent: the
+        default three."""
         raw["evaluators"] = normalise_evaluators(raw.get("evaluators", {k: {} for k in DEFAULT_EVALUATORS}), where)
         return raw
 

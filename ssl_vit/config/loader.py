@@ -40,11 +40,6 @@ DEFAULTS = "defaults"
 
 
 # ------------------------------------------------------------------------------------------------ reading
-def resolve_recipe_path(path: str | Path) -> Path:
-    """The file a `--config` value names (a path, as given)."""
-    return Path(path)
-
-
 def read_yaml_mapping(path: str | Path, what: str = "recipe", sections: str = "model:, data:, ...") -> dict:
     """A YAML file holding a mapping (every recipe kind reads through here): one clear line when it is not."""
     path = Path(path)
@@ -112,8 +107,9 @@ def load_recipe(
     what: str = "recipe", sections: str = "model:, data:, ...",
 ):
     """Read recipe `path` (following `base:`; None: the schema's defaults), apply `key=value` overrides, check
-    keys, types and values; returns the `schema` instance. `what` and `sections` describe the kind in errors."""
-    raw: dict = read_recipe(resolve_recipe_path(path), what, sections) if path is not None else {}
+    keys, types and values; returns the `schema` instance. `what` and `sections` describe the kind in errors.
+    (A `--config` value naming a shipped recipe becomes a path in the command: `recipe_files.resolve_recipe`.)"""
+    raw: dict = read_recipe(Path(path), what, sections) if path is not None else {}
     where = str(path) if path is not None else DEFAULTS
     prepare = getattr(schema, "prepare", None)
     if prepare is not None:
