@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ssl_vit.config import load_config
+from ssl_vit.config import load_config, load_eval_recipe, load_finetune_config
 from ssl_vit.errors import ConfigError
-from ssl_vit.eval.finetune_config import load_finetune_config
-from ssl_vit.eval.recipe import load_eval_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "pretrain" / "smoke.yaml"
