@@ -51,17 +51,14 @@ def test_fine_tuning_and_eval_recipes_share_the_checks(tmp_path: Path) -> None:
 
 
 def test_data_max_pixels_and_shard_errors_reach_the_train_stream(tmp_path: Path) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from shardgen import unique_samples, write_shards
 
-    from ssl_vit.commands.pretrain import stream_factory
     from ssl_vit.data import resolve_spec
+    from ssl_vit.train.wiring import train_stream_factory
 
     write_shards(tmp_path, unique_samples(4), shard_size=4)
     cfg = load_config(SMOKE, [f"data.train={tmp_path}", "data.max_pixels=1000", "data.shard_errors=skip"])
-    stream = stream_factory(cfg, resolve_spec(str(tmp_path), "train"), 0, 1, False)(0)
+    stream = train_stream_factory(resolve_spec(str(tmp_path), "train"), cfg.data, seed=0, rank=0, world_size=1)(0)
     options = stream._loader.dataset.o
     assert (options.max_pixels, options.shard_errors) == (1000, "skip")
     with pytest.raises(ConfigError, match=r"data.max_pixels must be a positive number of pixels or null, got 0"):
