@@ -78,9 +78,22 @@ def pretrain_shards_32(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bench_common() -> ModuleType:
-    """bench/common.py, loaded from its file: the benchmarks are scripts, not a package."""
-    spec = importlib.util.spec_from_file_location("bench_common", REPO / "bench" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench_module() -> Callable[[str], ModuleType]:
+    """`bench/NAME.py` loaded from its file, once per name: the benchmarks are scripts, not a package."""
+    loaded: dict[str, ModuleType] = {}
+
+    def load(name: str) -> ModuleType:
+        if name not in loaded:
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def bench_common(bench_module) -> ModuleType:
+    """bench/common.py: the benchmarks' shared timing and record helpers."""
+    return bench_module("common")

@@ -161,11 +161,10 @@ def test_fused_adamw_matches_the_reference_and_skips_on_the_device(device, exact
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_attention_takes_a_fused_sdpa_kernel(cuda, dtype):
+def test_attention_takes_a_fused_sdpa_kernel(cuda, dtype, bench_module):
     """At ViT-B/16's shapes (12 heads of 64, 197 tokens; and the last block's 98 queries against 197 keys) SDPA
     dispatches to flash, memory-efficient or cuDNN attention, forward and backward, never the math fallback."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from gpu_stages import attention_kernels  # the function the GPU check's environment stage reports with
+    attention_kernels = bench_module("gpu_stages").attention_kernels  # what the GPU check's environment stage reports
 
     for queries in (None, 98):
         kernels = attention_kernels(cuda, dtype, batch=8, heads=12, tokens=197, queries=queries)
