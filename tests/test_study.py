@@ -26,6 +26,17 @@ def test_grid_checks_its_axes():
         grid(["pixels"], [0.5], [0, 0])
 
 
+def test_each_arm_sets_its_whole_target_over_the_recipes():
+    """The demo recipe normalises pixels; a mean-colour or raw-pixels arm built on it must not inherit that."""
+    from ssl_vit.config import load_config
+
+    for target, normalise in (("mean_color", None), ("pixels", None), ("pixels_norm", True)):
+        cfg = load_config("recipes/demo/digits.yaml", Arm(target, 0.15, 4).overrides())
+        kwargs = cfg.objective.kwargs
+        assert kwargs["target"] == target.removesuffix("_norm") and kwargs["corruption_rate"] == 0.15
+        assert (kwargs["target_kwargs"] or {}).get("normalize") == normalise and cfg.train.seed == 4
+
+
 def test_summary_selection_and_comparisons_from_known_figures():
     """Selection reads the train-holdout figure only: the configuration best on test is not the one chosen."""
     results = {}

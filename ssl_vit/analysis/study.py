@@ -30,10 +30,11 @@ from typing import Callable, Mapping, Sequence
 from ..errors import ConfigError
 
 # target name in the study → the pretraining overrides that select it
+# (target_kwargs always set: a recipe's own, e.g. the demo's `normalize: true`, must not leak into other arms)
 TARGETS: dict[str, list[str]] = {
-    "mean_color": ["objective.kwargs.target=mean_color"],
-    "downsampled_color": ["objective.kwargs.target=downsampled_color"],
-    "pixels": ["objective.kwargs.target=pixels"],
+    "mean_color": ["objective.kwargs.target=mean_color", "objective.kwargs.target_kwargs={}"],
+    "downsampled_color": ["objective.kwargs.target=downsampled_color", "objective.kwargs.target_kwargs={}"],
+    "pixels": ["objective.kwargs.target=pixels", "objective.kwargs.target_kwargs={}"],
     "pixels_norm": ["objective.kwargs.target=pixels", "objective.kwargs.target_kwargs={normalize: true}"],
 }
 RATES = (0.5, 0.15)
