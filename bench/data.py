@@ -12,7 +12,11 @@ Headline: images/s on one core (num_workers=0, everything in this process) of
   baseline  webdataset.WebDataset(urls, shardshuffle=False).decode("pil"), a plain PIL random-resized crop
             and flip, float tensor normalised on the CPU, batches of 64
 in steady state (after one warm-up batch), interleaved (A B A B ...), median of the repetitions.
-`ratio` = ours ÷ baseline (goal ≥ 1.3).
+`ratio` = ours ÷ baseline (goal ≥ 1.3). `checks_ratio` = ours ÷ ours with the integrity checks switched off
+(strict all-or-nothing decoding, `_info.json`'s promises per sample: keys once, labels in the class list), in
+images per CPU-second of this process (one core, num_workers=0: all the work is here), so that other load on a
+shared machine, which swings wall-clock rates by 2×, does not decide a 5% question; 5 interleaved pairs,
+median (goal ≥ 0.95: the checks cost < 5% of the images/s).
 Then both with 1 and 2 DataLoader workers (scaling), and `data_tools.build.build_split` (pass-through,
 workers=1) against `tar cf` of the same files (goal ≥ 0.5× tar's speed).
 Results print as a table and are appended to docs/benchmarks.md.
@@ -20,7 +24,9 @@ Results print as a table and are appended to docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import itertools
 import math
 import os
 import random
@@ -142,6 +148,95 @@ def ours(shards: Path, workers: int, seed: int):
     return build_train_stream(str(shards), batch_size=BATCH, image_size=IMAGE_SIZE, seed=seed, num_workers=workers)
 
 
+@contextlib.contextmanager
+def checks_off():
+    """The train stream as it was before the integrity checks (in this process: measure with num_workers=0):
+    no per-sample promise check, and libjpeg-turbo's lenient mode."""
+    import simplejpeg
+
+    from ssl_vit.data import decode, stream
+
+    class Unchecked:
+        def __init__(self, class_names) -> None:
+            pass
+
+        def new_epoch(self) -> None:
+            pass
+
+        def checked(self, samples):
+            return samples
+
+    def size(data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+        return width, height
+
+    def lenient(data: bytes, *, min_width: int = 0, min_height: int = 0):
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_width, min_height=min_height, strict=False)
+
+    saved = stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg
+    stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg = Unchecked, size, lenient
+    try:
+        yield
+    finally:
+        stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg = saved
+
+
+def images_per_cpu_s(stream, count: int) -> float:
+    """Like `images_per_s`, in images per CPU-second of this process (num_workers=0 streams only)."""
+    iterator = iter(stream)
+    next(iterator)
+    start, seen = time.process_time(), 0
+    while seen < count:
+        seen += len(next(iterator)["label"])
+    elapsed = time.process_time() - start
+    stream.close()
+    return seen / elapsed
+
+
+def isolated_check_cost(shards: Path, count: int, reps: int) -> dict:
+    """The checks' own CPU cost per image, measured on their own so that machine load cannot hide or invent
+    it: the promise check over `count` real samples, and strict minus lenient libjpeg-turbo decoding of the same
+    images at the stream's reduced scale; interleaved, median of `reps`. Compared with one image's CPU cost in
+    the stream (from `checks_cost`), this bounds what the checks take from the images/s."""
+    import simplejpeg
+
+    from ssl_vit.data.promises import SamplePromises
+    from ssl_vit.data.shards import read_shard
+
+    shard_set = resolve_spec(str(shards))
+    samples = list(itertools.islice((s for u in shard_set.urls for s in read_shard(u)), count))
+    datas = [s["jpg"] for s in samples]
+    promise_s, strict_s, lenient_s = [], [], []
+
+    def decode_all(strict: bool) -> float:
+        start = time.process_time()
+        for d in datas:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(d, strict=strict)
+            simplejpeg.decode_jpeg(d, colorspace="RGB", min_width=width // 2, min_height=height // 2, strict=strict)
+        return time.process_time() - start
+
+    for rep in range(reps):
+        start = time.process_time()
+        for _ in SamplePromises(shard_set.class_names).checked(samples):
+            pass
+        promise_s.append(time.process_time() - start)
+        for strict in ((True, False) if rep % 2 == 0 else (False, True)):
+            (strict_s if strict else lenient_s).append(decode_all(strict))
+    n = len(samples)
+    return {"promise_us": statistics.median(promise_s) / n * 1e6,
+            "strict_minus_lenient_us": (statistics.median(strict_s) - statistics.median(lenient_s)) / n * 1e6}
+
+
+def checks_cost(shards: Path, count: int, reps: int) -> tuple[list[float], list[float]]:
+    """Images per CPU-second with and without the integrity checks, interleaved (A B, B A, ...)."""
+    checked, unchecked = [], []
+    for rep in progress_bar(range(reps), desc="checks on/off, interleaved", unit="rep"):
+        for off in ((False, True) if rep % 2 == 0 else (True, False)):
+            with checks_off() if off else contextlib.nullcontext():
+                (unchecked if off else checked).append(images_per_cpu_s(ours(shards, 0, rep), count))
+    return checked, unchecked
+
+
 # --- the shard build -------------------------------------------------------------------------------------------
 
 def time_build(images: Path, reps: int) -> dict:
@@ -176,6 +271,13 @@ def table(r: dict) -> str:
     rows.append(f"| baseline (wds + PIL + float) | 0 (1 core) | {r['baseline_images_per_s']:.0f} | |")
     for w, (a, b) in r["workers"].items():
         rows.append(f"| ours / baseline | {w} | {a:.0f} / {b:.0f} | {a / b:.2f}× |")
+    rows.append(f"\nIntegrity checks (strict decoding, `_info.json` promises), images per CPU-second on one core: "
+                f"on {r['checked_images_per_cpu_s']:.0f}, off {r['unchecked_images_per_cpu_s']:.0f}: on ÷ off = "
+                f"**{r['checks_ratio']:.3f}×** (goal ≥ 0.95). Measured on their own (load cannot hide or invent it): "
+                f"the promise check {r['isolated_checks']['promise_us']:.1f} µs and strict − lenient decoding "
+                f"{r['isolated_checks']['strict_minus_lenient_us']:+.1f} µs per image, against "
+                f"{r['isolated_checks']['per_image_us']:.0f} µs of CPU per image in the stream: "
+                f"**{r['isolated_checks']['ratio']:.4f}×** the images/s")
     build = r["build"]
     for check in ("full", "header"):
         b = build[check]
@@ -201,6 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
     for rep in progress_bar(range(reps), desc="1 core, interleaved", unit="rep"):
         ours_s.append(images_per_s(ours(shards, 0, rep), count))
         base_s.append(images_per_s(baseline_loader(urls, 0), count))
+    checked_cpu, unchecked_cpu = checks_cost(shards, count, 1 if args.quick else 5)
+    isolated = isolated_check_cost(shards, count, 1 if args.quick else 9)
+    per_image_us = 1e6 / statistics.median(checked_cpu)
+    isolated["per_image_us"] = per_image_us
+    isolated["ratio"] = per_image_us / (per_image_us + max(0.0, isolated["promise_us"] + isolated["strict_minus_lenient_us"]))
     workers = {}
     for w in (1, 2):
         workers[w] = (images_per_s(ours(shards, w, 0), count), images_per_s(baseline_loader(urls, w), count))
@@ -210,6 +317,12 @@ def main(argv: list[str] | None = None) -> dict:
         "baseline_images_per_s": statistics.median(base_s),
         "ours_runs": ours_s,
         "baseline_runs": base_s,
+        "checks_ratio": statistics.median(checked_cpu) / statistics.median(unchecked_cpu),
+        "checked_images_per_cpu_s": statistics.median(checked_cpu),
+        "unchecked_images_per_cpu_s": statistics.median(unchecked_cpu),
+        "checked_cpu_runs": checked_cpu,
+        "isolated_checks": isolated,
+        "unchecked_cpu_runs": unchecked_cpu,
         "workers": workers,
         "build": time_build(images, 1 if args.quick else 5),
         "images": n_images,
