@@ -130,3 +130,38 @@ def test_each_eval_protocol_says_what_it_does_and_which_keys_it_reads(protocol, 
     assert what in " ".join(out.split())
     assert set(keys) <= rows
     assert "data.image_size as the checkpoint was trained" in rows and "data.batch_size 256" in rows
+
+
+def test_pretrain_help_lists_every_recipe_key_with_type_default_and_meaning(capsys):
+    """Generated from the schema: a key added to PretrainConfig appears here with its own line of meaning."""
+    from ssl_vit.config import PretrainConfig, describe, schema_keys
+
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = describe(PretrainConfig)
+    assert [key for key, *_ in rows] == schema_keys(PretrainConfig)
+    for key, type_name, _default, meaning in rows:
+        entry = next(i for i, line in enumerate(lines) if line.startswith(f"  {key}  {type_name} = "))
+        wrapped = []
+        for line in lines[entry + 1:]:
+            if not line.startswith("      "):
+                break
+            wrapped.append(line.strip())
+        assert " ".join(wrapped) == " ".join(meaning.split()), key
+    assert len({meaning for *_, meaning in rows}) == len(rows)  # each key its own meaning, none the section's
+    batch = lines.index("  data.batch_size  int = 64")
+    assert lines[batch + 1].strip() == "per device, per micro-batch"
+    assert "  data.crop_scale  tuple[float, float] = [0.08, 1.0]" in lines and "  train.compile  bool = false" in lines
+    assert "  model.init_from  str | None = null" in lines and '  data.train  str = ""' in lines
+
+
+def test_eval_finetune_help_lists_the_fine_tuning_recipe_keys(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "finetune", "--help"])
+    out = capsys.readouterr().out
+    assert "Fine-tuning: the pretrained backbone plus a zero-initialised linear head" in " ".join(out.split())
+    lines = out.splitlines()
+    layer_decay = lines.index("  optim.layer_decay  float = 1.0")
+    assert lines[layer_decay + 1].strip().startswith("< 1: block i's rate scaled by layer_decay")
+    assert "  optim.name  Literal['sgd', 'adamw'] = sgd" in lines and "  holdout_fraction  float = 0.0" in lines

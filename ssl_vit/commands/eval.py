@@ -53,6 +53,12 @@ def protocol_help(protocol: str) -> tuple[str, str]:
     from ..eval import names
     from ..eval.registry import describe
 
+    if protocol == "finetune":
+        from ..commands.schema_help import keys_help
+        from .finetune_config import FinetuneConfig
+
+        return describe("finetune")[0], keys_help(FinetuneConfig, "keys of the fine-tuning recipe it reads (--config "
+                                                                  "finetune/vit_b16_paper, or key=value after the options):")
     evaluators = list(DEFAULT_EVALUATORS) if protocol == "all" else [protocol]
     if protocol == "all":
         what = f"{HELP['all']}; registered: {', '.join(names())}."
@@ -61,20 +67,18 @@ def protocol_help(protocol: str) -> tuple[str, str]:
     rows = []
     for name in evaluators:
         rows += [(f"{name}.{key}", value) for key, value in describe(name)[1].items()]
-    if protocol != "finetune":
-        common = EvalRecipe().to_dict()
-        common.pop("evaluators")
-        for section, value in common.items():
-            items = value.items() if isinstance(value, dict) else [(None, value)]
-            for key, default in items:
-                dotted = f"{section}.{key}" if key else section
-                if dotted in ("data.train", "data.test"):
-                    continue  # --train / --test
-                rows.append((dotted, "as the checkpoint was trained" if dotted in CHECKPOINT_DEFAULTS else default))
+    common = EvalRecipe().to_dict()
+    common.pop("evaluators")
+    for section, value in common.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for key, default in items:
+            dotted = f"{section}.{key}" if key else section
+            if dotted in ("data.train", "data.test"):
+                continue  # --train / --test
+            rows.append((dotted, "as the checkpoint was trained" if dotted in CHECKPOINT_DEFAULTS else default))
     width = max(len(key) for key, _ in rows)
     lines = [f"  {key:<{width}}  {_shown(value)}" for key, value in rows]
-    where = ("the fine-tuning recipe's own keys: ssl-vit recipes show finetune/vit_b16_paper" if protocol == "finetune"
-             else "in --config's recipe (evaluators.NAME.KEY) or as NAME.KEY=value after the options")
+    where = "in --config's recipe (evaluators.NAME.KEY) or as NAME.KEY=value after the options"
     return what, f"keys it reads, with their defaults ({where}):\n" + "\n".join(lines)
 
 

@@ -20,6 +20,11 @@ from ..recipe_files import resolve_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .schema_help import keys_help
+
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = keys_help(PretrainConfig, "recipe keys (in the recipe, or key=value after the options): "
+                                              "key  type = default, and what it means")
     parser.add_argument("--config", required=True, metavar="RECIPE",
                         help="a recipe file or a shipped recipe's name (pretrain/smoke, vit_b16_mean_color; see `ssl-vit recipes`)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=1e-3 data.train=/data/in1k")

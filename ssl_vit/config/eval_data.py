@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .loader import _field_comments
 
 SPLITS = ("train", "test")
 
@@ -19,10 +20,10 @@ class EvalData:
     """Where the labelled evaluation data lives and how it is preprocessed (centre crop, no augmentation)."""
 
     train: str | None = None  # a data spec: a shard directory or a brace-expanded URL list
-    test: str | None = None
-    train_split: str = "train"
-    test_split: str = "validation"
-    image_size: int = 224
+    test: str | None = None  # the labelled test data's spec
+    train_split: str = "train"  # the split of `train` (a shard directory's)
+    test_split: str = "validation"  # the split of `test`
+    image_size: int = 224  # side of the centre crops, in pixels
     crop_pct: float = 0.875  # resize the shorter side to image_size / crop_pct, then centre-crop image_size
     batch_size: int = 256  # per process
     num_workers: int = 4  # loader processes per process
@@ -47,9 +48,12 @@ class EvalData:
 
 
 # The same keys, each optional (None: take the pretraining data's value), generated from EvalData.
+# Each key's help is EvalData's, read by `describe` from the field's metadata (a generated class has no source).
 PeriodicEvalData = dataclasses.make_dataclass(
     "PeriodicEvalData",
-    [(f.name, f"{f.type} | None", dataclasses.field(default=None)) for f in dataclasses.fields(EvalData)],
+    [(f.name, f"{f.type} | None", dataclasses.field(default=None, metadata={
+        "help": f"{_field_comments(EvalData).get(f.name, f.name)} (unset: from the pretraining data)"}))
+     for f in dataclasses.fields(EvalData)],
 )
 PeriodicEvalData.__module__ = __name__
 PeriodicEvalData.__doc__ = "EvalData's keys, each optional: unset ones come from the pretraining data."

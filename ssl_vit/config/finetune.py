@@ -37,22 +37,24 @@ class FinetuneData(DataConfig):
 class FinetuneOptim(OptimConfig):
     """SGD (the ViT paper) or AdamW (MAE); `layer_decay` < 1 scales block i's rate by decay^(depth + 1 - i)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    layer_decay: float = 1.0
+    name: Literal["sgd", "adamw"] = "sgd"  # SGD with momentum (the ViT paper) or AdamW (MAE)
+    lr: float = 0.01  # peak learning rate, reached at the end of the warmup
+    momentum: float = 0.9  # SGD's momentum
+    weight_decay: float = 0.0  # decoupled weight decay
+    layer_decay: float = 1.0  # < 1: block i's rate scaled by layer_decay^(depth + 1 - i) (MAE: 0.65)
 
 
 @dataclass
 class FinetuneConfig:
-    model: dict[str, Any] = field(default_factory=dict)
-    objective: dict[str, Any] = field(default_factory=dict)
+    """A fine-tuning recipe: the backbone of --checkpoint plus a zero-initialised head, trained end to end."""
+
+    model: dict[str, Any] = field(default_factory=dict)  # ViTConfig changes (drop_path_rate), init_from: WEIGHTS
+    objective: dict[str, Any] = field(default_factory=dict)  # label_smoothing, mixup_alpha, cutmix_alpha, ...
     data: FinetuneData = field(default_factory=FinetuneData)
     optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     train: TrainConfig = field(default_factory=TrainConfig)
-    val_every: int | None = None
-    holdout_fraction: float = 0.0
+    val_every: int | None = None  # steps between holdout validations; null: once per epoch
+    holdout_fraction: float = 0.0  # > 0: hold out this part of --train and select the step scoring best on it
 
     @property
     def init_from(self) -> str | None:

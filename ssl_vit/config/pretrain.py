@@ -36,17 +36,17 @@ class ModelConfig:
     timm file (.safetensors / .pth), a Hugging Face ViT folder or an MAE `checkpoint-*.pth`; the architecture stays
     this section's, and the weights must fit it (pos_embed is resampled to the grid)."""
 
-    name: str = "vit_base_patch16"
-    overrides: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None
+    name: str = "vit_base_patch16"  # a registered backbone: ssl_vit.models.list_models(), e.g. vit_small_patch16
+    overrides: dict[str, Any] = field(default_factory=dict)  # ViTConfig changes, e.g. {drop_path_rate: 0.1}
+    init_from: str | None = None  # start from these weights (an export, timm, HF or MAE file) instead of a random init
 
 
 @dataclass
 class ObjectiveConfig:
     """An objective name (`mpp`, `classification`) and its constructor options (target, corruption_rate, head…)."""
 
-    name: str = "mpp"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = "mpp"  # mpp (masked patch prediction) or classification
+    kwargs: dict[str, Any] = field(default_factory=dict)  # its options: target, corruption_rate, mask_prob, head, ...
 
 
 @dataclass
@@ -54,17 +54,17 @@ class DataConfig:
     """Where the images come from and how each worker turns them into uint8 batches."""
 
     train: str = ""  # a data spec: a shard directory (with `split`) or a brace-expanded URL list
-    split: str = "train"
-    val: str | None = None
-    val_split: str = "validation"
+    split: str = "train"  # the split of a shard directory to train on
+    val: str | None = None  # a data spec of held-out images (eval.evaluators' test set when eval.test is unset)
+    val_split: str = "validation"  # the split of data.val
     num_samples: int | None = None  # a URL list's sample count (directories know theirs): needed for train.epochs
-    image_size: int = 224
+    image_size: int = 224  # side of the square training crops, in pixels
     batch_size: int = 64  # per device, per micro-batch
     num_workers: int = 8  # loader processes per device
-    shuffle_buffer: int = 10_000
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)
-    hflip: bool = True
+    shuffle_buffer: int = 10_000  # samples each loader worker shuffles among
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop: min, max area as a fraction of the image
+    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random-resized crop: min, max aspect ratio
+    hflip: bool = True  # flip half the images left-right
     max_bad_fraction: float = 0.01  # undecodable images tolerated before the stream stops with a DataError
     max_pixels: int | None = None  # width × height cap per image, refused before decoding (None: Pillow's bomb limit)
     shard_errors: Literal["stop", "skip"] = "stop"  # a shard unreadable after retries: stop, or skip it for the epoch
@@ -74,14 +74,14 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warmup, then cosine decay to `min_lr` (or a constant rate). Accumulation is derived."""
 
-    name: Literal["adamw"] = "adamw"
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    warmup_steps: int = 10_000
-    schedule: Literal["cosine", "constant"] = "cosine"
-    min_lr: float = 0.0
+    name: Literal["adamw"] = "adamw"  # AdamW (no weight decay on norms, biases, position embeddings and tokens)
+    lr: float = 2e-4  # peak learning rate, reached at the end of the warmup
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's beta1, beta2
+    eps: float = 1e-8  # AdamW's epsilon
+    weight_decay: float = 0.1  # decoupled weight decay
+    warmup_steps: int = 10_000  # optimizer steps of linear warmup from 0 to lr
+    schedule: Literal["cosine", "constant"] = "cosine"  # after the warmup: cosine decay to min_lr, or constant
+    min_lr: float = 0.0  # the learning rate at the end of the cosine decay
     grad_clip: float | None = 1.0  # global gradient norm; null disables
 
 
@@ -89,16 +89,16 @@ class OptimConfig:
 class TrainConfig:
     """Length, precision, logging and checkpointing of the run. A step is one optimizer update of `global_batch`."""
 
-    global_batch: int = 4096
-    total_steps: int | None = None
+    global_batch: int = 4096  # images per optimizer step over all processes (accumulation fills in)
+    total_steps: int | None = None  # optimizer steps of the run (or train.epochs)
     epochs: float | None = None  # instead of total_steps; needs the sample count
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and corruption draws
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
-    compile: bool = False
-    grad_checkpointing: bool = False
-    log_every: int = 50
-    checkpoint_every: int = 1000
-    keep_last: int = 3
+    compile: bool = False  # torch.compile the objective
+    grad_checkpointing: bool = False  # recompute each block in the backward: less activation memory, more compute
+    log_every: int = 50  # steps between metrics.jsonl records
+    checkpoint_every: int = 1000  # steps between checkpoints
+    keep_last: int = 3  # checkpoints kept; older ones are deleted
     max_nonfinite: int = 5  # non-finite losses in a row before the run stops
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
 
@@ -109,8 +109,8 @@ class EvalConfig(PeriodicEvalData):
     evaluators, e.g. `[{name: fewshot, shots: [5]}, {name: knn}]`, on labelled data. Unset data keys come
     from `data`: `train`/`split` as the labelled pool, `val`/`val_split` as the test set."""
 
-    every: int = 0
-    evaluators: list[dict[str, Any]] = field(default_factory=list)
+    every: int = 0  # steps between evaluations during pretraining; 0: never
+    evaluators: list[dict[str, Any]] = field(default_factory=list)  # e.g. [{name: fewshot, shots: [5]}, {name: knn}]
 
 
 @dataclass
@@ -121,8 +121,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs/pretrain"
-
+    output_dir: str = "runs/pretrain"  # the run directory: config.yaml, metrics.jsonl, checkpoints/
     def to_dict(self) -> dict:
         """Plain YAML-safe data (tuples become lists), the form saved in the run directory."""
         return plain(self)
