@@ -1,6 +1,7 @@
 """Recipe schema: every shipped recipe validates and states its true batch arithmetic; bad input fails clearly."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -199,5 +200,13 @@ def test_every_key_has_a_type_default_and_help_for_generated_help():
     assert rows["train.total_steps"][:2] == ("int | None", None)
     assert rows["eval.image_size"][:2] == ("int | None", None)  # the eval-data section, embedded
     assert rows["data.batch_size"][2] == "per device, per micro-batch"  # the field's own comment
-    assert rows["train.seed"][2].startswith("Length, precision, logging")  # no comment: the section's docstring
+    assert rows["eval.image_size"][2].endswith("(unset: from the pretraining data)")  # EvalData's help, generated
     assert all(text for _, _, text in rows.values())
+
+    @dataclasses.dataclass
+    class Section:
+        """What the section is for."""
+
+        plain: int = 1
+
+    assert describe(Section) == [("plain", "int", 1, "What the section is for.")]  # no comment: the docstring

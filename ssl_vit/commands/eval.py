@@ -54,8 +54,8 @@ def protocol_help(protocol: str) -> tuple[str, str]:
     from ..eval.registry import describe
 
     if protocol == "finetune":
-        from ..commands.schema_help import keys_help
-        from .finetune_config import FinetuneConfig
+        from ..config import FinetuneConfig
+        from .schema_help import keys_help
 
         return describe("finetune")[0], keys_help(FinetuneConfig, "keys of the fine-tuning recipe it reads (--config "
                                                                   "finetune/vit_b16_paper, or key=value after the options):")
