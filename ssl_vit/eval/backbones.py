@@ -154,8 +154,9 @@ def _export_record(path: Path) -> dict:
 
 def _file_fingerprint(path: Path, model: str | None) -> str:
     """The sha256 of the weights file's bytes (and the model it is read as): the feature cache's key follows the
-    weights themselves, so a file rewritten in place — even with its old size and date — is a miss. Reading
-    a ViT-B checkpoint for it takes about a second."""
+    weights themselves, so a file rewritten in place — even with its old size and date — is a miss. It costs
+    one read of the file: 4.1 s for 343 MB (a ViT-B/16 export) on a loaded 2-core machine, against minutes of
+    feature extraction saved."""
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256")
     digest.update(f"|{model}".encode())
