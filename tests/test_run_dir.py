@@ -13,8 +13,7 @@ import yaml
 
 from trainer_fixtures import tree_digest
 
-from ssl_vit.config import PretrainConfig, schema_keys
-from ssl_vit.eval.finetune_config import FinetuneConfig
+from ssl_vit.config import FinetuneConfig, PretrainConfig, schema_keys
 from ssl_vit.train import trainer as trainer_module
 from ssl_vit.train.optim import lr_factor
 from ssl_vit.train.recipe_changes import CHANGEABLE, FIXED, recipe_changes, rule
