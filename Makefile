@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean bench gpu-wheels
+.PHONY: test test-slurm demo venv clean bench gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
 	PY=$(PY) bash tests/install_test.sh
+
+# The SLURM recipe against a real slurmctld + slurmd on this machine (root; installs slurm-wlm and munge if missing).
+test-slurm: $(STAMP)
+	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge)
+	SSL_VIT_TEST_SLURM=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_slurm.py
 
 demo: $(STAMP)
 	$(BIN)/python -m ssl_vit demo --workdir runs/demo

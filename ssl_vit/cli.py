@@ -16,6 +16,7 @@ from .errors import UserError, one_line
 # name → (module, one-line help). Imported lazily: a command whose module is missing does not break the others.
 COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("ssl_vit.commands.pretrain", "pretrain a ViT with masked patch prediction (under accelerate launch for several processes)"),
+    "launch": ("ssl_vit.commands.launch", "run accelerate launch / torchrun so that a stop signal checkpoints every worker and exits 0"),
     "export": ("ssl_vit.commands.export", "write a run's backbone as .safetensors, a Hugging Face or a timm folder, with a model card (--push-to-hub)"),
     "eval": ("ssl_vit.commands.eval", "evaluate a backbone: few-shot, linear probe, k-NN, fine-tuning"),
     "analyze": ("ssl_vit.commands.analyze", "figures and reports of a trained backbone"),

@@ -18,6 +18,10 @@ class DataError(UserError):
     """Shards, images or data specs are missing, unreadable or inconsistent."""
 
 
+class PeerLost(UserError):
+    """Another process of a multi-process run stopped answering (its machine died, was killed or cut off)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, unsafe, or does not fit the model."""
 

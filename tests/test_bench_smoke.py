@@ -122,3 +122,11 @@ def test_data_quick_reports_stream_and_build_ratios():
     assert len(r["checked_cpu_runs"]) == len(r["unchecked_cpu_runs"]) == 1 and 0 < r["isolated_checks"]["ratio"] <= 1
     for check in ("full", "header"):
         assert r["build"][check]["ratio"] == pytest.approx(r["build"][check]["mb_per_s"] / r["build"]["tar_mb_per_s"])
+
+
+@pytest.mark.timeout(120)
+def test_fast_forward_quick_reports_per_sample_costs() -> None:
+    out = run_bench("fast_forward.py", "--quick", "--json", "--no-record")
+    us = out["us_per_sample"]
+    assert out["ratio"] == pytest.approx(us["decode"] / us["fast-forward"]) and out["ratio"] > 1
+    assert out["skip_vs_decode"] == pytest.approx((us["read"] + us["decode"]) / (us["read"] + us["fast-forward"]))

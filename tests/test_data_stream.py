@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -285,3 +286,42 @@ def test_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
         list(iter_members(io.BytesIO(raw[: len(raw) // 3])))
     with pytest.raises(TarError, match="checksum"):
         list(iter_members(io.BytesIO(raw[:148] + b"9" + raw[149:])))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_fast_forwarded_stream_continues_exactly_where_the_consumed_batches_ended(tmp_path: Path, workers: int):
+    """Resume between checkpoints: skip each worker past the position of its last consumed batch, starting with the
+    worker whose turn is next; the batches that follow equal the uninterrupted stream's. The images have different
+    sizes (so the crop draws depend on the header), and one JPEG's header is fine but its data is cut (decoding
+    fails, yet it drew its crop and flip), one sample is not an image at all (no draws)."""
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(40):
+        size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+        img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+        samples.append(Sample(f"s{i:05d}", encode(img), i, "jpg", size))
+    samples[7] = Sample("s00007", samples[7].data[: len(samples[7].data) // 2], 7, "jpg", samples[7].size)
+    samples[12] = Sample("s00012", b"not an image", 12, "jpg", (0, 0))
+    write_shards(tmp_path, samples, shard_size=10)
+    options = {"seed": 5, "segment": 3, "num_workers": workers, "batch_size": 3, "image_size": 8, "shuffle_buffer": 6,
+               "max_bad_fraction": 0.5}
+    whole = take(build_train_stream(str(tmp_path), **options), 16)
+    assert all(b["worker"] == i % max(workers, 1) for i, b in enumerate(whole))
+    assert sum(int(b["skipped"]) for b in whole) >= 2  # both bad samples were met (more than an epoch is read)
+    for consumed in (5, 6):  # the next batch is worker 1's, then worker 0's (with 2 workers)
+        positions = [0] * max(workers, 1)
+        for b in whole[:consumed]:
+            positions[int(b["worker"])] = int(b["position"])
+        first = (int(whole[consumed - 1]["worker"]) + 1) % max(workers, 1)
+        resumed = take(build_train_stream(str(tmp_path), skip=positions, first_worker=first, **options), 16 - consumed)
+        for a, b in zip(whole[consumed:], resumed, strict=True):
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+            assert (a["worker"], a["position"]) == (b["worker"], b["position"])
+
+
+def test_positions_for_another_number_of_workers_are_refused(solid_dir: Path) -> None:
+    from ssl_vit.data.stream import StreamLayoutChanged
+
+    with pytest.raises(StreamLayoutChanged, match="for 2 loader worker.* this stream has 1"):
+        build_train_stream(str(solid_dir), seed=0, num_workers=0, skip=[4, 4], **SMALL)

@@ -4,25 +4,17 @@ second time resuming the first run's 2-process checkpoint. Then one process resu
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
+from trainer_fixtures import LAUNCH_CONFIG, REPO, SMOKE, cli_env, free_port, smoke_overrides
 
-LAUNCH_CONFIG = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"
 # 4 per process × 2 processes × 2 accumulation = 16: exercises no_sync on the first micro-batch.
 RUN = {"data.batch_size": 4, "data.num_workers": 1, "optim.warmup_steps": 2, "train.log_every": 1,
        "train.checkpoint_every": 3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(data: Path, run_dir: Path, steps: int, *args: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,6 @@ import json
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -40,7 +39,7 @@ import torch
 from eval_fixtures import write_dataset
 from imagegen import noise_image
 from shardgen import Sample, encode, unique_samples, write_shards
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
+from trainer_fixtures import LAUNCH_CONFIG, REPO, SMOKE, cli_env, free_port, smoke_overrides
 
 from data_tools.cli import main as shards_main
 from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolve_spec
@@ -222,12 +221,6 @@ def _error_lines(stderr: str) -> list[str]:
     return [m.strip() for m in re.findall(r"error: .*?(?=error: |[\r\n]|$)", stderr)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(180)
 def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_shards_32: Path, tmp_path: Path):
     """Rank 1 alone reads the cut shard; rank 0 would wait for it in DDP's all-reduce (on CPU gloo then fails
@@ -237,8 +230,8 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_
     data = Path(shutil.copytree(pretrain_shards_32, tmp_path / "data"))
     _cut(data / "train-000001.tar", at_member_boundary=False)
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
-               "--main_process_port", str(_free_port()), "--monitor_interval", "10",
+    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG),
+               "--main_process_port", str(free_port()), "--monitor_interval", "10",
                "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
                *smoke_overrides(data, tmp_path / "run", **{"data.batch_size": 8, "train.total_steps": 4,
                                                           "optim.warmup_steps": 1})]
@@ -258,8 +251,8 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both(tm
     data = write_dataset(tmp_path / "data", train_per_class=8, test_per_class=4)
     _cut(data / "train-000001.tar", at_member_boundary=False)
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"),
-               "--main_process_port", str(_free_port()), "--monitor_interval", "10",
+    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG),
+               "--main_process_port", str(free_port()), "--monitor_interval", "10",
                "-m", "ssl_vit", "eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data),
                "--test", str(data), "--config", str(REPO / "recipes" / "eval" / "smoke.yaml"),
                "--out", str(tmp_path / "eval")]

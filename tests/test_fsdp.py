@@ -8,22 +8,16 @@ fresh sharded model continues exactly as the original does.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from trainer_fixtures import free_port
 
 WORLD = 2
 BATCH = 4  # per rank
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _objective():
@@ -94,7 +88,7 @@ def test_fsdp2_step_checkpoint_and_resume_on_two_cpu_processes(tmp_path: Path) -
     from ssl_vit.train import checkpoint as ckpt
     from ssl_vit.train.trainer import parameter_checksum
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     assert ranks[0] == ranks[1]  # every gathered checksum agrees across ranks
     assert ranks[0]["restored"] == ranks[0]["saved"]

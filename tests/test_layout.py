@@ -8,7 +8,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("ssl_vit", "data_tools")
 # Environment variables product code may read: what `accelerate launch` / torchrun set, and the thread count.
-RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "RANK", "WORLD_SIZE"}
+RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "RANK", "WORLD_SIZE",
+               # set by the launchers: torch's elastic agent, `accelerate launch`, `ssl-vit launch`
+               "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION", "SSL_VIT_SUPERVISOR_DIR"}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

@@ -6,12 +6,13 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from trainer_fixtures import REPO, cli_env, pretrain_command, run_pretrain, smoke_overrides
+from trainer_fixtures import LAUNCH_CONFIG, REPO, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides
 
 STEPS, EVERY = 50, 10
 # drop_path_rate makes every step draw from the torch RNG besides the corruption: both must be restored.
@@ -87,3 +88,44 @@ def test_sigterm_checkpoints_and_exits_zero_with_a_resume_line(pretrain_shards: 
     assert "Resume: run the same command with --resume auto" in out
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == path.name
     assert torch.load(path / "state.pt", weights_only=True)["step"] == step
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_signal_between_checkpoints_then_resume_reproduces_the_run_exactly_2_processes_2_workers(pretrain_shards,
+                                                                                                   tmp_path):
+    """SIGUSR1 at a random step to `ssl-vit launch accelerate launch` (2 processes × 2 loader workers): the
+    checkpoint lands between scheduled ones, the resumed run fast-forwards every worker's stream to the batches
+    consumed, and its per-step losses and final weights equal the uninterrupted run's."""
+    steps, every = 24, 10
+    run = {"train.total_steps": steps, "train.checkpoint_every": every, "train.log_every": 1, "data.batch_size": 4,
+           "data.num_workers": 2, "data.shuffle_buffer": 8, "optim.warmup_steps": 3}
+
+    def command(run_dir: Path, *args: str) -> list[str]:
+        bin_dir = Path(sys.executable).parent
+        return [str(bin_dir / "ssl-vit"), "launch", str(bin_dir / "accelerate"), "launch", "--config_file",
+                str(LAUNCH_CONFIG), "--main_process_port", str(free_port()), "-m", "ssl_vit", "pretrain",
+                "--config", str(REPO / "recipes" / "pretrain" / "smoke.yaml"), *smoke_overrides(pretrain_shards, run_dir, **run),
+                *args]
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    done = subprocess.run(command(whole), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    seed = random.randrange(10**6)
+    signal_at = random.Random(seed).randint(3, 15)
+    proc = start_and_wait(command(stopped), stopped / "metrics.jsonl", signal_at, timeout=240)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    reached = last_logged_step(stopped / "metrics.jsonl")
+    assert f"stopped by SIGUSR1 at step {reached}" in out and reached < steps, (seed, out[-2000:])
+
+    resumed = subprocess.run(command(stopped, "--resume", "auto"), cwd=REPO, env=cli_env(), capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert f"at step {reached}" in resumed.stdout
+    assert losses(stopped) == losses(whole), f"seed {seed}, stopped at step {reached}"
+    final = [torch.load(d / "checkpoints" / f"step_{steps:07d}" / "state.pt", weights_only=True) for d in (whole, stopped)]
+    for key, value in final[0]["model"].items():
+        assert torch.equal(value, final[1]["model"][key]), key

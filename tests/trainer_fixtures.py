@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,14 @@ from shardgen import Sample, encode, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "recipes" / "pretrain" / "smoke.yaml"
+LAUNCH_CONFIG = REPO / "recipes" / "accelerate" / "cpu_2proc.yaml"  # 2 CPU processes of gloo DDP
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a launcher's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def two_colour_image(rng: random.Random, size: int) -> Image.Image:

@@ -101,6 +101,9 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept; older ones are deleted
     max_nonfinite: int = 5  # non-finite losses in a row before the run stops
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
+    project: str = "ssl_vit"  # W&B project, MLflow experiment, TensorBoard folder (in the run directory)
+    run_name: str | None = None  # the trackers' run name; default: the run directory's name
+    collective_timeout_s: int = 600  # a collective that waits longer (a machine lost) stops the run with an error
 
 
 @dataclass

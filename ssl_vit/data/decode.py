@@ -42,6 +42,17 @@ def dct_reduction(box: CropBox, size: int) -> int:
     return k
 
 
+def header_size(data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from the header alone (refused above `max_pixels`), as `decode_crop` reads it.
+
+    The train stream chooses every random crop from this size, so fast-forwarding a stream (`stages.train_items`
+    with `skip`) draws the same random numbers as decoding would, without decoding.
+    """
+    if is_jpeg(data):
+        return jpeg_size(data, max_pixels)
+    return open_image(data, max_pixels).size
+
+
 def decode_crop(
     data: bytes, choose_box: BoxChooser, size: int, *, reduce: bool = True, max_pixels: int | None = None
 ) -> np.ndarray:
@@ -51,15 +62,20 @@ def decode_crop(
     caps width × height (None: Pillow's bomb limit). Raises `data_tools.decoding.UndecodableImage` when the
     bytes are not one complete image within the cap.
     """
+    width, height = header_size(data, max_pixels)
+    return decode_box(data, choose_box(width, height), size, width, height, reduce=reduce, max_pixels=max_pixels)
+
+
+def decode_box(
+    data: bytes, box: CropBox, size: int, width: int, height: int, *, reduce: bool = True,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """Decode `data`, whose header said `width` × `height`, crop `box` and resize it to (size, size, 3)."""
     if is_jpeg(data):
-        width, height = jpeg_size(data, max_pixels)
-        box = choose_box(width, height)
         k = dct_reduction(box, size) if reduce else 1
         pixels = decode_jpeg(data, min_width=-(-width // k), min_height=-(-height // k))
         return _resize(pixels, box, size, width, height, k)
     img = open_image(data, max_pixels)
-    width, height = img.size
-    box = choose_box(width, height)
     load_strictly(img, data)
     return _resize(np.array(img.convert("RGB")), box, size, width, height, 1)
 

@@ -16,11 +16,11 @@ import torch
 from ssl_vit.errors import DataError
 
 from .crops import center_crop, random_resized_crop
-from .decode import decode_crop
+from .decode import decode_box, decode_crop, header_size
 from .promises import parse_label
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-TrainItem = tuple[np.ndarray, int]  # (S, S, 3) uint8 pixels, label
+TrainItem = tuple[np.ndarray, int, int]  # (S, S, 3) uint8 pixels, label, position in the stage's input
 EvalItem = tuple[np.ndarray, int, str]  # (S, S, 3) uint8 pixels, label, key
 
 
@@ -142,20 +142,34 @@ def train_items(
     hflip: bool,
     tally: BadSampleTally,
     max_pixels: int | None = None,
+    skip: int = 0,
 ) -> Iterator[TrainItem]:
-    """Random-resized crop (+ flip) of each sample; unreadable samples are skipped and tallied."""
-    for sample in samples:
+    """Random-resized crop (+ flip) of each sample; unreadable samples are skipped and tallied.
+
+    Each item carries its position: how many samples this stage has taken from `samples` so far. The random
+    numbers of a sample are drawn from its header's size alone (crop box, then flip), before decoding, so the
+    first `skip` samples are fast-forwarded: read and drawn for, never decoded (and not tallied again: the run
+    that consumed them counted them).
+    """
+    for position, sample in enumerate(samples, start=1):
         try:
             data, label = image_and_label(sample)
-            pixels = decode_crop(data, lambda w, h: random_resized_crop(w, h, rng, scale, ratio), image_size,
-                                 max_pixels=max_pixels)
+            width, height = header_size(data, max_pixels)
+        except Exception as exc:  # noqa: BLE001 - not an image at all: a bad sample, without random draws
+            if position > skip:
+                tally.skip(sample["__url__"], sample["__key__"], exc)
+            continue
+        box = random_resized_crop(width, height, rng, scale, ratio)
+        flip = hflip and rng.random() < 0.5
+        if position <= skip:
+            continue
+        try:
+            pixels = decode_box(data, box, image_size, width, height, max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample, counted and reported
             tally.skip(sample["__url__"], sample["__key__"], exc)
             continue
         tally.good(sample["__url__"])
-        if hflip and rng.random() < 0.5:
-            pixels = pixels[:, ::-1]  # (S, S, 3), mirrored left-right
-        yield pixels, label
+        yield (pixels[:, ::-1] if flip else pixels), label, position  # (S, S, 3), mirrored left-right on a flip
 
 
 def eval_items(
@@ -182,14 +196,20 @@ def _stack(pixels: list[np.ndarray], size: int) -> torch.Tensor:
 
 
 def train_batches(
-    items: Iterator[TrainItem], batch_size: int, image_size: int, tally: BadSampleTally
+    items: Iterator[TrainItem], batch_size: int, image_size: int, tally: BadSampleTally,
+    worker: int = 0, workers: int = 1,
 ) -> Iterator[dict]:
-    """Full batches only; `skipped` = samples this reader skipped since its previous batch."""
+    """Full batches only; `skipped` = samples this reader skipped since its previous batch; `worker` (of
+    `workers` per rank) and `position` (its last item's) say where in which stream the batch ends, so a
+    resume can fast-forward there exactly."""
     while len(group := list(islice(items, batch_size))) == batch_size:
         yield {
-            "image": _stack([p for p, _ in group], image_size),
-            "label": torch.tensor([label for _, label in group], dtype=torch.int64),
+            "image": _stack([p for p, _, _ in group], image_size),
+            "label": torch.tensor([label for _, label, _ in group], dtype=torch.int64),
             "skipped": torch.tensor(tally.take_unreported(), dtype=torch.int64),
+            "worker": torch.tensor(worker, dtype=torch.int64),
+            "workers": torch.tensor(workers, dtype=torch.int64),
+            "position": torch.tensor(group[-1][2], dtype=torch.int64),
         }
 
 

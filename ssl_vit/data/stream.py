@@ -36,8 +36,8 @@ other broken promise of `_info.json` — a shard listed twice, a key read twice,
 """
 from __future__ import annotations
 
+import signal
 import time
-
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +55,10 @@ from .split import Holdout, ShardPart, reader_parts
 from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
 
 Shards = ShardSet | str | Sequence[str]
+
+
+class StreamLayoutChanged(ConfigError):
+    """Saved stream positions do not fit this stream (another number of loader workers)."""
 
 
 def steps_per_epoch(num_samples: int | None, global_batch: int) -> int:
@@ -86,6 +90,7 @@ class Stream:
             num_workers=num_workers,
             pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(0),
+            worker_init_fn=_ignore_stop_signals,  # the training process decides when to stop, and saves first
         )
         self._iterator: Iterator | None = None
 
@@ -147,12 +152,25 @@ def build_train_stream(
     max_pixels: int | None = None,
     holdout: Holdout | None = None,
     shard_errors: str = "stop",
+    skip: Sequence[int] = (),
+    first_worker: int = 0,
 ) -> Stream:
     """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec);
     `holdout` keeps only the samples it keeps (`split.Holdout`). `shard_errors="skip"` skips a shard that
     cannot be read to its end (after `remote.py`'s retries) for the epoch, counting its unread samples in
-    `skipped`; "stop" (the default) raises."""
+    `skipped`; "stop" (the default) raises.
+
+    `skip[w]`: fast-forward worker w's stream past that many samples (the `position` of the last batch a run
+    consumed from it), for a resume between the segment's checkpoints; one entry per worker, or none.
+    `first_worker`: the worker whose batch comes first (the loader takes batches from its workers in turn, so a
+    resume continues the turn where the consumed batches left it).
+    """
     _check_common(batch_size, image_size, rank, world_size, num_workers)
+    if skip and (len(skip) != max(num_workers, 1) or min(skip) < 0 or not 0 <= first_worker < len(skip)):
+        raise StreamLayoutChanged(
+            f"the saved stream positions are for {len(skip)} loader worker(s) per process, this stream has "
+            f"{max(num_workers, 1)}"
+        )
     if seed < 0 or segment < 0 or shuffle_buffer < 0:
         raise ConfigError(f"seed, segment and shuffle_buffer must be >= 0, got {seed}, {segment}, {shuffle_buffer}")
     if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
@@ -181,6 +199,8 @@ def build_train_stream(
         max_pixels=max_pixels,
         holdout=holdout,
         shard_errors=shard_errors,
+        skip=tuple(int(n) for n in skip),
+        first_worker=first_worker,
     )
     dataset = _TrainDataset(resolved, options)
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
@@ -229,6 +249,14 @@ def _check_max_pixels(max_pixels: int | None) -> None:
             "turn it off before building a stream (some library or script set it)")
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """A launcher signals a worker's whole process group (a terminal's Ctrl-C every foreground process): loader
+    workers ignore stop signals, so the training process can still fetch batches while it saves its checkpoint.
+    They exit when the loader shuts them down, or on their own once the training process is gone."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _worker() -> tuple[int, int]:
     """(this worker's index, workers per rank); the main process counts as worker 0 of 1."""
     info = get_worker_info()
@@ -266,6 +294,8 @@ class _TrainOptions:
     max_bad_fraction: float
     min_samples: int
     max_pixels: int | None
+    skip: tuple[int, ...]
+    first_worker: int
     holdout: Holdout | None = None
     shard_errors: str = "stop"
 
@@ -277,9 +307,12 @@ class _ShardReader(IterableDataset):
         self.shards = shards
         self.o = options
 
-    def _parts(self) -> tuple[int, list[ShardPart]]:
-        """(this worker's index, the shard parts of reader rank·workers + worker among world·workers)."""
+    def _parts(self, first_worker: int = 0) -> tuple[int, list[ShardPart]]:
+        """(this worker's index, the shard parts of reader rank·workers + worker among world·workers).
+
+        The loader's worker i reads as worker (i + first_worker) % workers."""
         worker, workers = _worker()
+        worker = (worker + first_worker) % workers
         o = self.o
         return worker, reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
 
@@ -292,7 +325,7 @@ class _TrainDataset(_ShardReader):
 
     def __iter__(self) -> Iterator[dict]:
         o = self.o
-        worker, parts = self._parts()
+        worker, parts = self._parts(o.first_worker)
         seeds = np.random.SeedSequence([o.seed, o.rank, worker, o.segment]).spawn(3)
         order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
         reader = f"rank {o.rank} worker {worker}"
@@ -301,8 +334,9 @@ class _TrainDataset(_ShardReader):
         items = train_items(
             raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally,
             max_pixels=o.max_pixels,
+            skip=o.skip[worker] if o.skip else 0,
         )
-        return _reported(train_batches(items, o.batch_size, o.image_size, tally))
+        return _reported(train_batches(items, o.batch_size, o.image_size, tally, worker, _worker()[1]))
 
     def _epochs(
         self, parts: list[ShardPart], rng: np.random.Generator, reader: str, tally: BadSampleTally

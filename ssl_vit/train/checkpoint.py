@@ -3,8 +3,10 @@
 Layout of a run directory's `checkpoints/`:
 
     step_0001000/state.pt        model (the objective's state_dict, unwrapped), optimizer, scheduler, step,
-                                 stream state ({"segment": step, "seed": …}), world size, the config
-    step_0001000/rng_rank{r}.pt  every rank's RNG states: python, numpy, torch CPU, CUDA when present
+                                 stream state ({"segment": the step its data segment began, "seed": …}), world size,
+                                 the config
+    step_0001000/rng_rank{r}.pt  every rank's RNG states (python, numpy, torch CPU, CUDA when present) and its
+                                 loader workers' stream positions (`stream_positions`)
     step_0001000/config.yaml     the resolved recipe, for people
     latest                       a text file naming the newest complete checkpoint
 
@@ -39,6 +41,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "state.pt"
 STEP_NAME = re.compile(r"^step_(\d+)$")
+RNG_KEYS = ("python", "numpy", "torch", "cuda")
 
 
 def checkpoint_name(step: int) -> str:
@@ -129,8 +132,11 @@ def save_checkpoint(
     rank: int,
     agreement: HostAgreement,
     keep_last: int,
+    rank_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `step` on every rank (a collective call); returns its final path.
+
+    `rank_state` (this rank's own, e.g. its loader workers' stream positions) is kept beside its RNG states.
 
     If any rank fails, nobody publishes it: the temporary directory is removed, `latest` keeps naming the
     previous checkpoint, and every rank raises CheckpointError.
@@ -143,7 +149,7 @@ def save_checkpoint(
     error: BaseException | None = None
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        _write(rng_state(), tmp / f"rng_rank{rank}.pt")
+        _write({**rng_state(), **(rank_state or {})}, tmp / f"rng_rank{rank}.pt")
         if rank == 0:
             state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
                      "step": step, **meta}
@@ -273,10 +279,11 @@ def load_checkpoint(
     apply_recipe(optimizer, scheduler, recipe)
     rng_file = path / f"rng_rank{rank}.pt"
     restored = rng_file.is_file()
+    rank_state: dict[str, Any] = {}
     if restored:
-        rng = load_weights_only(rng_file, "Delete the checkpoint's rng_rank*.pt files to resume with fresh random draws.")
+        rank_state = load_weights_only(rng_file, "Delete the checkpoint's rng_rank*.pt files to resume with fresh random draws.")
         try:
-            set_rng_state(rng)
+            set_rng_state(rank_state)
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
             raise CheckpointError(
                 f"{rng_file}: not an RNG state written by ssl-vit pretrain ({type(err).__name__}: "
@@ -284,6 +291,7 @@ def load_checkpoint(
                 "fresh random draws (the run then differs from an uninterrupted one), or resume from another checkpoint"
             ) from None
     meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
+    meta["rank_state"] = {k: v for k, v in rank_state.items() if k not in RNG_KEYS}
     return meta, restored
 
 

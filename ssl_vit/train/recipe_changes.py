@@ -23,6 +23,7 @@ CHANGEABLE = (
     "train.total_steps", "train.epochs", "data.num_samples",
     # logging, checkpointing, evaluation, where the run writes
     "train.log_every", "train.checkpoint_every", "train.keep_last", "train.max_nonfinite", "train.log_with",
+    "train.project", "train.run_name", "train.collective_timeout_s",
     "eval", "val_every", "data.val", "data.val_split", "data.crop_pct", "output_dir",
     # read only when a run starts from step 0 (a resume has its own weights)
     "model.init_from",

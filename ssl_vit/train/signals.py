@@ -4,6 +4,12 @@ A scheduler that preempts a job sends SIGTERM (SLURM can be told to send SIGUSR1
 Ctrl-C (SIGINT). The handler only sets a flag: the trainer looks at it at the next step boundary, where all
 ranks agree (any rank flagged → all stop) and save a checkpoint together. A second Ctrl-C aborts at once.
 
+Under a launcher (torch's elastic agent, behind `torchrun` and `accelerate launch`) the worker also watches its
+parent: a launcher killed by a signal it does not handle (SIGUSR1 by default) would otherwise leave its workers
+training as orphans. A launcher that is gone counts as a stop request, so every rank still checkpoints once and
+exits. Under `ssl-vit launch` (`supervisor.py`) the worker announces that its handler is in place, so the
+supervisor relays signals to it from then on.
+
 The agreement runs over a gloo process group on CPU tensors, so asking "did any rank get a signal?" every step
 never waits for the GPU: a NCCL all-reduce would need the flag on the device and a `.item()` to read it.
 
@@ -13,6 +19,7 @@ trainer's data stream and feature extraction.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -22,18 +29,32 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DataError, UserError
+from .supervisor import announce_ready
 
 T = TypeVar("T")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PARENT_GONE = "the launcher's exit"
+
+
+def launched_by_agent() -> bool:
+    """Whether torch's elastic agent (torchrun, accelerate launch) started this process: it sets this variable."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 class StopRequest:
-    """Context manager: while active, STOP_SIGNALS set `received` (the signal's name) instead of killing."""
+    """Context manager: while active, STOP_SIGNALS set `received` (the signal's name) instead of killing.
 
-    def __init__(self) -> None:
+    `watch_parent` (default: when launched by torch's elastic agent) also sets `received` when the parent process
+    exits, checked every `poll_s` seconds.
+    """
+
+    def __init__(self, watch_parent: bool | None = None, poll_s: float = 0.5) -> None:
         self.received: str | None = None
         self._previous: dict[int, object] = {}
+        self._watch = launched_by_agent() if watch_parent is None else watch_parent
+        self._poll_s = poll_s
+        self._done = threading.Event()
 
     def _handle(self, signum: int, frame) -> None:  # noqa: ANN001 (signal handler signature)
         if signum == signal.SIGINT and self.received == "SIGINT":
@@ -44,12 +65,24 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+            announce_ready()
+        if self._watch:
+            self._done.clear()
+            threading.Thread(target=self._watch_parent, args=(os.getppid(),), daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._done.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+    def _watch_parent(self, parent: int) -> None:
+        while not self._done.wait(self._poll_s):
+            if os.getppid() != parent:  # re-parented: the launcher is gone
+                if self.received is None:
+                    self.received = PARENT_GONE
+                return
 
 
 class HostAgreement:

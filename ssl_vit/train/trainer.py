@@ -5,15 +5,18 @@
                       per_device_batch=cfg.data.batch_size, total_steps=10_000, run_dir=run_dir)
     result = trainer.fit(resume="auto")
 
-The trainer knows only `loss, metrics = objective(images, labels)` and `make_stream(segment)`, an iterable of
-uint8 batches `{"image", "label", "skipped"}` that is a pure function of its segment. One step is one
+The trainer knows only `loss, metrics = objective(images, labels)` and `make_stream(segment[, skip])`, an iterable
+of uint8 batches `{"image", "label", "skipped"}` that is a pure function of its segment. One step is one
 optimizer update of `train.global_batch` images: `accumulation` micro-batches of `per_device_batch` per process.
 
-Reproducible resumption. At every checkpoint step the trainer saves, then closes its stream and opens the
-segment that starts at that step; a resumed run restores the RNG states and opens the same segment, so it
-draws the same batches and the same random numbers as the uninterrupted run (exactly, on CPU, with the same
-number of processes). A checkpoint taken on a signal between checkpoint steps also restarts the stream at
-its step: the resumed run sees the same data distribution, not the same order.
+Reproducible resumption. At every checkpoint step the trainer saves, then closes its stream and opens the segment
+that starts at that step; a resumed run restores the RNG states and opens the same segment, so it draws the same
+batches and the same random numbers as the uninterrupted run (exactly, on CPU, with the same number of
+processes). A checkpoint taken on a signal between checkpoint steps is exact too: batches say which loader
+worker made them and how far into its stream they end (`worker`, `workers`, `position`); each rank keeps the
+position of the last batch it consumed from each worker, and a resume fast-forwards every worker's stream to
+it (reading bytes and drawing the skipped samples' random numbers, without decoding them). Batches the loader
+had prefetched but the trainer never consumed are simply drawn again.
 
 Ranks agree before each micro-batch's collectives, in one host-side exchange (gloo, no device sync) that asks
 "did any rank's data stream fail?" and "did any rank get a stop signal?" together. A stream that fails on one
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from contextlib import nullcontext, suppress
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal
@@ -36,12 +41,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from accelerate import Accelerator
 from accelerate.tracking import LoggerType, get_available_trackers
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from ..config import OptimConfig, TrainConfig, accumulation_steps
-from ..errors import ConfigError, DataError, UserError
+from ..data.stream import StreamLayoutChanged
+from ..errors import ConfigError, DataError, PeerLost, UserError
 from ..files import append_line, atomic_write, make_dir
 from . import checkpoint as ckpt
+from . import trackers
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
 from .recipe_changes import describe as describe_changes
@@ -49,6 +56,7 @@ from .recipe_changes import flatten
 from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
 from .run_lock import RunLock, describe as describe_holder
 from .signals import HostAgreement, StopRequest, raise_on_every_rank, together
+from .supervisor import report_exit
 
 StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
@@ -93,12 +101,30 @@ def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    precision = resolve_precision(train.precision, cuda)
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision`/config
+    if launcher not in ("no", precision) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(f"note: the launcher asks for mixed precision {launcher}, the recipe's train.precision={train.precision} "
+              f"gives {_PRECISION_NAMES[precision]} on this machine: training in {_PRECISION_NAMES[precision]} "
+              f"(set train.precision={launcher} to follow the launcher)")
     return Accelerator(
         cpu=not cuda,
-        mixed_precision=resolve_precision(train.precision, cuda),
+        mixed_precision=precision,
         log_with=list(train.log_with) or None,
         project_dir=str(run_dir),
+        # gloo and NCCL collectives give up after this long: a lost machine stops the others instead of hanging them
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=train.collective_timeout_s))],
     )
+
+
+_PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "timed out",
+              "Timeout", "Socket closed", "NCCL communicator was aborted")
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another process is gone (its socket closed, or it stopped answering)."""
+    return isinstance(err, (RuntimeError, dist.DistError)) and any(text in str(err) for text in _LOST_PEER)
 
 
 def parameter_checksum(model: nn.Module) -> str:
@@ -165,6 +191,10 @@ class Trainer:
             raise ConfigError(f"optim.warmup_steps ({optim.warmup_steps}) must be below the run's {total_steps} steps")
         self.rank = accelerator.process_index
         self._stream: Iterable | None = None
+        self._segment = 0  # the step the current stream's segment started at
+        self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
+        self._next_worker = 0  # the loader worker whose batch comes next
+        self._resume_stream: tuple[int, list[int], int] | None = None  # (segment, positions, next worker)
         self._lr = 0.0
 
     # ------------------------------------------------------------------------------------------ public
@@ -201,6 +231,7 @@ class Trainer:
         start = together(agreement, lambda: self._restore(plan, model, optimizer, scheduler), "loading the checkpoint")
         if start >= self.total_steps:
             acc.print(f"the run is already at step {start} of {self.total_steps}; nothing to do")
+            report_exit("already_finished", start)
             return TrainResult(start, "already_finished", ckpt.latest_checkpoint(self.ckpt_root))
         plan.step = start
         together(agreement, lambda: begin(self.run_dir, plan, self.config_yaml, acc.num_processes), "writing the run's files",
@@ -211,7 +242,20 @@ class Trainer:
                 f"{acc.num_processes} process(es) × {self.accumulation} accumulation = {self.train.global_batch} "
                 f"images per step; run directory {self.run_dir}"
             )
-        acc.init_trackers(self.run_dir.name, config=_flat(self.config))
+        log_with, run_name = list(self.train.log_with), self.train.run_name or self.run_dir.name
+        try:
+            acc.init_trackers(
+                self.train.project,
+                config=None if trackers.continues_a_run(log_with, self.run_dir) else _flat(self.config),
+                init_kwargs=trackers.init_kwargs(log_with, self.run_dir, run_name),
+            )
+        except Exception as err:  # noqa: BLE001 - a tracker's own settings (URI, login, mode): say so in one line
+            acc.trackers = []  # half-started: `end_training()` must not finish them
+            raise ConfigError(
+                f"train.log_with={log_with}: a tracker failed to start ({type(err).__name__}: {err}); fix its "
+                "settings (WANDB_MODE, MLFLOW_TRACKING_URI, …) or leave it out of train.log_with"
+            ) from err
+        trackers.remember_ids(acc, self.run_dir)
         log = MetricsLog(acc, self.run_dir, start_step=start, total_steps=self.total_steps,
                          global_batch=self.train.global_batch, samples_per_epoch=self.samples_per_epoch,
                          flops_per_image=self.flops_per_image)
@@ -221,8 +265,8 @@ class Trainer:
         try:
             try:
                 result = self._loop(start, state, log, window)
-            except (RuntimeError, ConnectionError, EOFError) as err:  # a worker's death surfaces anywhere
-                death = self._worker_death(err)
+            except (RuntimeError, ConnectionError, EOFError) as err:  # a worker's or a machine's death
+                death = self._worker_death(err) or self._peer_lost(err)
                 if death is None:
                     raise
                 raise death from err
@@ -237,12 +281,24 @@ class Trainer:
             acc.trackers = []  # finished: a later `end_training()` must not finish them twice
         if result.status == "finished":
             self._write_rank_summary(result.step)
+        report_exit(result.status, result.step)
         return result
+
+    def _peer_lost(self, err: BaseException) -> PeerLost | None:
+        """The one-line error for a collective that failed because another process of the run is gone."""
+        if self.accelerator.num_processes == 1 or not _lost_peer(err):
+            return None
+        return PeerLost(
+            f"rank {self.rank} lost contact with another process of the run ({' '.join(str(err).split())[:200]}); "
+            f"a machine died, was killed or was cut off (train.collective_timeout_s={self.train.collective_timeout_s}). "
+            f"The last checkpoint is {ckpt.latest_checkpoint(self.ckpt_root) or 'none yet'}: start every machine "
+            "again with --resume auto"
+        )
 
     # ------------------------------------------------------------------------------------------ loop
     def _loop(self, start: int, s: RunState, log: MetricsLog, window: MetricsWindow) -> TrainResult:
         acc, train = self.accelerator, self.train
-        batches = self._open_stream(start)
+        batches = self._open_first_stream(start)
         last_ckpt: Path | None = None
         with StopRequest() as stop:
             for step in range(start + 1, self.total_steps + 1):
@@ -254,13 +310,13 @@ class Trainer:
                 if self.val_fn is not None and self.val_every and step % self.val_every == 0:
                     self._validate(step)
                 if boundary:
-                    last_ckpt = self._save(step, s)
+                    last_ckpt = self._save(step, s, boundary=True)
                     if step < self.total_steps:
                         batches = self._open_stream(step)  # the segment a resumed run would open
                 if stopping:
                     if not boundary:
                         self._log(step, log, window)
-                        last_ckpt = self._save(step, s)
+                        last_ckpt = self._save(step, s, boundary=False)
                     acc.print(
                         f"\nstopped by {stop.received or 'a signal on another rank'} at step {step}; checkpoint "
                         f"{last_ckpt}. Resume: run the same command with --resume auto (or --resume {last_ckpt})"
@@ -283,6 +339,7 @@ class Trainer:
             batch, stopping = self._next_batch(batches, s.agreement, stop)
             data_wait += time.perf_counter() - t0
             skipped += int(batch.get("skipped", 0))
+            self._consumed(batch)
             images = batch["image"].to(acc.device, non_blocking=True)
             labels = batch["label"].to(acc.device, non_blocking=True)
             sync = acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext()
@@ -357,9 +414,21 @@ class Trainer:
             append_line(self.run_dir / "eval.jsonl", json.dumps({"step": step, **results}))
         self.accelerator.log({f"eval/{k}": v for k, v in results.items()}, step=step)
 
-    def _save(self, step: int, s: RunState) -> Path:
+    def _consumed(self, batch: dict) -> None:
+        """Note how far the batch's loader worker has got (streams that say so: `worker`, `workers`, `position`)."""
+        if "position" not in batch:
+            return
+        worker, workers = int(batch["worker"]), int(batch["workers"])
+        if not self._positions:
+            self._positions = [0] * workers
+        self._positions[worker] = int(batch["position"])
+        self._next_worker = (worker + 1) % workers
+
+    def _save(self, step: int, s: RunState, boundary: bool) -> Path:
+        """A checkpoint step starts a new data segment; between them the stream positions say where it stands."""
+        segment, positions = (step, []) if boundary else (self._segment, self._positions)
         meta = {
-            "stream": {"segment": step, "seed": self.train.seed},
+            "stream": {"segment": segment, "seed": self.train.seed},
             "world_size": self.accelerator.num_processes,
             "accumulation": self.accumulation,
             "global_batch": self.train.global_batch,
@@ -371,6 +440,7 @@ class Trainer:
             self.ckpt_root, step, model=s.model, optimizer=_inner(s.optimizer), scheduler=s.scheduler,
             meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s.agreement,
             keep_last=self.train.keep_last,
+            rank_state={"stream_positions": list(positions), "stream_next_worker": self._next_worker if positions else 0},
         )
         return path
 
@@ -403,17 +473,39 @@ class Trainer:
                 f"resuming a {saved_world}-process checkpoint with {acc.num_processes} processes: the global batch "
                 f"stays {self.train.global_batch} (accumulation {self.accumulation}), the data order differs"
             )
+        else:
+            segment = int(meta.get("stream", {}).get("segment", step))
+            rank_state = meta.get("rank_state", {})
+            positions = list(rank_state.get("stream_positions", []))
+            if segment != step and positions:  # taken between the segment's checkpoints: fast-forward to it
+                self._resume_stream = (segment, positions, int(rank_state.get("stream_next_worker", 0)))
         acc.print(f"resumed from {path} at step {step}")
         if plan.changes:
             acc.print(f"the recipe changed on resume, from step {step + 1} on: {describe_changes(plan.changes)} "
                       f"(recorded in {self.run_dir / RESUMES_FILE})")
         return step
 
-    def _open_stream(self, segment: int) -> Iterator:
-        """Close the current stream (shutting its workers down), then open the one for `segment`."""
+    def _open_stream(self, segment: int, positions: list[int] | None = None, next_worker: int = 0) -> Iterator:
+        """Close the current stream (shutting its workers down), then open the one for `segment`, fast-forwarded
+        to `positions` (per loader worker, `next_worker`'s batch first) when resuming between the segment's
+        checkpoints."""
         self._close_stream()
-        self._stream = self.make_stream(segment)
+        if positions:
+            self._stream = self.make_stream(segment, positions, next_worker)
+        else:
+            self._stream = self.make_stream(segment)
+        self._segment, self._positions, self._next_worker = segment, list(positions or []), next_worker
         return iter(self._stream)
+
+    def _open_first_stream(self, start: int) -> Iterator:
+        """The stream a run starts or resumes with: where the uninterrupted run was at step `start`."""
+        if self._resume_stream is None:
+            return self._open_stream(start)
+        try:
+            return self._open_stream(*self._resume_stream)
+        except StreamLayoutChanged as err:
+            self.accelerator.print(f"{err}: the stream restarts at step {start}; the data order differs from here on")
+            return self._open_stream(start)
 
     def _close_stream(self) -> None:
         close = getattr(self._stream, "close", None)

@@ -36,15 +36,18 @@ def train_stream_factory(
     shards: "ShardSet", data: "DataConfig", *, seed: int, rank: int, world_size: int, pin_memory: bool = False,
     holdout: "Holdout | None" = None,
 ) -> Callable:
-    """`make_stream(segment)` for the trainer: this rank's endless train stream, a pure function of the segment
-    (`holdout`: the part of the shards it keeps, when fine-tuning holds some out for selection)."""
+    """`make_stream(segment[, skip, first_worker])` for the trainer: this rank's endless train stream, a pure function
+    of the segment (`holdout`: the part of the shards it keeps, when fine-tuning holds some out for selection),
+    fast-forwarded past `skip[w]` samples of loader worker w (a resume between two checkpoints of one segment),
+    with `first_worker`'s batch first."""
 
-    def make_stream(segment: int):
+    def make_stream(segment: int, skip: list[int] | None = None, first_worker: int = 0):
         return build_train_stream(
             shards, batch_size=data.batch_size, image_size=data.image_size, seed=seed, rank=rank,
             world_size=world_size, num_workers=data.num_workers, segment=segment, shuffle_buffer=data.shuffle_buffer,
             scale=data.crop_scale, ratio=data.crop_ratio, hflip=data.hflip, max_bad_fraction=data.max_bad_fraction,
             max_pixels=data.max_pixels, shard_errors=data.shard_errors, pin_memory=pin_memory, holdout=holdout,
+            skip=skip or (), first_worker=first_worker,
         )
 
     return make_stream
