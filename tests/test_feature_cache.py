@@ -11,7 +11,7 @@ import torch
 from imagegen import make_image_folder
 
 from data_tools.build import build_split
-from ssl_vit.eval import command
+import ssl_vit.commands.eval as command
 from ssl_vit.eval.backbones import resolve_backbone
 from ssl_vit.models import create_model
 from ssl_vit.models.weights import save_backbone
