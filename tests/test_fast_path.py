@@ -61,7 +61,10 @@ def test_sdpa_and_explicit_attention_agree_in_outputs_and_gradients() -> None:
     assert (fast - slow).abs().max().item() < 1e-5
     assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) == len(list(vit.parameters()))
     for name, g in fast_grads.items():
-        assert torch.allclose(g, slow_grads[name], atol=1e-5, rtol=1e-4), name
+        # Relative to the tensor's scale: gradients reach ~360 here, where fp32 summation order alone (SDPA vs
+        # matmul, 1 vs 2 BLAS threads) moves single elements by ~4e-5; an element-wise rtol fails near zero.
+        scale = g.abs().max().item()
+        assert (g - slow_grads[name]).abs().max().item() <= 1e-5 * scale, name
 
 
 def test_bf16_autocast_stays_close_to_fp32() -> None:
