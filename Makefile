@@ -24,7 +24,7 @@ test: $(STAMP)
 # The SLURM recipe against a real slurmctld + slurmd on this machine (root; installs slurm-wlm and munge if missing).
 test-slurm: $(STAMP)
 	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge)
-	SSL_VIT_TEST_SLURM=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_slurm.py
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slurm tests/test_slurm.py
 
 demo: $(STAMP)
 	$(BIN)/python -m ssl_vit demo --workdir runs/demo
