@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..eval.results import RESULTS_JSON, metrics_table
+from ..models.formats.common import read_json
 
 
 def evaluation_tables(checkpoint: Path, step: int, eval_dirs: list[Path]) -> list[tuple[str, str]]:
@@ -24,7 +25,7 @@ def evaluation_tables(checkpoint: Path, step: int, eval_dirs: list[Path]) -> lis
             raise UserError(f"--eval {root}: no such directory; pass the OUT of an `ssl-vit eval` run")
         found = 0
         for results in sorted(root.rglob(RESULTS_JSON)):
-            record = _read(results)
+            record = read_json(results)
             if not _is_checkpoint(record.get("checkpoint"), checkpoint):
                 continue
             found += 1
@@ -43,14 +44,6 @@ def evaluation_tables(checkpoint: Path, step: int, eval_dirs: list[Path]) -> lis
     return tables
 
 
-def _read(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not readable JSON ({err}); remove it or rerun the evaluation") from None
-    return record if isinstance(record, dict) else {}
-
-
 def _is_checkpoint(spec: object, checkpoint: Path) -> bool:
     """Whether an evaluation's `checkpoint` names the exported checkpoint directory (or its state.pt)."""
     if not isinstance(spec, str) or spec.startswith("random:"):
@@ -64,7 +57,7 @@ def _baselines(results: Path, seen: set[Path]) -> list[tuple[str, dict]]:
     """Random-init columns evaluated in the same comparison (sibling OUT/<run>/results.json of `random:` specs)."""
     columns = []
     for sibling in sorted(results.parent.parent.glob(f"*/{RESULTS_JSON}")):
-        record = _read(sibling)
+        record = read_json(sibling)
         if str(record.get("checkpoint", "")).startswith("random:") and sibling.resolve() not in seen:
             seen.add(sibling.resolve())
             columns.append((record.get("label", "random init"), record.get("metrics", {})))
