@@ -71,8 +71,9 @@ def step_peak_memory(objective: nn.Module, batch: int, img_size: int, *, bf16: b
 
 
 def estimated_precision(precision: str) -> str:
-    """The precision a recipe trains in on a GPU: `auto` is bf16 there (fp32 only on CPUs and pre-Ampere GPUs)."""
-    return "fp32" if precision == "fp32" else "bf16"
+    """The precision a recipe trains in on a GPU: `auto` is bf16 there (fp16 on GPUs without bf16, whose 2-byte
+    activations take the same memory)."""
+    return precision if precision in ("fp32", "fp16") else "bf16"
 
 
 def pretrain_step_memory(cfg: PretrainConfig) -> dict:
@@ -89,7 +90,7 @@ def pretrain_step_memory(cfg: PretrainConfig) -> dict:
         backbone.set_grad_checkpointing(True)
     precision = estimated_precision(cfg.train.precision)
     parameters = sum(p.numel() for p in objective.parameters())
-    peak = step_peak_memory(objective, cfg.data.batch_size, cfg.data.image_size, bf16=precision == "bf16")
+    peak = step_peak_memory(objective, cfg.data.batch_size, cfg.data.image_size, bf16=precision != "fp32")  # fp16: the same bytes
     return {"model": cfg.model.name, "objective": cfg.objective.name, "batch_per_device": cfg.data.batch_size,
             "image_size": cfg.data.image_size, "precision": precision, "precision_setting": cfg.train.precision,
             "grad_checkpointing": cfg.train.grad_checkpointing, "parameters": parameters,

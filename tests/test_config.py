@@ -79,7 +79,7 @@ def test_overrides_parse_as_yaml_values():
         (["optim.warmup=5"], "command line: unknown key 'optim.warmup' (did you mean 'optim.warmup_steps'?)"),
         (["train.global_batch=lots"], "train.global_batch: expected an integer, got 'lots' (str)"),
         (["train.compile=1"], "train.compile: expected true or false, got 1 (int)"),
-        (["train.precision=fp16"], "train.precision: expected one of auto, fp32, bf16, got 'fp16'"),
+        (["train.precision=fp8"], "train.precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
         (["optim.betas=[0.9]"], "optim.betas: expected a list of 2 numbers"),
         (["model.name=vit_bse_patch16"], "model.name: unknown model 'vit_bse_patch16' (did you mean 'vit_base_patch16'?)"),
         (["objective.kwargs.target=mean_colour"], "unknown MPP target 'mean_colour' (did you mean 'mean_color'?)"),

@@ -172,10 +172,12 @@ def test_attention_takes_a_fused_sdpa_kernel(cuda, dtype, bench_module):
         assert set(kernels["backward"]) & FUSED_SDPA and "math" not in kernels["backward"], (queries, kernels)
 
 
-def test_no_host_device_sync_inside_a_training_step(cuda, pretrain_shards, tmp_path, pretrain, monkeypatch):
-    """The trainer's steps (bf16, gradient accumulation, clipping, the NaN guard, fused AdamW, the schedule) run
-    under `torch.cuda.set_sync_debug_mode("error")`: any operation that waits for the GPU raises. The first step
-    is exempt (it creates the optimizer state), and so are the logged steps' reductions, outside `_step`."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_no_host_device_sync_inside_a_training_step(cuda, precision, pretrain_shards, tmp_path, pretrain, monkeypatch):
+    """The trainer's steps (bf16, or fp16 with its loss scaling; gradient accumulation, clipping, the NaN guard,
+    fused AdamW, the schedule) run under `torch.cuda.set_sync_debug_mode("error")`: any operation that waits for
+    the GPU raises. The first step is exempt (it creates the optimizer state), and so are the logged steps'
+    reductions, outside `_step`."""
     from ssl_vit.train import trainer as trainer_module
 
     original = trainer_module.Trainer._step
@@ -194,11 +196,13 @@ def test_no_host_device_sync_inside_a_training_step(cuda, pretrain_shards, tmp_p
 
     monkeypatch.setattr(trainer_module.Trainer, "_step", step)
     run_dir = tmp_path / "run"
-    assert pretrain(pretrain_shards, run_dir, **{"train.precision": "bf16", "train.total_steps": 6, "train.log_every": 3,
+    assert pretrain(pretrain_shards, run_dir, **{"train.precision": precision, "train.total_steps": 6, "train.log_every": 3,
                                         "train.checkpoint_every": 6, "train.global_batch": 32, "data.batch_size": 16,
                                         "optim.grad_clip": 1.0, "optim.warmup_steps": 1}) == 0
     assert watched == [2, 3, 4, 5, 6]
     assert [r["step"] for r in records(run_dir)] == [3, 6] and all(r["loss"] is not None for r in records(run_dir))
+    if precision == "fp16":  # the scaler ran on the GPU (torch.amp's CUDA kernels) and found no overflow
+        assert [(r["loss_scale"], r["overflow_skipped"]) for r in records(run_dir)] == [(65536.0, 0)] * 2
 
 
 DETERMINISTIC_MAIN = ("import sys, torch; torch.use_deterministic_algorithms(True); "

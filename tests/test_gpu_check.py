@@ -75,7 +75,8 @@ def assert_gpu_figures_render(report: dict) -> None:
         row.update(real_peak_bytes=real, estimate_bytes=int(real / 1.05), real_over_estimate=1.05)
     figures["loader"]["rows"][-1]["data_wait_share"] = 0.01
     figures["gpu_tests"]["tests"] = [
-        {"name": "test_no_host_device_sync_inside_a_training_step", "outcome": "passed", "seconds": 3.0, "message": ""},
+        {"name": "test_no_host_device_sync_inside_a_training_step[bf16]", "outcome": "passed", "seconds": 3.0, "message": ""},
+        {"name": "test_no_host_device_sync_inside_a_training_step[fp16]", "outcome": "passed", "seconds": 3.0, "message": ""},
         {"name": "test_resume_reproduces_the_losses", "outcome": "failed", "seconds": 30.0, "message": "assert 1 == 2"}]
     met = [g["met"] for g in gpu_check.goals(gpu)]
     assert met == [True, True, True, True, True, False]

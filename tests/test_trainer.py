@@ -240,9 +240,12 @@ HOST_SIDE_FILES = ("ssl_vit/data/", "ssl_vit/train/signals.py")  # CPU tensors b
 
 
 @pytest.mark.timeout(60)
-def test_no_host_device_synchronisation_inside_a_step(pretrain_shards: Path, tmp_path: Path, pretrain, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_no_host_device_synchronisation_inside_a_step(precision: str, pretrain_shards: Path, tmp_path: Path, pretrain,
+                                                      monkeypatch):
     """Between logged steps no code of ours reads a tensor's value back on the host (`.item()`, `bool(t)`, …):
-    objective, model, optimizer wrapper, NaN skip, gradient clipping and accumulation all stay on the device;
+    objective, model, optimizer wrapper, NaN skip, gradient clipping, accumulation and fp16's loss scaling all
+    stay on the device;
     the window is reduced and read once per logged step. Host-side tensors (decoded batches, the gloo stop flags)
     are exempt. Watched in a CPU run by patching the Tensor methods that would synchronise on a GPU."""
     from ssl_vit.train import trainer as trainer_module
@@ -289,7 +292,7 @@ def test_no_host_device_synchronisation_inside_a_step(pretrain_shards: Path, tmp
     monkeypatch.setattr(trainer_module.Trainer, "_next_batch", next_batch)
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
-                                                "train.global_batch": 32, "optim.grad_clip": 1.0,
+                                                "train.global_batch": 32, "optim.grad_clip": 1.0, "train.precision": precision,
                                                 "optim.warmup_steps": 1}) == 0
     assert reads == []
     assert logged_reads[0] > 0

@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a registered model, e.g. vit_large_patch16")
     parser.add_argument("--batch", type=int, default=None, help="images per device per micro-batch")
     parser.add_argument("--img-size", type=int, default=None, help="image side in pixels")
-    parser.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="autocast bf16 or fp32")
+    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
+                        help="autocast bf16 or fp16 (the same memory), or fp32")
     parser.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute each block in the backward")
     parser.add_argument("--budget-gib", type=float, default=78.0,
                         help="device memory to compare against (default 78: what an H100 80GB hands to a process)")

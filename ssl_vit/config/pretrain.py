@@ -93,7 +93,8 @@ class TrainConfig:
     total_steps: int | None = None  # optimizer steps of the run (or train.epochs)
     epochs: float | None = None  # instead of total_steps; needs the sample count
     seed: int = 0  # initial weights, data order and corruption draws
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, fp16 on older GPUs, else fp32
+    fp16_loss_scale: float = 65536.0  # fp16 only: the initial loss scale; halves on an overflow, doubles after 2000 clean steps
     compile: bool = False  # torch.compile the objective
     grad_checkpointing: bool = False  # recompute each block in the backward: less activation memory, more compute
     log_every: int = 50  # steps between metrics.jsonl records
@@ -176,7 +177,7 @@ def validate(cfg: PretrainConfig, where: str, sources: dict[str, str] | None = N
     positive = {
         "train.global_batch": t.global_batch, "data.batch_size": d.batch_size, "data.image_size": d.image_size,
         "train.log_every": t.log_every, "train.checkpoint_every": t.checkpoint_every, "train.keep_last": t.keep_last,
-        "train.max_nonfinite": t.max_nonfinite, "optim.lr": o.lr,
+        "train.max_nonfinite": t.max_nonfinite, "optim.lr": o.lr, "train.fp16_loss_scale": t.fp16_loss_scale,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -1,6 +1,7 @@
 """The objective-agnostic training loop: optimizer and schedule, checkpoints, metrics, preemption."""
 from .checkpoint import latest_checkpoint, list_checkpoints, read_state, resolve_checkpoint
-from .trainer import Trainer, TrainResult, make_accelerator, parameter_checksum, resolve_precision
+from .precision import resolve_precision
+from .trainer import Trainer, TrainResult, make_accelerator, parameter_checksum
 
 __all__ = [
     "Trainer",

@@ -8,8 +8,10 @@ configured) and updates the progress bar (data_tools.progress_bar) on the main p
 A record: `step`, `loss` (mean over the window's finite steps and all ranks; null if none), `lr`, the
 objective's metrics, `images_per_s`, `data_wait_s` (seconds per step spent waiting for the data stream,
 mean over ranks), `skipped_samples` (undecodable samples so far, all ranks), `nonfinite_skipped` (updates
-skipped so far), `epoch` when the sample count is known, and on CUDA `mfu` against the device's dense bf16
-peak.
+skipped so far for a non-finite loss), `overflow_skipped` (fp16: updates skipped so far because the scaled
+gradients overflowed, the loss scaler's own calibration) and `loss_scale` (fp16 only), `epoch` when the sample
+count is known, and on CUDA `mfu` against the device's dense peak at the run's precision (16-bit tensor cores
+for bf16 and fp16).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from data_tools.progress_bar import progress_bar
 
 from ..files import append_line, atomic_write
 
-# Dense peak TFLOP/s per device (vendor datasheets, without sparsity): (name fragment, bf16, fp32), the more
+# Dense peak TFLOP/s per device (vendor datasheets, without sparsity): (name fragment, bf16/fp16, fp32), the more
 # specific names first ("H100 PCIe" before "H100", the SXM part). CPUs: no MFU.
 PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
     ("H200", 989.0, 67.0),
@@ -35,10 +37,10 @@ PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
 
 
 def peak_flops(gpu_name: str | None, precision: str) -> float | None:
-    """Dense peak FLOP/s of `gpu_name` at `precision` ("bf16" | "fp32"); None for an unknown GPU or a CPU."""
-    for key, bf16, fp32 in PEAK_TFLOPS if gpu_name else ():
+    """Dense peak FLOP/s of `gpu_name` at `precision` ("bf16" | "fp16" | "fp32"); None for an unknown GPU or a CPU."""
+    for key, half, fp32 in PEAK_TFLOPS if gpu_name else ():
         if key in gpu_name:
-            return (bf16 if precision == "bf16" else fp32) * 1e12
+            return (half if precision in ("bf16", "fp16") else fp32) * 1e12
     return None
 
 
@@ -50,12 +52,15 @@ def device_peak_flops(device: torch.device, precision: str = "bf16") -> float | 
 
 
 class MetricsWindow:
-    """Sums of one logging window, kept on the device; `streak` (non-finite steps in a row) spans windows."""
+    """Sums of one logging window, kept on the device. The streaks (steps in a row with a non-finite loss, and
+    fp16 overflows in a row) span windows."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.streak = torch.zeros((), device=device)
+        self.overflow_streak = torch.zeros((), device=device)
         self.nonfinite_total = torch.zeros((), device=device)
+        self.overflow_total = torch.zeros((), device=device)
         self.skipped_total = 0
         self.reset()
 
@@ -68,17 +73,23 @@ class MetricsWindow:
         self.data_wait = 0.0
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, bad: torch.Tensor, metrics: dict[str, torch.Tensor], data_wait: float, skipped: int) -> None:
-        """One optimizer step: its mean loss and metrics, `bad` = 1.0 when the update was skipped (same on all ranks)."""
+    def add(self, loss: torch.Tensor, bad: torch.Tensor, metrics: dict[str, torch.Tensor], data_wait: float, skipped: int,
+            *, nonfinite: torch.Tensor | None = None, overflow: torch.Tensor | None = None) -> None:
+        """One optimizer step: its mean loss and metrics; `bad` = 1.0 when the update was skipped, for a non-finite
+        loss (`nonfinite`, default: every skip) or an fp16 overflow (`overflow`); all the same on every rank."""
+        nonfinite = bad if nonfinite is None else nonfinite
+        overflow = torch.zeros_like(bad) if overflow is None else overflow
         good = 1.0 - bad
         self.loss_sum += torch.where(bad > 0, 0.0, loss.float())
         self.finite_steps += good
         for key, value in metrics.items():
             value = torch.where(bad > 0, 0.0, value.detach().float())
             self.metric_sums[key] = self.metric_sums[key] + value if key in self.metric_sums else value
-        self.streak = (self.streak + 1.0) * bad
+        self.streak = (self.streak + 1.0) * nonfinite
         self.max_streak = torch.maximum(self.max_streak, self.streak)
-        self.nonfinite_total += bad
+        self.nonfinite_total += nonfinite
+        self.overflow_streak = (self.overflow_streak + 1.0) * overflow
+        self.overflow_total += overflow
         self.steps += 1
         self.data_wait += data_wait
         self.skipped_total += skipped
@@ -93,16 +104,20 @@ class MetricsWindow:
         )  # (2 + M + 2,)
         total = accelerator.reduce(local, reduction="sum") if accelerator.num_processes > 1 else local
         # The streak counters are the same on every rank (the skip decision is all-reduced): not summed.
-        values = torch.cat([total, torch.stack([self.max_streak, self.streak, self.nonfinite_total])]).tolist()
+        counters = torch.stack([self.max_streak, self.streak, self.nonfinite_total, self.overflow_total,
+                                self.overflow_streak])  # (5,)
+        values = torch.cat([total, counters]).tolist()
         loss_sum, finite, *rest = values
-        metric_values, (wait, skipped, max_streak, streak, nonfinite) = rest[: len(keys)], rest[len(keys):]
+        metric_values = rest[: len(keys)]
+        wait, skipped, max_streak, streak, nonfinite, overflow, overflow_streak = rest[len(keys):]
         world = accelerator.num_processes
         out = {"loss": loss_sum / finite if finite else None}
         out.update({k: (v / finite if finite else None) for k, v in zip(keys, metric_values) if k != "loss"})
         out["data_wait_s"] = wait / world / max(self.steps, 1)
         out["skipped_samples"] = int(skipped)
         out["nonfinite_skipped"] = int(nonfinite)
-        out["_max_streak"], out["_streak"] = int(max_streak), int(streak)
+        out["overflow_skipped"] = int(overflow)
+        out["_max_streak"], out["_streak"], out["_overflow_streak"] = int(max_streak), int(streak), int(overflow_streak)
         return out
 
 
@@ -119,13 +134,14 @@ class MetricsLog:
         global_batch: int,
         samples_per_epoch: int | None = None,
         flops_per_image: float | None = None,
+        precision: str = "fp32",
     ):
         self.accelerator = accelerator
         self.main = accelerator.is_main_process
         self.path = run_dir / "metrics.jsonl"
         self.global_batch = global_batch
         self.samples_per_epoch = samples_per_epoch
-        peak = device_peak_flops(accelerator.device, "bf16" if accelerator.mixed_precision == "bf16" else "fp32")
+        peak = device_peak_flops(accelerator.device, precision)
         self.flops_budget = peak * accelerator.num_processes if peak and flops_per_image else None
         self.flops_per_image = flops_per_image
         self.bar = progress_bar(total=total_steps, initial=start_step, disable=not self.main, dynamic_ncols=True,
@@ -134,14 +150,16 @@ class MetricsLog:
     def advance(self) -> None:
         self.bar.update(1)
 
-    def write(self, step: int, window: MetricsWindow, lr: float) -> dict:
-        """Reduce `window`, write the record, reset the window; returns the record (with `_streak` fields)."""
+    def write(self, step: int, window: MetricsWindow, lr: float, extra: dict[str, float] | None = None) -> dict:
+        """Reduce `window`, write the record (with `extra`, e.g. fp16's `loss_scale`), reset the window; returns
+        the record with the `_streak` fields."""
         reduced = window.reduce(self.accelerator)
         elapsed = max(time.perf_counter() - window.started, 1e-9)
         images_per_s = window.steps * self.global_batch / elapsed
         record = {"step": step, "loss": reduced.pop("loss"), "lr": lr}
-        streaks = {k: reduced.pop(k) for k in ("_max_streak", "_streak")}
+        streaks = {k: reduced.pop(k) for k in ("_max_streak", "_streak", "_overflow_streak")}
         record.update(reduced)
+        record.update(extra or {})
         record["images_per_s"] = images_per_s
         if self.samples_per_epoch:
             record["epoch"] = step * self.global_batch / self.samples_per_epoch

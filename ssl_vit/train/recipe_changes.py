@@ -24,6 +24,8 @@ CHANGEABLE = (
     # logging, checkpointing, evaluation, where the run writes
     "train.log_every", "train.checkpoint_every", "train.keep_last", "train.max_nonfinite", "train.log_with",
     "train.project", "train.run_name", "train.collective_timeout_s",
+    # read only when fp16 training starts without a saved scale (a resume continues the saved one)
+    "train.fp16_loss_scale",
     "eval", "val_every", "data.val", "data.val_split", "data.crop_pct", "output_dir",
     # read only when a run starts from step 0 (a resume has its own weights)
     "model.init_from",

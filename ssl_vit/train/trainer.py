@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from contextlib import nullcontext, suppress
 from datetime import timedelta
@@ -51,6 +50,7 @@ from . import checkpoint as ckpt
 from . import trackers
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
+from .precision import NAMES, LossScaling, accelerate_precision, autocast_or_nothing, report_launcher_disagreement, resolve_precision
 from .recipe_changes import describe as describe_changes
 from .recipe_changes import flatten
 from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
@@ -79,13 +79,6 @@ class TrainResult:
     checkpoint: Path | None
 
 
-def resolve_precision(precision: str, cuda: bool) -> str:
-    """`auto` → bf16 on a CUDA device that supports it, else fp32. Returns Accelerate's name ("bf16" | "no")."""
-    if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if precision == "bf16" else "no"
-
-
 def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
     """The Accelerator for a run: CUDA when present (TF32 matmuls on), otherwise CPU processes over gloo.
 
@@ -102,14 +95,10 @@ def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     precision = resolve_precision(train.precision, cuda)
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")  # `accelerate launch --mixed_precision`/config
-    if launcher not in ("no", precision) and int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(f"note: the launcher asks for mixed precision {launcher}, the recipe's train.precision={train.precision} "
-              f"gives {_PRECISION_NAMES[precision]} on this machine: training in {_PRECISION_NAMES[precision]} "
-              f"(set train.precision={launcher} to follow the launcher)")
+    report_launcher_disagreement(train.precision, precision)
     return Accelerator(
         cpu=not cuda,
-        mixed_precision=precision,
+        mixed_precision=accelerate_precision(precision),  # fp16 is the trainer's own (`precision.LossScaling`)
         log_with=list(train.log_with) or None,
         project_dir=str(run_dir),
         # gloo and NCCL collectives give up after this long: a lost machine stops the others instead of hanging them
@@ -117,7 +106,6 @@ def make_accelerator(train: TrainConfig, run_dir: Path | str) -> Accelerator:
     )
 
 
-_PRECISION_NAMES = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 _LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "Timed out", "timed out",
               "Timeout", "Socket closed", "NCCL communicator was aborted")
 
@@ -190,6 +178,8 @@ class Trainer:
         if optim.warmup_steps >= total_steps:
             raise ConfigError(f"optim.warmup_steps ({optim.warmup_steps}) must be below the run's {total_steps} steps")
         self.rank = accelerator.process_index
+        self.precision = NAMES[resolve_precision(train.precision, accelerator.device.type == "cuda")]
+        self.scaling = LossScaling.for_run(train, accelerator)  # fp16's autocast and loss scale; None otherwise
         self._stream: Iterable | None = None
         self._segment = 0  # the step the current stream's segment started at
         self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
@@ -258,7 +248,7 @@ class Trainer:
         trackers.remember_ids(acc, self.run_dir)
         log = MetricsLog(acc, self.run_dir, start_step=start, total_steps=self.total_steps,
                          global_batch=self.train.global_batch, samples_per_epoch=self.samples_per_epoch,
-                         flops_per_image=self.flops_per_image)
+                         flops_per_image=self.flops_per_image, precision=self.precision)
         window = MetricsWindow(acc.device)
         state = RunState(model, forward, optimizer, scheduler, agreement)
         finished = False
@@ -344,24 +334,37 @@ class Trainer:
             labels = batch["label"].to(acc.device, non_blocking=True)
             sync = acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext()
             with sync:
-                loss, metrics = s.forward(images, labels)
-                acc.backward(loss / self.accumulation)
+                with autocast_or_nothing(self.scaling):
+                    loss, metrics = s.forward(images, labels)
+                scaled = loss / self.accumulation
+                acc.backward(self.scaling.scale(scaled) if self.scaling is not None else scaled)
             loss_sum += loss.detach().float()
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums[key] + value.detach().float() if key in metric_sums else value.detach().float()
-        bad = ~torch.isfinite(loss_sum)
-        if self.optim.grad_clip is not None:
-            grad_norm = acc.clip_grad_norm_(model.parameters(), self.optim.grad_clip)
-            bad = bad | ~torch.isfinite(grad_norm)
-        bad = bad.float()
+        nonfinite_loss = (~torch.isfinite(loss_sum)).float()
+        nonfinite_grad = torch.zeros((), device=acc.device)
+        if self.scaling is not None:
+            self.scaling.unscale(s.optimizer)  # true-scale gradients before clipping and the step
+        if self.optim.grad_clip is not None or self.scaling is not None:  # fp16 needs the norm to see an overflow
+            grad_norm = acc.clip_grad_norm_(model.parameters(), self.optim.grad_clip or float("inf"))
+            nonfinite_grad = (~torch.isfinite(grad_norm)).float()
+        flags = torch.stack([nonfinite_loss, nonfinite_grad])  # (2,)
         if acc.num_processes > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # any rank non-finite → all skip (stays on the device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # any rank non-finite → all skip (stays on the device)
+        skip = flags.max()
+        if self.scaling is None:  # every skip is a non-finite step
+            nonfinite, overflow = skip, torch.zeros_like(skip)
+        else:  # gradients inf/nan with a finite loss: fp16 overflowed, the scaler halves the scale and goes on
+            nonfinite, overflow = flags[0], flags[1] * (1.0 - flags[0])
         self._lr = max(s.scheduler.get_last_lr())  # the rate this update used (the top one under layer-wise decay)
-        step_unless(s.optimizer, bad)
+        step_unless(s.optimizer, skip)
+        if self.scaling is not None:
+            self.scaling.update()
         s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
         n = self.accumulation
-        window.add(loss_sum / n, bad, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped)
+        window.add(loss_sum / n, skip, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped,
+                   nonfinite=nonfinite, overflow=overflow)
         return stopping
 
     def _next_batch(self, batches: Iterator, agreement: HostAgreement, stop: StopRequest) -> tuple[dict, bool]:
@@ -397,7 +400,10 @@ class Trainer:
     def _log(self, step: int, log: MetricsLog, window: MetricsWindow) -> None:
         if window.steps == 0:
             return
-        record = log.write(step, window, self._lr)
+        extra = {"loss_scale": self.scaling.scale_value()} if self.scaling is not None else None
+        record = log.write(step, window, self._lr, extra)
+        if self.scaling is not None:
+            self.scaling.check_overflow_streak(record["_overflow_streak"], step)
         if record["_max_streak"] >= self.train.max_nonfinite:
             first_bad = step - record["_streak"] + 1 if record["_streak"] else step - window.steps
             good = [p for p in ckpt.list_checkpoints(self.ckpt_root) if int(p.name.split("_")[1]) < first_bad]
@@ -436,6 +442,8 @@ class Trainer:
             "format": "ssl_vit.checkpoint",
             "version": 1,
         }
+        if self.scaling is not None:  # the same on every rank (its overflow decision follows all-reduced gradients)
+            meta["loss_scaler"] = self.scaling.state_dict()
         path = ckpt.save_checkpoint(
             self.ckpt_root, step, model=s.model, optimizer=_inner(s.optimizer), scheduler=s.scheduler,
             meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s.agreement,
@@ -465,6 +473,7 @@ class Trainer:
         meta, rng_restored = ckpt.load_checkpoint(path, model=model, optimizer=_inner(optimizer),
                                                   scheduler=scheduler, rank=self.rank)
         step = int(meta["step"])
+        self._restore_loss_scale(meta, path)
         saved_world = int(meta.get("world_size", acc.num_processes))
         if not rng_restored:
             set_seed(self.train.seed + step, device_specific=True)
@@ -484,6 +493,17 @@ class Trainer:
             acc.print(f"the recipe changed on resume, from step {step + 1} on: {describe_changes(plan.changes)} "
                       f"(recorded in {self.run_dir / RESUMES_FILE})")
         return step
+
+    def _restore_loss_scale(self, meta: dict, path: Path) -> None:
+        """fp16 continues with the saved loss scale (a resume that restarted at the initial one would skip steps
+        the uninterrupted run took); a checkpoint of another precision has none, and the scale starts afresh."""
+        if self.scaling is None:
+            return
+        if "loss_scaler" in meta:
+            self.scaling.load_state_dict(meta["loss_scaler"])
+        else:
+            self.accelerator.print(f"{path} was not trained in fp16: the loss scale starts at "
+                                   f"train.fp16_loss_scale={self.train.fp16_loss_scale:g}")
 
     def _open_stream(self, segment: int, positions: list[int] | None = None, next_worker: int = 0) -> Iterator:
         """Close the current stream (shutting its workers down), then open the one for `segment`, fast-forwarded
