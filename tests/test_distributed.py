@@ -62,3 +62,20 @@ def test_two_processes_stay_in_sync_exit_cleanly_and_resume(pretrain_shards: Pat
     assert "resuming a 2-process checkpoint with 1 processes: the global batch stays 16 (accumulation 4)" in out
     state = torch.load(run_dir / "checkpoints" / "step_0000010" / "state.pt", weights_only=True)
     assert (state["world_size"], state["accumulation"], state["global_batch"]) == (1, 4, 16)
+
+
+@pytest.mark.timeout(300)
+def test_fp16_under_ddp_keeps_both_ranks_in_step_through_overflows(pretrain_shards: Path, tmp_path: Path):
+    """fp16 with 2 processes and gradient accumulation, from a loss scale (2^24) that overflows: the gradients are
+    all-reduced before they are unscaled, so both ranks see the same overflow, skip the same steps, halve the same
+    scale, and end with identical weights."""
+    run_dir = tmp_path / "run"
+    done = launch(pretrain_shards, run_dir, 6, "train.precision=fp16", f"train.fp16_loss_scale={2.0 ** 24}")
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
+    a, b = rank_summaries(run_dir)
+    assert a["step"] == b["step"] == 6 and a["param_sha256"] == b["param_sha256"]
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["overflow_skipped"] for r in log[:3]] == [1, 2, 3] and all(r["nonfinite_skipped"] == 0 for r in log)
+    assert [r["loss_scale"] for r in log] == [2.0 ** (24 - r["overflow_skipped"]) for r in log]
+    state = torch.load(run_dir / "checkpoints" / "step_0000006" / "state.pt", weights_only=True)
+    assert state["loss_scaler"]["scale"] == log[-1]["loss_scale"]

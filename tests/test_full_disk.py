@@ -106,10 +106,10 @@ def test_full_when_writing_metrics(disk, shards, capsys, monkeypatch, pretrain):
     """Appends fit into the log's last page for a while; the error comes when a line needs a new one."""
     real = MetricsLog.write
 
-    def write(self, step, window, lr):
+    def write(self, step, window, lr, *args):
         if step == 3:
             disk.fill()
-        return real(self, step, window, lr)
+        return real(self, step, window, lr, *args)
 
     monkeypatch.setattr(MetricsLog, "write", write)
     run = disk.root / "run"
