@@ -11,7 +11,7 @@ import sys
 import traceback
 from types import ModuleType
 
-from .errors import UserError, one_line
+from .errors import Stopped, UserError, one_line
 
 # name → (module, one-line help). Imported lazily: a command whose module is missing does not break the others.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(command).parse_args(argv)
         debug = args.debug
         return int(_load(args.command).run(args) or 0)
+    except Stopped as err:  # a signal stopped a composed command cleanly: resume later, as pretrain's own exit 0
+        print(f"stopped: {' '.join(str(err).split())}", file=sys.stderr)
+        return 0
     except UserError as err:
         if debug:
             traceback.print_exc()

@@ -34,6 +34,10 @@ class RunDirectoryError(UserError):
     """A run directory is in use by another process, or holds a run the command would overwrite or mix with."""
 
 
+class Stopped(UserError):
+    """Stopped cleanly by a signal after a checkpoint: exit code 0, "resume later" (see the README's exit codes)."""
+
+
 def one_line(err: BaseException) -> str:
     """The user-facing form of an error: `error: ...` on one line."""
     return f"error: {' '.join(str(err).split())}"

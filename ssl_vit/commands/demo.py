@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from ..demo.report import write_demo_report
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, Stopped, UserError
 from ..eval.results import read_pair
 
 SHOTS = ("1", "5", "10", "25")
@@ -84,12 +84,21 @@ def _stage(text: str) -> None:
 
 
 def call_command(argv: list[str]) -> None:
-    """Run one `ssl-vit` subcommand in this process; its own one-line error has already been printed."""
-    from ..cli import main
+    """Run one `ssl-vit` subcommand in this process; its own one-line error has already been printed.
 
+    A pretraining stopped by a signal also exits 0, after its checkpoint: then this stops too (`Stopped`, exit 0),
+    instead of going on to evaluate a run that did not finish."""
+    from ..cli import main
+    from ..train.signals import stops_received
+
+    before = len(stops_received())
     code = main(argv)
     if code != 0:
         raise UserError(f"the demo stopped: `ssl-vit {' '.join(argv[:2])} …` exited with {code} (see above)")
+    stops = stops_received()[before:]
+    if stops:
+        raise Stopped(f"{stops[-1]} during `ssl-vit {argv[0]}`, which saved a checkpoint; run the same command again "
+                      "to continue (finished stages are reused, the interrupted one resumes)")
 
 
 def digit_shards(work: Path) -> tuple[str, str]:

@@ -42,6 +42,19 @@ def launched_by_agent() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+_RECEIVED: list[str] = []  # every stop this process was asked for, by any StopRequest, in order
+
+
+def stops_received() -> tuple[str, ...]:
+    """Every stop signal (or PARENT_GONE) this process received while training, in order.
+
+    A command that runs other commands in its process (`ssl-vit demo`, `ssl-vit study`) compares it before and
+    after a pretraining that returned 0: stopped by a signal, the run saved a checkpoint and must not be
+    evaluated as if it had finished.
+    """
+    return tuple(_RECEIVED)
+
+
 class StopRequest:
     """Context manager: while active, STOP_SIGNALS set `received` (the signal's name) instead of killing.
 
@@ -60,6 +73,7 @@ class StopRequest:
         if signum == signal.SIGINT and self.received == "SIGINT":
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.received = signal.Signals(signum).name
+        _RECEIVED.append(self.received)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
@@ -82,6 +96,7 @@ class StopRequest:
             if os.getppid() != parent:  # re-parented: the launcher is gone
                 if self.received is None:
                     self.received = PARENT_GONE
+                    _RECEIVED.append(PARENT_GONE)
                 return
 
 
