@@ -140,7 +140,7 @@ def test_periodic_evaluation_on_the_live_backbone(data: Path, tmp_path: Path, mo
 
 
 def test_threads_respect_omp_num_threads_else_split_physical_cores(monkeypatch):
-    from ssl_vit.threads import configure_threads, physical_cores
+    from ssl_vit.eval.threads import configure_threads, physical_cores
 
     before = torch.get_num_threads()
     try:
@@ -148,27 +148,5 @@ def test_threads_respect_omp_num_threads_else_split_physical_cores(monkeypatch):
         assert configure_threads(local_processes=2) == 3 == torch.get_num_threads()
         monkeypatch.delenv("OMP_NUM_THREADS")
         assert configure_threads(local_processes=2) == max(1, physical_cores() // 2)
-        import ssl_vit.threads
-
-        monkeypatch.setattr(ssl_vit.threads, "physical_cores", lambda: 8)
-        # one core per loader worker is left to it; never fewer than one thread
-        assert [configure_threads(1, 3), configure_threads(2, 3), configure_threads(1, 10)] == [5, 1, 1]
-    finally:
-        torch.set_num_threads(before)
-
-
-@pytest.mark.timeout(120)
-def test_pretraining_on_cpu_leaves_a_core_to_each_loader_worker(monkeypatch, pretrain_shards, tmp_path, pretrain):
-    """4 cores, 1 loader worker: the training process takes 3 threads (torch's default would take 4 and fight the
-    worker for a core)."""
-    import ssl_vit.threads
-
-    before = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(ssl_vit.threads, "physical_cores", lambda: 4)
-    try:
-        assert pretrain(pretrain_shards, tmp_path / "run", **{"train.total_steps": 2, "optim.warmup_steps": 1,
-                                                              "data.num_workers": 1, "train.checkpoint_every": 2}) == 0
-        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

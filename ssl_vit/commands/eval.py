@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from ssl_vit.train.trainer import make_accelerator
 
     from ..eval.backbones import resolve_backbone
-    from ..threads import configure_threads
+    from ..eval.threads import configure_threads
 
     recipe, evaluators = _recipe(args)
     configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

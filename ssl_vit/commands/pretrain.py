@@ -76,10 +76,6 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, cfg, shards, steps)
     accelerator = make_accelerator(cfg.train, cfg.output_dir)
-    if accelerator.device.type == "cpu":  # the cores are shared with the other local processes and loader workers
-        from ..threads import configure_threads
-
-        configure_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), cfg.data.num_workers)
     try:
         # Before any model is built: the batch arithmetic depends on the process count, known only now.
         accumulation_steps(cfg.train.global_batch, cfg.data.batch_size, accelerator.num_processes, where=args.config)

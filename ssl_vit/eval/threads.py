@@ -1,11 +1,8 @@
-"""How many BLAS / intra-op threads a training or evaluation process should use.
+"""How many BLAS / intra-op threads an evaluation process should use.
 
-torch starts one intra-op thread per core in every process. Several processes per machine, or data-loader
-workers decoding beside the training process, then oversubscribe the cores, and OpenMP threads that spin while
-they wait for one another make it far worse: a few-shot probe ran 10× slower, and on 2 cores the demo's
-pretraining step with one loader worker 2.6× slower, than with the threads the cores actually had. So: respect
-OMP_NUM_THREADS when the user set it, else split the *physical* cores evenly over the local processes and leave
-one core per loader worker.
+Few-shot solves and linear probes are BLAS-bound; with several processes per machine each starting one
+thread per logical CPU, the threads fight over the cores (a probe ran 10x slower that way). So: respect
+OMP_NUM_THREADS when the user set it, else split the *physical* cores evenly over the local processes.
 """
 from __future__ import annotations
 
@@ -31,11 +28,10 @@ def physical_cores() -> int:
     return max(1, usable // max(per_core, 1))
 
 
-def configure_threads(local_processes: int = 1, loader_workers: int = 0) -> int:
+def configure_threads(local_processes: int = 1) -> int:
     """Set torch's intra-op threads once per process and return the number chosen."""
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    share = physical_cores() // max(local_processes, 1) - max(loader_workers, 0)
-    threads = int(env) if env.isdigit() and int(env) > 0 else max(1, share)
+    threads = int(env) if env.isdigit() and int(env) > 0 else max(1, physical_cores() // max(local_processes, 1))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
