@@ -60,3 +60,13 @@ def test_demo_runs_on_the_users_own_shards(tmp_path):
     assert set(summary) == {"pretrained", "random_init"}
     assert not (work / "images").exists()  # no digits when the user brings shards
     assert (work / "report.md").is_file() and (work / "analysis" / "figure7.png").is_file()
+
+
+def test_the_knn_verdict_claims_a_gain_only_where_there_is_one():
+    from ssl_vit.demo.report import _verdicts
+
+    better = _verdicts({"knn/k20_top1": 74.0}, {"knn/k20_top1": 54.4})[-1]
+    worse = _verdicts({"knn/k20_top1": 49.2}, {"knn/k20_top1": 54.4})[-1]
+    assert better == ("- kNN (k=20): 74.0% vs 54.4% (+19.6): the pretrained features are better for cosine nearest "
+                      "neighbours too.")
+    assert worse.startswith("- kNN (k=20): 49.2% vs 54.4% (-5.2): the pretrained features are not better")
