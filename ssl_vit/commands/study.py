@@ -1,7 +1,7 @@
 """`ssl-vit study`: a grid of pretraining runs (targets × corruption rates × seeds), each against its own random init.
 
-    ssl-vit study --workdir runs/study                         # the digits, the full grid (about an hour on 2 cores)
-    ssl-vit study --workdir runs/s --targets pixels mean_color --rates 0.5 --seeds 0 1 2 train.total_steps=150
+    ssl-vit study --workdir runs/study                         # the digits, the full grid (~2 hours on 2 cores)
+    ssl-vit study --workdir runs/s train.total_steps=150 --targets pixels mean_color --rates 0.5 --seeds 0 1 2
     ssl-vit study --train /data/x:train --test /data/x:test --workdir runs/mine      # your own shards
 
 Writes WORKDIR/study.md (tables, few-shot curves, the selected configuration), WORKDIR/study.json (every figure,
@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=str(RECIPES / "digits.yaml"), help="the pretraining recipe of every arm")
     parser.add_argument("--eval-recipe", default=str(RECIPES / "eval.yaml"), help="the evaluation recipe (its fewshot options)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="pretraining overrides for every arm, e.g. train.total_steps=150")
+                        help="pretraining overrides for every arm, e.g. train.total_steps=150 (put them before "
+                             "--targets, --rates and --seeds, which take every value after them)")
 
 
 def run(args: argparse.Namespace) -> int:
