@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-from contextlib import nullcontext
 from typing import Any, ContextManager
 
 import torch
@@ -58,7 +57,6 @@ class LossScaling:
 
     def __init__(self, device: torch.device, init_scale: float, growth_interval: int = 2000):
         self.device_type = device.type
-        self.init_scale = init_scale
         self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
         # Overflow skips in a row that would take the scale below fp16's smallest subnormal: by then the
         # gradients are not too large for fp16, they are broken (inf or nan at any scale).
@@ -107,6 +105,3 @@ class LossScaling:
                 "Use train.precision=bf16 (or fp32), or lower optim.lr, then --resume from the last checkpoint"
             )
 
-
-def autocast_or_nothing(scaling: LossScaling | None) -> ContextManager:
-    return scaling.autocast() if scaling is not None else nullcontext()

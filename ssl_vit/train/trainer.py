@@ -50,7 +50,7 @@ from . import checkpoint as ckpt
 from . import trackers
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
-from .precision import NAMES, LossScaling, accelerate_precision, autocast_or_nothing, report_launcher_disagreement, resolve_precision
+from .precision import NAMES, LossScaling, accelerate_precision, report_launcher_disagreement, resolve_precision
 from .recipe_changes import describe as describe_changes
 from .recipe_changes import flatten
 from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
@@ -178,8 +178,8 @@ class Trainer:
         if optim.warmup_steps >= total_steps:
             raise ConfigError(f"optim.warmup_steps ({optim.warmup_steps}) must be below the run's {total_steps} steps")
         self.rank = accelerator.process_index
-        self.precision = NAMES[resolve_precision(train.precision, accelerator.device.type == "cuda")]
         self.scaling = LossScaling.for_run(train, accelerator)  # fp16's autocast and loss scale; None otherwise
+        self.precision = "fp16" if self.scaling is not None else NAMES[accelerator.mixed_precision]
         self._stream: Iterable | None = None
         self._segment = 0  # the step the current stream's segment started at
         self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
@@ -334,7 +334,7 @@ class Trainer:
             labels = batch["label"].to(acc.device, non_blocking=True)
             sync = acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext()
             with sync:
-                with autocast_or_nothing(self.scaling):
+                with self.scaling.autocast() if self.scaling is not None else nullcontext():
                     loss, metrics = s.forward(images, labels)
                 scaled = loss / self.accumulation
                 acc.backward(self.scaling.scale(scaled) if self.scaling is not None else scaled)
