@@ -45,6 +45,8 @@ def test_two_processes_stay_in_sync_exit_cleanly_and_resume(pretrain_shards: Pat
     rngs = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
     assert not torch.equal(*rngs)  # each rank draws its own corruptions
     assert [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
+    ledger = torch.load(checkpoint / "state.pt", weights_only=True)["split_keys"]  # both ranks' keys reached rank 0
+    assert len(ledger["urls"]) == 3 and len(ledger["hashes"]) == len(set(ledger["samples"].tolist())) == 48
 
     second = launch(data, run_dir, 9, "--resume", "auto")
     assert second.returncode == 0, second.stdout[-1500:] + second.stderr[-3000:]

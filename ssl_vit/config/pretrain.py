@@ -68,6 +68,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # undecodable images tolerated before the stream stops with a DataError
     max_pixels: int | None = None  # width × height cap per image, refused before decoding (None: Pillow's bomb limit)
     shard_errors: Literal["stop", "skip"] = "stop"  # a shard unreadable after retries: stop, or skip it for the epoch
+    check_unique_keys: bool = True  # stop when a sample key occurs twice in the split (16 bytes/sample in the main process)
 
 
 @dataclass

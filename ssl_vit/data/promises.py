@@ -5,9 +5,9 @@ The promises, and where each is held:
 - each shard is listed once (`spec.py`, before reading);
 - each shard holds exactly `shard_lengths[i]` samples (`shards.read_shard`: too many as soon as the extra one
   appears, too few at its end);
-- every key occurs once in the split: here within each reader (per epoch of the train stream), and across the
-  whole split when evaluation gathers its keys (`eval.features.sort_unique`) — readers read disjoint parts, so
-  a key repeated between two readers' shards is caught there, and by `ssl-vit-shards verify`;
+- every key occurs once in the split: here within each reader (per epoch of the train stream); across the whole
+  split in training by the trainer's `split_keys.SplitKeyLedger`, fed with the key hashes each reader records
+  here, and in evaluation when it gathers its keys (`eval.features.sort_unique`); and by `ssl-vit-shards verify`;
 - every label lies in the class list: 0 <= cls < len(class_names), or cls == -1 for an unlabelled split
   (`class_names == []`). A URL list without `_info.json` promises no classes, and is not checked.
 
@@ -17,6 +17,7 @@ training or scoring on them would give a silently wrong number.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 
 from ssl_vit.errors import DataError
@@ -34,6 +35,12 @@ def parse_label(raw: bytes | None) -> int:
         raise ValueError(f"cls is not an integer: {raw[:20]!r}") from None
 
 
+def key_hash(key: str) -> int:
+    """A 64-bit hash of a sample key, the same in every process (Python's `hash` of a str is salted per process,
+    and the split-wide check compares hashes from every rank)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 class SamplePromises:
     """One reader's check of the samples it reads (keys remembered as 64-bit hashes: ~100 bytes a sample)."""
 
@@ -45,14 +52,18 @@ class SamplePromises:
         """The train stream reads every sample again each epoch."""
         self._keys.clear()
 
-    def checked(self, samples: Iterable[dict]) -> Iterator[dict]:
+    def checked(self, samples: Iterable[dict], hashes: list[int] | None = None) -> Iterator[dict]:
+        """`samples`, each checked; their key hashes are appended to `hashes` when given (for the split-wide check)."""
         for sample in samples:
             key, url = sample["__key__"], sample["__url__"]
-            first = self._keys.get(hash(key))
+            hashed = key_hash(key)
+            first = self._keys.get(hashed)
             if first is not None:
                 raise DataError(f"sample key {key!r} of shard {url} was already read from shard {first}: every "
                                 f"sample of a split must occur once; {REBUILD}")
-            self._keys[hash(key)] = url
+            self._keys[hashed] = url
+            if hashes is not None:
+                hashes.append(hashed)
             if self.num_classes is not None:
                 self._check_label(sample, key, url)
             yield sample

@@ -197,13 +197,17 @@ def _stack(pixels: list[np.ndarray], size: int) -> torch.Tensor:
 
 def train_batches(
     items: Iterator[TrainItem], batch_size: int, image_size: int, tally: BadSampleTally,
-    worker: int = 0, workers: int = 1,
+    worker: int = 0, workers: int = 1, parts_read: list[dict] | None = None,
 ) -> Iterator[dict]:
     """Full batches only; `skipped` = samples this reader skipped since its previous batch; `worker` (of
     `workers` per rank) and `position` (its last item's) say where in which stream the batch ends, so a
-    resume can fast-forward there exactly."""
+    resume can fast-forward there exactly; `part_keys` = the records `parts_read` gained since the previous batch
+    (the key hashes of shard parts read to their end: `split_keys.py`)."""
+    parts_read = [] if parts_read is None else parts_read
     while len(group := list(islice(items, batch_size))) == batch_size:
+        records, parts_read[:] = list(parts_read), []
         yield {
+            "part_keys": records,
             "image": _stack([p for p, _, _ in group], image_size),
             "label": torch.tensor([label for _, label, _ in group], dtype=torch.int64),
             "skipped": torch.tensor(tally.take_unreported(), dtype=torch.int64),

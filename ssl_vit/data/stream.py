@@ -3,7 +3,7 @@
     stream = build_train_stream("/data/in1k:train", batch_size=256, image_size=224, seed=0,
                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
                                 segment=step)
-    for batch in stream:            # {"image": uint8 (B, 3, S, S), "label": int64 (B,), "skipped": int64 ()}
+    for batch in stream:            # {"image": uint8 (B, 3, S, S), "label": int64 (B,), "skipped": int64 (), …}
         images = batch["image"].to(accelerator.device, non_blocking=True)
         ...
     stream.close()                  # before the process group is destroyed
@@ -19,7 +19,9 @@ stream twice with the same arguments yields the same batches; the trainer passes
 (re)builds the streams at a checkpoint, so a resumed run continues with exactly the batches the original run
 would have seen after that checkpoint, without replaying anything. `num_workers=0` reads as one worker
 (worker 0): it yields the same batches as `num_workers=1`. Every rank runs `steps_per_epoch(...)` steps per
-epoch (ceil), whatever its shard count; the stream never runs dry.
+epoch (ceil), whatever its shard count; the stream never runs dry. Each batch also carries `part_keys`: the
+key hashes of the shard parts its reader has read to their end since its previous batch (`split_keys.py`), for
+the trainer's check that no key occurs twice in the split (`record_keys=False`: always empty).
 
 Eval stream: finite, deterministic (centre crop of crop_pct, no flip), every sample exactly once across all
 ranks and workers. Ranks may get different numbers of samples: gather with padding.
@@ -49,6 +51,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ssl_vit.errors import ConfigError, DataError
 
 from .promises import SamplePromises
+from .split_keys import part_record
 from .shards import ShardUnreadable, read_shard
 from .spec import ShardSet, resolve_spec
 from .split import Holdout, ShardPart, reader_parts
@@ -154,6 +157,7 @@ def build_train_stream(
     shard_errors: str = "stop",
     skip: Sequence[int] = (),
     first_worker: int = 0,
+    record_keys: bool = True,
 ) -> Stream:
     """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec);
     `holdout` keeps only the samples it keeps (`split.Holdout`). `shard_errors="skip"` skips a shard that
@@ -164,6 +168,7 @@ def build_train_stream(
     consumed from it), for a resume between the segment's checkpoints; one entry per worker, or none.
     `first_worker`: the worker whose batch comes first (the loader takes batches from its workers in turn, so a
     resume continues the turn where the consumed batches left it).
+    `record_keys`: batches carry the key hashes of the shard parts read (`part_keys`), for the split-wide check.
     """
     _check_common(batch_size, image_size, rank, world_size, num_workers)
     if skip and (len(skip) != max(num_workers, 1) or min(skip) < 0 or not 0 <= first_worker < len(skip)):
@@ -201,6 +206,7 @@ def build_train_stream(
         shard_errors=shard_errors,
         skip=tuple(int(n) for n in skip),
         first_worker=first_worker,
+        record_keys=record_keys,
     )
     dataset = _TrainDataset(resolved, options)
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
@@ -263,11 +269,12 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises) -> Iterator[dict]:
-    """The samples of one shard part, each checked against what `_info.json` promises (promises.py)."""
+def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises, hashes: list[int] | None = None) -> Iterator[dict]:
+    """The samples of one shard part, each checked against what `_info.json` promises (promises.py); their key
+    hashes are appended to `hashes` when given."""
     expected = shards.shard_lengths[part.shard] if shards.shard_lengths is not None else None
     return promises.checked(read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset,
-                                       expected=expected))
+                                       expected=expected), hashes)
 
 
 def _reported(batches: Iterator[dict]) -> Iterator[dict]:
@@ -298,6 +305,7 @@ class _TrainOptions:
     first_worker: int
     holdout: Holdout | None = None
     shard_errors: str = "stop"
+    record_keys: bool = True
 
 
 class _ShardReader(IterableDataset):
@@ -330,26 +338,30 @@ class _TrainDataset(_ShardReader):
         order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
         reader = f"rank {o.rank} worker {worker}"
         tally = BadSampleTally(o.max_bad_fraction, o.min_samples, reader)
-        raw = shuffled(self._epochs(parts, order_rng, reader, tally), o.shuffle_buffer, buffer_rng)
+        parts_read: list[dict] = []  # `part_record`s not yet handed on in a batch
+        raw = shuffled(self._epochs(parts, order_rng, reader, tally, parts_read), o.shuffle_buffer, buffer_rng)
         items = train_items(
             raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally,
             max_pixels=o.max_pixels,
             skip=o.skip[worker] if o.skip else 0,
         )
-        return _reported(train_batches(items, o.batch_size, o.image_size, tally, worker, _worker()[1]))
+        return _reported(train_batches(items, o.batch_size, o.image_size, tally, worker, _worker()[1], parts_read))
 
     def _epochs(
-        self, parts: list[ShardPart], rng: np.random.Generator, reader: str, tally: BadSampleTally
+        self, parts: list[ShardPart], rng: np.random.Generator, reader: str, tally: BadSampleTally,
+        parts_read: list[dict],
     ) -> Iterator[dict]:
-        """Endless: every epoch reads all of this reader's shard parts, in a fresh random order."""
+        """Endless: every epoch reads all of this reader's shard parts, in a fresh random order; each part read to
+        its end adds its keys' record to `parts_read` (when the stream records keys)."""
         promises = SamplePromises(self.shards.class_names)
         while True:
             count = 0
             promises.new_epoch()
             for i in rng.permutation(len(parts)):
                 read = 0
+                hashes: list[int] | None = [] if self.o.record_keys else None
                 try:
-                    for sample in _read(self.shards, parts[i], promises):
+                    for sample in _read(self.shards, parts[i], promises, hashes):
                         read += 1
                         if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
                             count += 1
@@ -359,6 +371,10 @@ class _TrainDataset(_ShardReader):
                         raise
                     missing = max(0, self._part_length(parts[i]) - read)
                     tally.lost_shard(self.shards.urls[parts[i].shard], missing, err)
+                    continue
+                if hashes is not None:
+                    parts_read.append(part_record(self.shards.urls[parts[i].shard], parts[i].offset, parts[i].stride,
+                                                  hashes))
             if count == 0:
                 urls = ", ".join(self.shards.urls[p.shard] for p in parts)
                 raise DataError(

@@ -37,6 +37,7 @@ def mae_linear_probe(
     trust_coefficient: float = 0.001,
     num_classes: int | None = None,
 ) -> dict[str, float]:
+    from ssl_vit.data.split_keys import PartsRead
     from ssl_vit.data.stream import build_train_stream, steps_per_epoch
 
     pool = pool or ctx.pool
@@ -69,9 +70,11 @@ def mae_linear_probe(
         num_workers=ctx.data.num_workers,
     )
     losses: list[torch.Tensor] = []
+    parts_read = PartsRead()
     bar = progress_bar(total=total, desc="linear (mae)", disable=not ctx.is_main, dynamic_ncols=True)
     try:
         for _, batch in zip(range(total), stream):
+            parts_read.note(batch)
             images = batch["image"].to(ctx.device, non_blocking=True)
             feats = embed_images(backbone, images, pool, layers)  # (B, D) under no_grad: the backbone stays frozen
             loss = F.cross_entropy(model(feats), batch["label"].to(ctx.device))
@@ -84,6 +87,7 @@ def mae_linear_probe(
     finally:
         bar.close()
         stream.close()
+    _every_key_once(parts_read.take(), accelerator)
     head.eval()
     counts = torch.zeros(3, device=ctx.device)  # correct top-1, correct top-5, seen
     with ctx.eval_batches("test", size) as test:
@@ -101,3 +105,15 @@ def mae_linear_probe(
         "linear/top5": 100.0 * counts[1].item() / counts[2].item(),
         "linear/train_loss": tail,
     }
+
+
+def _every_key_once(records: list[dict], accelerator) -> None:
+    """The trainer's split-wide key check (data/split_keys.py), once, after the probe's training: every rank
+    gathers every rank's records and checks them alike, so a repeated key raises the same error on each."""
+    from accelerate.utils import gather_object
+
+    from ssl_vit.data.split_keys import SplitKeyLedger
+
+    if accelerator is not None and accelerator.num_processes > 1:
+        records = gather_object(records)  # every rank's records, rank 0's first
+    SplitKeyLedger().add(records)

@@ -4,7 +4,7 @@ Layout of a run directory's `checkpoints/`:
 
     step_0001000/state.pt        model (the objective's state_dict, unwrapped), optimizer, scheduler, step,
                                  stream state ({"segment": the step its data segment began, "seed": …}), world size,
-                                 the config
+                                 the config, the split's key ledger (`split_keys`: data/split_keys.py)
     step_0001000/rng_rank{r}.pt  every rank's RNG states (python, numpy, torch CPU, CUDA when present) and its
                                  loader workers' stream positions (`stream_positions`)
     step_0001000/config.yaml     the resolved recipe, for people

@@ -32,7 +32,7 @@ CHANGEABLE = (
     # how the same global batch is computed: exact reproduction needs the old values, like the process count
     "train.precision", "train.compile", "train.grad_checkpointing", "data.batch_size", "data.num_workers",
     # how bad data is handled (which samples count as bad, whether a bad shard stops the run)
-    "data.max_bad_fraction", "data.max_pixels", "data.shard_errors",
+    "data.max_bad_fraction", "data.max_pixels", "data.shard_errors", "data.check_unique_keys",
 )
 FIXED = (
     "model", "objective",  # what is trained

@@ -128,6 +128,14 @@ class HostAgreement:
         dist.all_gather_object(out, obj, group=self.group)
         return out
 
+    def gather_to_main(self, obj: object) -> list | None:
+        """Every rank's picklable `obj`, in rank order, on rank 0 (None on the others)."""
+        if not self.distributed:
+            return [obj]
+        out: list | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+        dist.gather_object(obj, out, dst=0, group=self.group)
+        return out
+
     def all(self, flag: bool) -> bool:
         return not self.any(not flag)
 

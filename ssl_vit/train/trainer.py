@@ -18,6 +18,12 @@ position of the last batch it consumed from each worker, and a resume fast-forwa
 it (reading bytes and drawing the skipped samples' random numbers, without decoding them). Batches the loader
 had prefetched but the trainer never consumed are simply drawn again.
 
+Every key once in the split. A batch may carry `part_keys`: the key hashes of the shard parts its loader worker
+has read to their end (`data.split_keys`). At every checkpoint the ranks send theirs to the main process, whose
+ledger holds one entry per sample of the split; a key at two samples (in two readers' shards, which neither
+reader alone can see) stops every rank with one line naming the key and both shards. The ledger is saved in
+the checkpoint, so a resumed run goes on checking against every sample read before.
+
 Ranks agree before each micro-batch's collectives, in one host-side exchange (gloo, no device sync) that asks
 "did any rank's data stream fail?" and "did any rank get a stop signal?" together. A stream that fails on one
 rank only (a corrupt shard that only it reads) then stops every rank with that rank's error, instead of leaving
@@ -43,6 +49,7 @@ from accelerate.tracking import LoggerType, get_available_trackers
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 
 from ..config import OptimConfig, TrainConfig, accumulation_steps
+from ..data.split_keys import PartsRead, SplitKeyLedger
 from ..data.stream import StreamLayoutChanged
 from ..errors import ConfigError, DataError, PeerLost, UserError
 from ..files import append_line, atomic_write, make_dir
@@ -185,6 +192,8 @@ class Trainer:
         self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
         self._next_worker = 0  # the loader worker whose batch comes next
         self._resume_stream: tuple[int, list[int], int] | None = None  # (segment, positions, next worker)
+        self._split_keys = SplitKeyLedger()  # main process: every sample's key hash read so far
+        self._parts_read = PartsRead()  # this rank's `part_keys` records not yet in the ledger
         self._lr = 0.0
 
     # ------------------------------------------------------------------------------------------ public
@@ -421,7 +430,9 @@ class Trainer:
         self.accelerator.log({f"eval/{k}": v for k, v in results.items()}, step=step)
 
     def _consumed(self, batch: dict) -> None:
-        """Note how far the batch's loader worker has got (streams that say so: `worker`, `workers`, `position`)."""
+        """Note how far the batch's loader worker has got (streams that say so: `worker`, `workers`, `position`),
+        and the key records it carries (`part_keys`)."""
+        self._parts_read.note(batch)
         if "position" not in batch:
             return
         worker, workers = int(batch["worker"]), int(batch["workers"])
@@ -430,8 +441,19 @@ class Trainer:
         self._positions[worker] = int(batch["position"])
         self._next_worker = (worker + 1) % workers
 
+    def _check_split_keys(self, agreement: HostAgreement) -> None:
+        """Every rank's key records since the last checkpoint into the main process's ledger; collective. A key
+        at two samples of the split raises its `DataError` on every rank."""
+        gathered = agreement.gather_to_main(self._parts_read.take())
+        note = together(agreement, lambda: self._split_keys.add(r for records in gathered for r in records),
+                        "checking that every sample key occurs once", main_only=True)
+        if note:
+            self.accelerator.print(note)
+
     def _save(self, step: int, s: RunState, boundary: bool) -> Path:
-        """A checkpoint step starts a new data segment; between them the stream positions say where it stands."""
+        """A checkpoint step starts a new data segment; between them the stream positions say where it stands.
+        Before it is written, the keys read since the last one are checked (a repeated key saves nothing)."""
+        self._check_split_keys(s.agreement)
         segment, positions = (step, []) if boundary else (self._segment, self._positions)
         meta = {
             "stream": {"segment": segment, "seed": self.train.seed},
@@ -444,6 +466,8 @@ class Trainer:
         }
         if self.scaling is not None:  # the same on every rank (its overflow decision follows all-reduced gradients)
             meta["loss_scaler"] = self.scaling.state_dict()
+        if len(self._split_keys):  # main process only (the others' ledgers stay empty; only rank 0 writes meta)
+            meta["split_keys"] = self._split_keys.state_dict()
         path = ckpt.save_checkpoint(
             self.ckpt_root, step, model=s.model, optimizer=_inner(s.optimizer), scheduler=s.scheduler,
             meta=meta, config_yaml=self.config_yaml, rank=self.rank, agreement=s.agreement,
@@ -474,6 +498,8 @@ class Trainer:
                                                   scheduler=scheduler, rank=self.rank)
         step = int(meta["step"])
         self._restore_loss_scale(meta, path)
+        if "split_keys" in meta and acc.is_main_process:
+            self._split_keys.load_state_dict(meta["split_keys"])
         saved_world = int(meta.get("world_size", acc.num_processes))
         if not rng_restored:
             set_seed(self.train.seed + step, device_specific=True)

@@ -47,7 +47,7 @@ def train_stream_factory(
             world_size=world_size, num_workers=data.num_workers, segment=segment, shuffle_buffer=data.shuffle_buffer,
             scale=data.crop_scale, ratio=data.crop_ratio, hflip=data.hflip, max_bad_fraction=data.max_bad_fraction,
             max_pixels=data.max_pixels, shard_errors=data.shard_errors, pin_memory=pin_memory, holdout=holdout,
-            skip=skip or (), first_worker=first_worker,
+            skip=skip or (), first_worker=first_worker, record_keys=data.check_unique_keys,
         )
 
     return make_stream
