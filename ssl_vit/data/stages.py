@@ -16,7 +16,7 @@ import torch
 from ssl_vit.errors import DataError
 
 from .crops import center_crop, random_resized_crop
-from .decode import decode_box, decode_crop, header_size
+from .decode import decode_box, decode_crop, read_header
 from .promises import parse_label
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -154,17 +154,17 @@ def train_items(
     for position, sample in enumerate(samples, start=1):
         try:
             data, label = image_and_label(sample)
-            width, height = header_size(data, max_pixels)
+            header = read_header(data, max_pixels)
         except Exception as exc:  # noqa: BLE001 - not an image at all: a bad sample, without random draws
             if position > skip:
                 tally.skip(sample["__url__"], sample["__key__"], exc)
             continue
-        box = random_resized_crop(width, height, rng, scale, ratio)
+        box = random_resized_crop(header.width, header.height, rng, scale, ratio)
         flip = hflip and rng.random() < 0.5
         if position <= skip:
             continue
         try:
-            pixels = decode_box(data, box, image_size, width, height, max_pixels=max_pixels)
+            pixels = decode_box(data, box, image_size, header)
         except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample, counted and reported
             tally.skip(sample["__url__"], sample["__key__"], exc)
             continue
