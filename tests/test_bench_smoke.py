@@ -120,8 +120,11 @@ def test_data_quick_reports_stream_and_build_ratios():
     assert r["ours_images_per_s"] > 0 and r["baseline_images_per_s"] > 0 and set(r["workers"]) == {"1", "2"}
     assert r["checks_ratio"] == pytest.approx(r["checked_images_per_cpu_s"] / r["unchecked_images_per_cpu_s"])
     assert len(r["checked_cpu_runs"]) == len(r["unchecked_cpu_runs"]) == 1 and 0 < r["isolated_checks"]["ratio"] <= 1
+    assert r["isolated_checks"]["ledger_us"] > 0
     for check in ("full", "header"):
         assert r["build"][check]["ratio"] == pytest.approx(r["build"][check]["mb_per_s"] / r["build"]["tar_mb_per_s"])
+        assert r["build"][check]["ratio_fsync"] == pytest.approx(
+            r["build"][check]["mb_per_s"] / r["build"]["tar_fsync_mb_per_s"])
 
 
 @pytest.mark.timeout(120)
