@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
     notes = (f"Load average {os.getloadavg()[0]:.2f} at the end (other work slows both sides alike). {n_images} "
              f"images 500×375 JPEG q90, crops 224, batches of {BATCH}, {count} images per measurement, median of "
              f"{reps} interleaved runs; the shard build: median of {1 if args.quick else 5} interleaved runs of "
-             "`tar cf`, `--check full` and `--check header`.")
+             "`tar cf`, `tar cf` + fsync, `--check full` and `--check header`, each into a fresh folder.")
     common.finish(args, result, table(result), title="bench/data.py — train stream and shard build", notes=notes)
     return result
 
