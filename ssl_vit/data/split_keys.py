@@ -93,9 +93,10 @@ class SplitKeyLedger:
         pos = np.searchsorted(self.hashes, hashes)  # (M,) where each would go in the ledger
         held = pos < len(self.hashes)
         held[held] = self.hashes[pos[held]] == hashes[held]
-        for i in np.flatnonzero(held):
-            known = int(self.samples[pos[i]])
-            if known != samples[i] and self._confirm(known, int(samples[i]), int(hashes[i])):
+        elsewhere = np.flatnonzero(held)  # (K,) hashes the ledger holds: a repeat unless at the same sample
+        elsewhere = elsewhere[self.samples[pos[elsewhere]] != samples[elsewhere]]
+        for i in elsewhere:
+            if self._confirm(int(self.samples[pos[i]]), int(samples[i]), int(hashes[i])):
                 return self._restart(records)
         new = ~held
         self.hashes = np.insert(self.hashes, pos[new], hashes[new])
