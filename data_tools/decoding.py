@@ -50,6 +50,13 @@ def check_pixel_cap(width: int, height: int, max_pixels: int | None) -> None:
             "a decompression bomb, or raise max_pixels if such images are expected")
 
 
+def max_file_bytes(max_pixels: int | None) -> int:
+    """The largest image file read, in the build and in the streams: an uncompressed 4-channel image at the pixel
+    cap, plus 16 MiB of metadata. Bounds what one file costs a worker, whatever it is (a 50 GB file or tar
+    member, /proc/kcore, a sparse file)."""
+    return 4 * (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) + (16 << 20)
+
+
 def jpeg_size(data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) from a JPEG's header, strictly parsed, within the pixel cap."""
     try:

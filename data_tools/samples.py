@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .decoding import DEFAULT_MAX_PIXELS
+from .decoding import max_file_bytes
 from .images import BadImage, prepare_image
 from .options import BuildOptions
 from .sources import Source
@@ -59,12 +59,6 @@ def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
         ("json", json.dumps(meta).encode("utf-8")),
     )
     return Sample(sample_key(source.rel), members, len(data), image.reencoded)
-
-
-def max_file_bytes(max_pixels: int | None) -> int:
-    """The largest input file read: an uncompressed 4-channel image at the pixel cap, plus 16 MiB of metadata.
-    Bounds what one file costs a worker, whatever it is (a 50 GB file, /proc/kcore, a sparse file)."""
-    return 4 * (DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels) + (16 << 20)
 
 
 def read_regular_file(path: str, limit: int) -> bytes:

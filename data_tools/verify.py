@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 from .progress_bar import progress_bar
 
+from .decoding import max_file_bytes
 from .errors import DataToolsError
 from .info import INFO_NAME, read_info
 from .parallel import ordered_map
@@ -190,6 +191,7 @@ def check_shard(expect: ShardExpectation) -> ShardResult:
 def _read_samples(tar: tarfile.TarFile, result: ShardResult, expect: ShardExpectation) -> None:
     """Group consecutive members by key (`KEY.ext`, as WebDataset does) and check each finished group."""
     key, parts = None, {}
+    limit = max_file_bytes(expect.max_pixels)
     for member in tar:
         prefix, dot, ext = member.name.partition(".")
         if not member.isfile() or not dot:
@@ -200,13 +202,20 @@ def _read_samples(tar: tarfile.TarFile, result: ShardResult, expect: ShardExpect
             key, parts = prefix, {}
         if ext in parts:
             result.problems.append(f"{result.name} {key}: member .{ext} appears twice")
+        if member.size > limit:  # never read into memory: the stream reads past it the same way
+            result.problems.append(f"{result.name} {key}: member .{ext} is {member.size:,} bytes, larger than any "
+                                   f"image within the pixel cap ({limit:,} bytes)")
+            parts[ext] = None
+            continue
         parts[ext] = tar.extractfile(member).read()
     _finish_sample(result, key, parts, expect)
 
 
-def _finish_sample(result: ShardResult, key: str | None, parts: dict[str, bytes], expect: ShardExpectation) -> None:
+def _finish_sample(result: ShardResult, key: str | None, parts: dict[str, bytes | None], expect: ShardExpectation) -> None:
     if key is None:
         return
     result.samples += 1
     result.keys.append(key)
+    if None in parts.values():  # a member too large to read: reported already
+        return
     result.problems += [f"{result.name} {key}: {reason}" for reason in check_sample(parts, expect.class_names, expect.max_pixels)]

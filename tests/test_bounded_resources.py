@@ -117,3 +117,55 @@ def test_a_resumed_build_of_an_earlier_version_still_matches_its_options() -> No
 
     assert "max_pixels" not in BuildOptions("train").record()
     assert json.dumps(BuildOptions("train", max_pixels=5).record()).count("max_pixels") == 1
+
+
+def _shard_with_a_huge_member(path: Path, member_bytes: int) -> None:
+    """Samples s00000..s00002 (JPEG + cls); s00001's .jpg is `member_bytes` zero bytes, written from /dev/zero
+    (the test never holds it in memory either)."""
+    import io
+    import tarfile
+
+    good = jpeg_bytes(photo(32, 24))
+    with tarfile.open(path, "w") as tar, open("/dev/zero", "rb") as zeros:
+        for i in range(3):
+            data_size = member_bytes if i == 1 else len(good)
+            info = tarfile.TarInfo(f"s{i:05d}.jpg")
+            info.size = data_size
+            tar.addfile(info, zeros if i == 1 else io.BytesIO(good))
+            cls = tarfile.TarInfo(f"s{i:05d}.cls")
+            cls.size = 1
+            tar.addfile(cls, io.BytesIO(b"0"))
+
+
+def test_a_huge_tar_member_is_read_past_never_into_memory(tmp_path: Path) -> None:
+    """A shard member larger than any image within the pixel cap (4 bytes a pixel + 16 MiB): the streams read
+    past it in 1 MiB pieces and skip (train) or name (eval) its sample, and verify reports it; none of them
+    holds it in memory, so a worker's peak does not grow with it."""
+    import tracemalloc
+
+    from data_tools.verify import ShardExpectation, check_shard
+
+    path = tmp_path / "huge.tar"
+    _shard_with_a_huge_member(path, 64 << 20)
+    cap = 1_000  # 4,000 + 16 MiB = 16,781,216 bytes at most per file
+    tracemalloc.start()
+    try:
+        stream = build_train_stream([str(path)], batch_size=2, image_size=8, seed=0, num_workers=0,
+                                    shuffle_buffer=0, max_pixels=cap)
+        try:
+            batch = next(iter(stream))
+        finally:
+            stream.close()
+        with pytest.raises(DataError, match=r"sample 's00001' of shard .*huge\.tar cannot be decoded \(ValueError: "
+                                            r"the image is a 67,108,864-byte file, larger than any image within the "
+                                            r"pixel cap \(16,781,216 bytes\)\)"):
+            list(build_eval_stream([str(path)], batch_size=4, image_size=8, num_workers=0, max_pixels=cap))
+        result = check_shard(ShardExpectation(path=path, count=3, sha256=None, bytes=None, class_names=None,
+                                                      max_pixels=cap))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert int(batch["skipped"]) == 1 and len(batch["label"]) == 2
+    assert result.samples == 3 and [p for p in result.problems if "s00001" in p] == [
+        "huge.tar s00001: member .jpg is 67,108,864 bytes, larger than any image within the pixel cap (16,781,216 bytes)"]
+    assert peak < 12 << 20, f"peak {peak / 2**20:.1f} MiB while reading past a 64 MiB member"

@@ -29,6 +29,8 @@ def parse_label(raw: bytes | None) -> int:
     """The class index in a sample's `cls` member; -1 when it has none. Raises ValueError when not an integer."""
     if raw is None:
         return -1
+    if not isinstance(raw, bytes):  # a `tarstream.OversizeMember`
+        raise ValueError(f"cls is {raw}")
     try:
         return int(raw.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):

@@ -68,11 +68,14 @@ class _Prefixed:
         return data if len(data) == n else data + self.stream.read(n - len(data))
 
 
-def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | None = None) -> Iterator[dict]:
+def read_shard(
+    url: str, *, stride: int = 1, offset: int = 0, expected: int | None = None, max_member: int | None = None,
+) -> Iterator[dict]:
     """Samples (`__key__`, `__url__`, one entry per file extension) of `url` whose index % stride == offset.
 
     `expected` is the shard's length from `_info.json`: a tar that ends early at a file boundary reads as a
-    valid shorter tar, and only the count reveals it.
+    valid shorter tar, and only the count reveals it. A file above `max_member` bytes is not read into memory:
+    its entry is a `tarstream.OversizeMember` (the streams skip and count the sample).
     """
     try:
         stream = open_url(url)
@@ -81,7 +84,7 @@ def read_shard(url: str, *, stride: int = 1, offset: int = 0, expected: int | No
     count = 0
     closed = False
     try:
-        for sample in group_samples(iter_members(_tar_bytes(stream)), url):
+        for sample in group_samples(iter_members(_tar_bytes(stream), max_member), url):
             if expected is not None and count == expected:
                 raise _Broken(f"shard {url} holds more than the {expected} samples _info.json says (the first extra "
                               f"is {sample['__key__']!r}); it is stale or was replaced: {REBUILD}")
@@ -117,7 +120,7 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
 
 
-def group_samples(members: Iterable[tuple[str, bytes]], url: str) -> Iterator[dict]:
+def group_samples(members: Iterable[tuple[str, Any]], url: str) -> Iterator[dict]:
     """Consecutive files with the same key → one sample {"__key__", "__url__", extension: bytes, ...}."""
     current: dict | None = None
     for name, data in members:

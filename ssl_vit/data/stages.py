@@ -30,6 +30,8 @@ def image_and_label(sample: dict) -> tuple[bytes, int]:
     if data is None:
         found = sorted(k for k in sample if not k.startswith("__"))
         raise ValueError(f"no image entry (expected one of {'/'.join(IMAGE_KEYS)}, found {found})")
+    if not isinstance(data, bytes):  # a `tarstream.OversizeMember`: read past, never into memory
+        raise ValueError(f"the image is {data}")
     return data, parse_label(sample.get("cls"))
 
 

@@ -48,6 +48,7 @@ import torch
 from PIL import ImageFile
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_tools.decoding import max_file_bytes
 from ssl_vit.errors import ConfigError, DataError
 
 from .promises import SamplePromises
@@ -269,12 +270,14 @@ def _worker() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises, hashes: list[int] | None = None) -> Iterator[dict]:
+def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises, max_pixels: int | None,
+          hashes: list[int] | None = None) -> Iterator[dict]:
     """The samples of one shard part, each checked against what `_info.json` promises (promises.py); their key
-    hashes are appended to `hashes` when given."""
+    hashes are appended to `hashes` when given. A file too large for any image within `max_pixels` is read
+    past, not into memory (as the build skips it: `max_file_bytes`)."""
     expected = shards.shard_lengths[part.shard] if shards.shard_lengths is not None else None
     return promises.checked(read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset,
-                                       expected=expected), hashes)
+                                       expected=expected, max_member=max_file_bytes(max_pixels)), hashes)
 
 
 def _reported(batches: Iterator[dict]) -> Iterator[dict]:
@@ -361,7 +364,7 @@ class _TrainDataset(_ShardReader):
                 read = 0
                 hashes: list[int] | None = [] if self.o.record_keys else None
                 try:
-                    for sample in _read(self.shards, parts[i], promises, hashes):
+                    for sample in _read(self.shards, parts[i], promises, self.o.max_pixels, hashes):
                         read += 1
                         if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
                             count += 1
@@ -399,7 +402,7 @@ class _EvalDataset(_ShardReader):
         o = self.o
         _, parts = self._parts()
         promises = SamplePromises(self.shards.class_names)
-        raw = (sample for part in parts for sample in _read(self.shards, part, promises)
+        raw = (sample for part in parts for sample in _read(self.shards, part, promises, o.max_pixels)
                if o.holdout is None or o.holdout.keeps(sample["__key__"]))
         items = eval_items(raw, image_size=o.image_size, crop_pct=o.crop_pct, max_pixels=o.max_pixels)
         return _reported(eval_batches(items, o.batch_size, o.image_size))

@@ -6,6 +6,10 @@ TarWriter, GNU tar), which a few slices per header read ~7× faster. Integrity i
 header checksum, a malformed size or pax record, data that ends early, and an archive without its
 end-of-archive marker (zero blocks) raise `TarError`. The marker matters: a shard cut exactly where a member
 header would start is otherwise a valid shorter tar, and a URL list has no sample count to tell.
+
+Memory is bounded whatever a shard holds: a file member above `max_member` bytes is read past in pieces and
+stands in its sample as an `OversizeMember` (a bad sample, skipped and counted downstream, like the build
+skips such a file), and a pax or long-name header above 1 MiB is a corrupt archive.
 """
 from __future__ import annotations
 
@@ -16,14 +20,28 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
 _CHUNK = 1 << 24  # read members in pieces: a corrupt size field must not allocate gigabytes up front
+MAX_HEADER_DATA = 1 << 20  # a pax record set or GNU long name is a few hundred bytes
 
 
 class TarError(Exception):
     """The byte stream is not a (complete) tar archive."""
 
 
-def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of every regular file; directories, links and metadata entries are passed over."""
+class OversizeMember:
+    """Stands for a file member's data that was too large to read into memory."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size, self.limit = size, limit
+
+    def __str__(self) -> str:
+        return f"a {self.size:,}-byte file, larger than any image within the pixel cap ({self.limit:,} bytes)"
+
+    __repr__ = __str__
+
+
+def iter_members(stream: BinaryIO, max_member: int | None = None) -> Iterator[tuple[str, bytes | OversizeMember]]:
+    """(name, data) of every regular file; directories, links and metadata entries are passed over. A file
+    above `max_member` bytes is read past without being kept: its data is an `OversizeMember`."""
     long_name: str | None = None  # from a pax `path` record or a GNU ././@LongLink entry
     long_size: int | None = None  # from a pax `size` record
     offset = 0
@@ -37,7 +55,13 @@ def iter_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         _check_header(header, offset)
         size = long_size if long_size is not None else _number(header[124:136], offset)
         kind = header[156:157]
-        data = _read(stream, size, offset + BLOCK)
+        if kind in (b"x", b"g", b"L") and size > MAX_HEADER_DATA:
+            raise TarError(f"a {size:,}-byte extended header at byte {offset}: corrupt archive")
+        if kind in _REGULAR and max_member is not None and size > max_member:
+            _discard(stream, size, offset + BLOCK)
+            data: bytes | OversizeMember = OversizeMember(size, max_member)
+        else:
+            data = _read(stream, size, offset + BLOCK)
         _read(stream, -size % BLOCK, offset + BLOCK + size)  # padding to a whole block
         start, offset = offset, offset + BLOCK + size + (-size % BLOCK)
         if kind == b"x":
@@ -71,6 +95,14 @@ def _read(stream: BinaryIO, n: int, offset: int, at_boundary: bool = False) -> b
         where = f"byte {offset + got} (wanted {n} bytes at {offset})"
         raise TarError(f"unexpected end of data at {where}: truncated archive")
     return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _discard(stream: BinaryIO, n: int, offset: int) -> None:
+    """Read past n bytes, 1 MiB at a time."""
+    while n > 0:
+        step = min(n, 1 << 20)
+        _read(stream, step, offset)
+        n, offset = n - step, offset + step
 
 
 def _check_header(header: bytes, offset: int) -> None:
