@@ -34,6 +34,21 @@ def last_logged_step(metrics: Path) -> int:
     return 0
 
 
+class Background:
+    """`command` running while the test does something else; its stdout and stderr go to files, not pipes (a
+    full pipe nobody reads would stop it)."""
+
+    def __init__(self, command: list[str], logs: Path) -> None:
+        self.stdout_path, self.stderr_path = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
+        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
+            self.proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=out, stderr=err, text=True)
+
+    def finish(self, timeout: float) -> subprocess.CompletedProcess:
+        self.proc.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.stdout_path.read_text(),
+                                           self.stderr_path.read_text())
+
+
 def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: float = 90) -> subprocess.Popen:
     proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
@@ -47,9 +62,9 @@ def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: 
 @pytest.mark.timeout(240)
 def test_kill9_at_a_random_step_then_resume_reproduces_the_run_exactly(pretrain_shards: Path, tmp_path: Path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = run_pretrain(smoke_overrides(pretrain_shards, whole, **RUN), "--resume", "auto")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "--resume auto: no checkpoint in" in done.stdout and "starting from step 0" in done.stdout
+    # The uninterrupted run and the one to be killed are independent: they run at once (each uses one core).
+    uninterrupted = Background(pretrain_command(smoke_overrides(pretrain_shards, whole, **RUN), "--resume", "auto"),
+                               tmp_path / "whole")
 
     seed = random.randrange(10**6)
     kill_at = random.Random(seed).randint(EVERY + 1, 3 * EVERY)  # after the first checkpoint, well before the end
@@ -60,6 +75,10 @@ def test_kill9_at_a_random_step_then_resume_reproduces_the_run_exactly(pretrain_
     reached = last_logged_step(killed / "metrics.jsonl")
     assert proc.returncode == -signal.SIGKILL and reached < STEPS, (seed, reached)
     expected_ckpt = killed / "checkpoints" / f"step_{reached // EVERY * EVERY:07d}"
+
+    done = uninterrupted.finish(timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--resume auto: no checkpoint in" in done.stdout and "starting from step 0" in done.stdout
 
     resumed = run_pretrain(smoke_overrides(pretrain_shards, killed, **RUN), "--resume", "auto")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -109,8 +128,9 @@ def test_a_signal_between_checkpoints_then_resume_reproduces_the_run_exactly_2_p
                 *args]
 
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    done = subprocess.run(command(whole), cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # The uninterrupted run and the one to be stopped are independent: they run at once (a launch leaves a core
+    # idle while its supervisor and launcher import torch one after the other).
+    uninterrupted = Background(command(whole), tmp_path / "whole")
 
     seed = random.randrange(10**6)
     signal_at = random.Random(seed).randint(3, 15)
@@ -120,6 +140,8 @@ def test_a_signal_between_checkpoints_then_resume_reproduces_the_run_exactly_2_p
     assert proc.returncode == 0, out[-3000:]
     reached = last_logged_step(stopped / "metrics.jsonl")
     assert f"stopped by SIGUSR1 at step {reached}" in out and reached < steps, (seed, out[-2000:])
+    done = uninterrupted.finish(timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     resumed = subprocess.run(command(stopped, "--resume", "auto"), cwd=REPO, env=cli_env(), capture_output=True,
                              text=True, timeout=240)
