@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from background import Background
 from trainer_fixtures import LAUNCH_CONFIG, REPO, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides
 
 STEPS, EVERY = 50, 10
@@ -32,21 +33,6 @@ def last_logged_step(metrics: Path) -> int:
         except json.JSONDecodeError:  # a line being written
             continue
     return 0
-
-
-class Background:
-    """`command` running while the test does something else; its stdout and stderr go to files, not pipes (a
-    full pipe nobody reads would stop it)."""
-
-    def __init__(self, command: list[str], logs: Path) -> None:
-        self.stdout_path, self.stderr_path = logs.with_suffix(".stdout"), logs.with_suffix(".stderr")
-        with self.stdout_path.open("w") as out, self.stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=out, stderr=err, text=True)
-
-    def finish(self, timeout: float) -> subprocess.CompletedProcess:
-        self.proc.wait(timeout=timeout)
-        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, self.stdout_path.read_text(),
-                                           self.stderr_path.read_text())
 
 
 def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: float = 90) -> subprocess.Popen:
