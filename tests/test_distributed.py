@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from background import Background, selected
 from trainer_fixtures import LAUNCH_CONFIG, REPO, SMOKE, cli_env, free_port, smoke_overrides
 
 # 4 per process × 2 processes × 2 accumulation = 16: exercises no_sync on the first micro-batch.
@@ -17,12 +19,33 @@ RUN = {"data.batch_size": 4, "data.num_workers": 1, "optim.warmup_steps": 2, "tr
        "train.checkpoint_every": 3}
 
 
-def launch(data: Path, run_dir: Path, steps: int, *args: str) -> subprocess.CompletedProcess:
+def launch_command(data: Path, run_dir: Path, steps: int, *args: str) -> list[str]:
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG), "--main_process_port", str(free_port()),
-               "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
-               *smoke_overrides(data, run_dir, **RUN, **{"train.total_steps": steps}), *args]
-    return subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    return [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG), "--main_process_port", str(free_port()),
+            "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
+            *smoke_overrides(data, run_dir, **RUN, **{"train.total_steps": steps}), *args]
+
+
+def launch(data: Path, run_dir: Path, steps: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_command(data, run_dir, steps, *args), cwd=REPO, env=cli_env(), capture_output=True,
+                          text=True, timeout=240)
+
+
+FP16_TEST = "test_fp16_under_ddp_keeps_both_ranks_in_step_through_overflows"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fp16_launch(request, pretrain_shards: Path, tmp_path_factory) -> Iterator[tuple[Path, Background] | None]:
+    """The fp16 test's launch starts with the module and runs while the other test's launches import (a launch
+    leaves a core idle then); the fp16 test collects it."""
+    if not selected(request, FP16_TEST):
+        yield None
+        return
+    run_dir = tmp_path_factory.mktemp("fp16_ddp") / "run"
+    command = launch_command(pretrain_shards, run_dir, 6, "train.precision=fp16", f"train.fp16_loss_scale={2.0 ** 24}")
+    background = Background(command, run_dir.parent / "launch")
+    yield run_dir, background
+    background.kill()
 
 
 def rank_summaries(run_dir: Path) -> list[dict]:
@@ -67,12 +90,12 @@ def test_two_processes_stay_in_sync_exit_cleanly_and_resume(pretrain_shards: Pat
 
 
 @pytest.mark.timeout(300)
-def test_fp16_under_ddp_keeps_both_ranks_in_step_through_overflows(pretrain_shards: Path, tmp_path: Path):
+def test_fp16_under_ddp_keeps_both_ranks_in_step_through_overflows(fp16_launch):
     """fp16 with 2 processes and gradient accumulation, from a loss scale (2^24) that overflows: the gradients are
     all-reduced before they are unscaled, so both ranks see the same overflow, skip the same steps, halve the same
     scale, and end with identical weights."""
-    run_dir = tmp_path / "run"
-    done = launch(pretrain_shards, run_dir, 6, "train.precision=fp16", f"train.fp16_loss_scale={2.0 ** 24}")
+    run_dir, background = fp16_launch
+    done = background.finish(timeout=240)
     assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-3000:]
     a, b = rank_summaries(run_dir)
     assert a["step"] == b["step"] == 6 and a["param_sha256"] == b["param_sha256"]
