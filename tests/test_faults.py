@@ -31,11 +31,13 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from background import Background, selected
 from eval_fixtures import write_dataset
 from imagegen import noise_image
 from shardgen import Sample, encode, unique_samples, write_shards
@@ -221,21 +223,50 @@ def _error_lines(stderr: str) -> list[str]:
     return [m.strip() for m in re.findall(r"error: .*?(?=error: |[\r\n]|$)", stderr)]
 
 
+PRETRAIN_TEST = "test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error"
+EVAL_TEST = "test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def corrupt_shard_launches(request, pretrain_shards_32: Path, tmp_path_factory) -> Iterator[dict[str, tuple]]:
+    """The 2-process launches of the two corrupt-shard tests below start with the module and run while its
+    in-process tests do: each spends ~10 s importing and then up to 10 s idle (`--monitor_interval 10`, see
+    below). Each test collects its own: {test name: (data, launch)}."""
+    def launcher() -> list[str]:
+        accelerate = Path(sys.executable).with_name("accelerate")
+        return [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG), "--main_process_port", str(free_port()),
+                "--monitor_interval", "10", "-m", "ssl_vit"]
+
+    launches = {}
+    if selected(request, PRETRAIN_TEST):
+        tmp = tmp_path_factory.mktemp("corrupt_pretrain")
+        data = Path(shutil.copytree(pretrain_shards_32, tmp / "data"))
+        _cut(data / "train-000001.tar", at_member_boundary=False)
+        command = [*launcher(), "pretrain", "--config", str(SMOKE),
+                   *smoke_overrides(data, tmp / "run", **{"data.batch_size": 8, "train.total_steps": 4,
+                                                         "optim.warmup_steps": 1})]
+        launches[PRETRAIN_TEST] = data, Background(command, tmp / "launch")
+    if selected(request, EVAL_TEST):
+        tmp = tmp_path_factory.mktemp("corrupt_eval")
+        data = write_dataset(tmp / "data", train_per_class=8, test_per_class=4)
+        _cut(data / "train-000001.tar", at_member_boundary=False)
+        command = [*launcher(), "eval", "knn",
+                   "--checkpoint", "random:vit_nano_patch4", "--train", str(data), "--test", str(data),
+                   "--config", str(REPO / "recipes" / "eval" / "smoke.yaml"), "--out", str(tmp / "eval")]
+        launches[EVAL_TEST] = data, Background(command, tmp / "launch")
+    yield launches
+    for _, launch in launches.values():
+        launch.kill()
+
+
 @pytest.mark.timeout(180)
-def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_shards_32: Path, tmp_path: Path):
+def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(corrupt_shard_launches):
     """Rank 1 alone reads the cut shard; rank 0 would wait for it in DDP's all-reduce (on CPU gloo then fails
     with "Connection closed by peer" once rank 1 has left; NCCL waits for its timeout). Both must stop with the
     same one-line error. `--monitor_interval 10` gives the second rank time to print it: the launcher kills the
     others as soon as one rank has exited with an error."""
-    data = Path(shutil.copytree(pretrain_shards_32, tmp_path / "data"))
-    _cut(data / "train-000001.tar", at_member_boundary=False)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG),
-               "--main_process_port", str(free_port()), "--monitor_interval", "10",
-               "-m", "ssl_vit", "pretrain", "--config", str(SMOKE),
-               *smoke_overrides(data, tmp_path / "run", **{"data.batch_size": 8, "train.total_steps": 4,
-                                                          "optim.warmup_steps": 1})]
-    done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
+    data, launch = corrupt_shard_launches[PRETRAIN_TEST]
+    done = launch.finish(timeout=150)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     errors = _error_lines(done.stderr)
@@ -245,18 +276,11 @@ def test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error(pretrain_
 
 
 @pytest.mark.timeout(180)
-def test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both(tmp_path: Path):
+def test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both(corrupt_shard_launches):
     """`ssl-vit eval` under 2 processes: rank 1 alone reads the cut train shard (3 shards, 2 readers: rank 1
     gets shard 1). Rank 0 must not wait for ever in the feature gather; both stop with the same line."""
-    data = write_dataset(tmp_path / "data", train_per_class=8, test_per_class=4)
-    _cut(data / "train-000001.tar", at_member_boundary=False)
-    accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(LAUNCH_CONFIG),
-               "--main_process_port", str(free_port()), "--monitor_interval", "10",
-               "-m", "ssl_vit", "eval", "knn", "--checkpoint", "random:vit_nano_patch4", "--train", str(data),
-               "--test", str(data), "--config", str(REPO / "recipes" / "eval" / "smoke.yaml"),
-               "--out", str(tmp_path / "eval")]
-    done = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=150)
+    data, launch = corrupt_shard_launches[EVAL_TEST]
+    done = launch.finish(timeout=150)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     errors = _error_lines(done.stderr)
