@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from background import Background, selected
 from test_faults import _error_lines as rank_error_lines
 from test_resume import start_and_wait
 from trainer_fixtures import REPO, SMOKE, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides, tree_digest
@@ -127,11 +129,21 @@ def test_two_runs_at_once_the_second_is_refused_and_a_kill9_lock_is_taken_over(s
     assert "no longer running" in resumed.stdout and not (run_dir / LOCK_NAME).exists()
 
 
-@pytest.mark.timeout(480)
-def test_a_two_process_job_on_a_locked_run_stops_both_ranks_with_the_holders_name(shards: Path, tmp_path: Path):
-    run_dir = tmp_path / "run"
+TWO_PROCESS_TEST = "test_a_two_process_job_on_a_locked_run_stops_both_ranks_with_the_holders_name"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_process_job_on_a_locked_run(request, shards: Path, tmp_path_factory) -> Iterator[tuple | None]:
+    """The 2-process job of the test below starts with the module (if that test is selected) and runs while the
+    other tests do: it spends ~10 s importing and then up to 10 s idle (`--monitor_interval 10`: the launcher
+    would kill rank 1 before it prints its line otherwise). Yields (run directory, holder, digest before, job)."""
+    if not selected(request, TWO_PROCESS_TEST):
+        yield None
+        return
+    run_dir = tmp_path_factory.mktemp("locked") / "run"
     run_dir.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    job = None
     try:
         (run_dir / LOCK_NAME).write_text(json.dumps({**process_identity(holder.pid), "command": "ssl-vit pretrain X"}))
         before = tree_digest(run_dir)
@@ -140,16 +152,25 @@ def test_a_two_process_job_on_a_locked_run_stops_both_ranks_with_the_holders_nam
                    "--main_process_port", str(free_port()), "--monitor_interval", "10", "-m", "ssl_vit", "pretrain",
                    "--config", str(SMOKE), *smoke_overrides(shards, run_dir, **{"train.total_steps": 4, "data.batch_size": 8,
                                                                        "optim.warmup_steps": 1})]
-        proc = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=400)
-        output = proc.stdout + proc.stderr
-        assert proc.returncode != 0
-        lines = rank_error_lines(proc.stderr)
-        assert len(lines) == 2 and lines[0] == lines[1], output[-3000:]  # rank 1 says what rank 0 found
-        assert f"is in use by pid {holder.pid} on {socket.gethostname()}" in lines[0] and "ssl-vit pretrain X" in lines[0]
-        assert tree_digest(run_dir) == before
+        job = Background(command, run_dir.parent / "launch")
+        yield run_dir, holder, before, job
     finally:
+        if job is not None:
+            job.kill()
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.timeout(480)
+def test_a_two_process_job_on_a_locked_run_stops_both_ranks_with_the_holders_name(two_process_job_on_a_locked_run):
+    run_dir, holder, before, job = two_process_job_on_a_locked_run
+    proc = job.finish(timeout=400)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    lines = rank_error_lines(proc.stderr)
+    assert len(lines) == 2 and lines[0] == lines[1], output[-3000:]  # rank 1 says what rank 0 found
+    assert f"is in use by pid {holder.pid} on {socket.gethostname()}" in lines[0] and "ssl-vit pretrain X" in lines[0]
+    assert tree_digest(run_dir) == before
 
 
 # ------------------------------------------------------------------------------------------------ loader workers
