@@ -8,82 +8,43 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from background import Background, selected
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["environment", "gpu_tests", "step", "memory", "loader", "end_to_end"]
 
 
-def gpu_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
+DRY_RUN_TEST = "test_cpu_dry_run_passes_every_stage_and_prints_the_report_last"
+
+
+def gpu_check_command(*args: str) -> tuple[list[str], dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], env
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_cpu_dry_run_passes_every_stage_and_prints_the_report_last(tmp_path: Path) -> None:
-    out, work = tmp_path / "out", tmp_path / "work"
-    proc = gpu_check("--cpu-dry-run", "--out", str(out), "--work", str(work), timeout=880)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((out / "gpu_report.json").read_text())
-    stages = {s["name"]: s for s in report["stages"]}
-    assert list(stages) == STAGES and report["dry_run"] is True
-    assert {n: (s["status"], s.get("error")) for n, s in stages.items()} == {n: ("passed", None) for n in STAGES}
-    assert proc.stdout.endswith((out / "gpu_report.md").read_text())  # the report is printed last
-    assert sorted(os.listdir(out)) == ["gpu_check.log", "gpu_report.json", "gpu_report.md"]  # $OUT holds ≤ 8 files
-
-    env = stages["environment"]["figures"]
-    assert env["versions"]["torch"] and env["machine"]["gpu"] is None
-    assert env["sdpa"]["self_attention_197"]["forward"] and env["sdpa"]["queries_98_of_197"]["backward"]
-    collected = stages["gpu_tests"]["figures"]["collected"]
-    assert "collect-only" in stages["gpu_tests"]["figures"]["mode"] and len(collected) >= 7
-    assert any("test_no_host_device_sync" in t for t in collected) and any("timm" in t for t in collected)
-    step = stages["step"]["figures"]
-    assert step["ratio"] == pytest.approx(step["ours_images_per_s"] / step["reference_images_per_s"])
-    assert step["full_model_flops_per_image"] > step["flops_per_image"] > 0  # ours skips the unscored outputs
-    memory = stages["memory"]["figures"]["rows"]
-    assert [r["grad_checkpointing"] for r in memory] == [False, True]
-    assert memory[1]["estimate_bytes"] < memory[0]["estimate_bytes"]  # checkpointing needs less
-    assert {r["estimate_source"] for r in memory} == {"ssl-vit estimate-memory"}
-    loader = stages["loader"]["figures"]
-    assert loader["step_rate_source"] == "measured by the step stage" and loader["rows"][0]["loader_images_per_s"] > 0
-    e2e = stages["end_to_end"]["figures"]
-    assert e2e["resumed_from_step"] == e2e["killed_after_step"] // 5 * 5 >= 5  # the last checkpoint before the kill
-    # On the CPU the replayed steps after the resume compute exactly what the killed run had computed.
-    assert e2e["replayed_steps_max_abs_loss_diff"] == 0.0
-    assert e2e["training"]["images_per_s"] > 0 and e2e["fewshot"]["images"] == 48
-    assert all(g["met"] is None for g in report["goals"])  # a dry run measures no GPU goal
-    assert_gpu_figures_render(report)
+def gpu_check(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    command, env = gpu_check_command(*args)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def assert_gpu_figures_render(report: dict) -> None:
-    """The dry run's figures with what only a GPU measures filled in (MFU, peaks, test outcomes): every section of
-    the report is drawn and every goal judged — the report of the one GPU call must not break on its own figures."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    gpu = copy.deepcopy(report)
-    gpu["dry_run"] = False
-    figures = {s["name"]: s["figures"] for s in gpu["stages"]}
-    figures["step"].update(ours_mfu=0.44, reference_mfu=0.40, ours_mfu_full_model=0.46, ratio=1.15,
-                           ours_peak_mem_bytes=17 * 2**30, reference_peak_mem_bytes=19 * 2**30)
-    for row, real in zip(figures["memory"]["rows"], (26 * 2**30, 7 * 2**30)):
-        row.update(real_peak_bytes=real, estimate_bytes=int(real / 1.05), real_over_estimate=1.05)
-    figures["loader"]["rows"][-1]["data_wait_share"] = 0.01
-    figures["gpu_tests"]["tests"] = [
-        {"name": "test_no_host_device_sync_inside_a_training_step[bf16]", "outcome": "passed", "seconds": 3.0, "message": ""},
-        {"name": "test_no_host_device_sync_inside_a_training_step[fp16]", "outcome": "passed", "seconds": 3.0, "message": ""},
-        {"name": "test_resume_reproduces_the_losses", "outcome": "failed", "seconds": 30.0, "message": "assert 1 == 2"}]
-    met = [g["met"] for g in gpu_check.goals(gpu)]
-    assert met == [True, True, True, True, True, False]
-    gpu["goals"] = gpu_check.goals(gpu)
-    text = gpu_check.markdown(gpu)
-    assert "could not be drawn" not in text and "| test_resume_reproduces_the_losses | failed | 30.0 | assert 1 == 2 |" in text
-    assert "44.0% / 46.0%" in text and "26.0 GiB" in text and "| resumed losses equal the uninterrupted ones on GPU" in text
+@pytest.fixture(scope="module", autouse=True)
+def dry_run(request, tmp_path_factory) -> Iterator[tuple[Path, Background] | None]:
+    """The CPU dry run (~90 s, its stages one after another in one process at a time: one core) starts with the
+    module and runs while the module's other tests use the other core; its test, the module's last, collects it."""
+    if not selected(request, DRY_RUN_TEST):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("gpu_check_dry_run")
+    out, work = tmp / "out", tmp / "work"
+    command, env = gpu_check_command("--cpu-dry-run", "--out", str(out), "--work", str(work))
+    background = Background(command, tmp / "gpu_check", env=env)
+    yield out, background
+    background.kill()
 
 
 def test_a_stage_past_its_budget_is_stopped_and_the_report_still_written(tmp_path: Path) -> None:
@@ -148,3 +109,66 @@ def test_documented_gpu_command_and_wheels_cover_the_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needed = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
     assert needed - ON_THE_GPU_MACHINE == fetched
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cpu_dry_run_passes_every_stage_and_prints_the_report_last(dry_run) -> None:
+    out, background = dry_run
+    proc = background.finish(timeout=880)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_report.json").read_text())
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == STAGES and report["dry_run"] is True
+    assert {n: (s["status"], s.get("error")) for n, s in stages.items()} == {n: ("passed", None) for n in STAGES}
+    assert proc.stdout.endswith((out / "gpu_report.md").read_text())  # the report is printed last
+    assert sorted(os.listdir(out)) == ["gpu_check.log", "gpu_report.json", "gpu_report.md"]  # $OUT holds ≤ 8 files
+
+    env = stages["environment"]["figures"]
+    assert env["versions"]["torch"] and env["machine"]["gpu"] is None
+    assert env["sdpa"]["self_attention_197"]["forward"] and env["sdpa"]["queries_98_of_197"]["backward"]
+    collected = stages["gpu_tests"]["figures"]["collected"]
+    assert "collect-only" in stages["gpu_tests"]["figures"]["mode"] and len(collected) >= 7
+    assert any("test_no_host_device_sync" in t for t in collected) and any("timm" in t for t in collected)
+    step = stages["step"]["figures"]
+    assert step["ratio"] == pytest.approx(step["ours_images_per_s"] / step["reference_images_per_s"])
+    assert step["full_model_flops_per_image"] > step["flops_per_image"] > 0  # ours skips the unscored outputs
+    memory = stages["memory"]["figures"]["rows"]
+    assert [r["grad_checkpointing"] for r in memory] == [False, True]
+    assert memory[1]["estimate_bytes"] < memory[0]["estimate_bytes"]  # checkpointing needs less
+    assert {r["estimate_source"] for r in memory} == {"ssl-vit estimate-memory"}
+    loader = stages["loader"]["figures"]
+    assert loader["step_rate_source"] == "measured by the step stage" and loader["rows"][0]["loader_images_per_s"] > 0
+    e2e = stages["end_to_end"]["figures"]
+    assert e2e["resumed_from_step"] == e2e["killed_after_step"] // 5 * 5 >= 5  # the last checkpoint before the kill
+    # On the CPU the replayed steps after the resume compute exactly what the killed run had computed.
+    assert e2e["replayed_steps_max_abs_loss_diff"] == 0.0
+    assert e2e["training"]["images_per_s"] > 0 and e2e["fewshot"]["images"] == 48
+    assert all(g["met"] is None for g in report["goals"])  # a dry run measures no GPU goal
+    assert_gpu_figures_render(report)
+
+
+def assert_gpu_figures_render(report: dict) -> None:
+    """The dry run's figures with what only a GPU measures filled in (MFU, peaks, test outcomes): every section of
+    the report is drawn and every goal judged — the report of the one GPU call must not break on its own figures."""
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    gpu = copy.deepcopy(report)
+    gpu["dry_run"] = False
+    figures = {s["name"]: s["figures"] for s in gpu["stages"]}
+    figures["step"].update(ours_mfu=0.44, reference_mfu=0.40, ours_mfu_full_model=0.46, ratio=1.15,
+                           ours_peak_mem_bytes=17 * 2**30, reference_peak_mem_bytes=19 * 2**30)
+    for row, real in zip(figures["memory"]["rows"], (26 * 2**30, 7 * 2**30)):
+        row.update(real_peak_bytes=real, estimate_bytes=int(real / 1.05), real_over_estimate=1.05)
+    figures["loader"]["rows"][-1]["data_wait_share"] = 0.01
+    figures["gpu_tests"]["tests"] = [
+        {"name": "test_no_host_device_sync_inside_a_training_step[bf16]", "outcome": "passed", "seconds": 3.0, "message": ""},
+        {"name": "test_no_host_device_sync_inside_a_training_step[fp16]", "outcome": "passed", "seconds": 3.0, "message": ""},
+        {"name": "test_resume_reproduces_the_losses", "outcome": "failed", "seconds": 30.0, "message": "assert 1 == 2"}]
+    met = [g["met"] for g in gpu_check.goals(gpu)]
+    assert met == [True, True, True, True, True, False]
+    gpu["goals"] = gpu_check.goals(gpu)
+    text = gpu_check.markdown(gpu)
+    assert "could not be drawn" not in text and "| test_resume_reproduces_the_losses | failed | 30.0 | assert 1 == 2 |" in text
+    assert "44.0% / 46.0%" in text and "26.0 GiB" in text and "| resumed losses equal the uninterrupted ones on GPU" in text
