@@ -10,21 +10,51 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from background import Background, selected
 
 from ssl_vit.train.metrics import peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def bench_command(script: str, *args: str) -> tuple[list[str], dict[str, str]]:
+    return [sys.executable, str(ROOT / "bench" / script), *args], {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def bench_result(proc: subprocess.CompletedProcess) -> dict:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)  # stdout holds the JSON alone; the table and progress went to stderr
+
+
+def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
+    command, env = bench_command(script, *args)
+    return bench_result(subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout))
+
+
+# Benchmarks whose test asserts nothing that depends on their timing: they start with the module and run while
+# the step and reader benchmarks do (each is one process at one thread). data.py and fast_forward.py compare
+# timings with thresholds: they run alone, after these have been collected.
+BACKGROUND = {"test_loader_vs_gpu_quick_reports_loader_and_step_rates": "loader_vs_gpu.py",
+              "test_memory_quick_counts_parameters_and_adamw_state_exactly": "memory.py"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def background_benches(request, tmp_path_factory) -> Iterator[dict[str, Background]]:
+    """{script: its run, started with the module} for the selected tests of `BACKGROUND`."""
+    runs = {}
+    for test, script in BACKGROUND.items():
+        if selected(request, test):
+            tmp = tmp_path_factory.mktemp(script.removesuffix(".py"))
+            args = {"loader_vs_gpu.py": ["--cache-dir", str(tmp / "cache"), "--no-record"], "memory.py": []}[script]
+            command, env = bench_command(script, "--quick", "--json", *args)
+            runs[script] = Background(command, tmp / "bench", env=env)
+    yield runs
+    for run in runs.values():
+        run.kill()
 
 
 @pytest.mark.timeout(120)
@@ -54,8 +84,8 @@ def test_reader_quick_reads_every_sample_and_reports_the_ratio(tmp_path: Path) -
 
 
 @pytest.mark.timeout(120)
-def test_loader_vs_gpu_quick_reports_loader_and_step_rates(tmp_path: Path) -> None:
-    out = run_bench("loader_vs_gpu.py", "--quick", "--json", "--cache-dir", str(tmp_path), "--no-record")
+def test_loader_vs_gpu_quick_reports_loader_and_step_rates(background_benches) -> None:
+    out = bench_result(background_benches["loader_vs_gpu.py"].finish(timeout=120))
     assert out["step_images_per_s"] > 0 and out["loader_images_per_s"] > 0
     assert out["ratio"] == pytest.approx(out["loader_images_per_s"] / out["step_images_per_s"])
     (r,) = out["results"]
@@ -66,13 +96,13 @@ def test_loader_vs_gpu_quick_reports_loader_and_step_rates(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(120)
-def test_memory_quick_counts_parameters_and_adamw_state_exactly() -> None:
+def test_memory_quick_counts_parameters_and_adamw_state_exactly(background_benches) -> None:
     """The fake-tensor estimate holds hand-computable parts exactly: fp32 parameters (4 bytes each) and fused
     AdamW's two moments plus one fp32 step count per tensor; checkpointing cuts the activations."""
     from ssl_vit.models import create_model
     from ssl_vit.objectives.mpp import MaskedPatchPrediction
 
-    out = run_bench("memory.py", "--quick", "--json")
+    out = bench_result(background_benches["memory.py"].finish(timeout=120))
     params = list(MaskedPatchPrediction(create_model("vit_nano_patch4")).parameters())
     param_bytes = 4 * sum(p.numel() for p in params)
     plain, checkpointed = out["results"]
