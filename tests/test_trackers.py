@@ -4,15 +4,33 @@ whose histories then hold every step once, equal to metrics.jsonl."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-from trainer_fixtures import run_pretrain, smoke_overrides
+from background import Background, selected
+from trainer_fixtures import cli_env, pretrain_command, run_pretrain, smoke_overrides
 from wandb_reader import read_run
 
 RUN = {"train.log_every": 1, "train.checkpoint_every": 2, "optim.warmup_steps": 1,
        "train.log_with": "[wandb,mlflow]", "train.project": "mpp-trackers"}
+CANNOT_START_TEST = "test_a_tracker_that_cannot_start_is_one_line_naming_its_settings"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tracker_that_cannot_start(request, pretrain_shards: Path, tmp_path_factory) -> Iterator[Background | None]:
+    """The run of the last test starts with the module and runs while the resumed-run test's two runs do (each
+    run is one process at one thread); that test collects it."""
+    if not selected(request, CANNOT_START_TEST):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("tracker_cannot_start")
+    overrides = {**RUN, "train.total_steps": 2, "train.log_with": "[mlflow]"}
+    run = Background(pretrain_command(smoke_overrides(pretrain_shards, tmp / "run", **overrides)), tmp / "pretrain",
+                     env=cli_env(MLFLOW_TRACKING_URI=f"file:{tmp / 'mlruns'}", MLFLOW_ALLOW_FILE_STORE="false"))
+    yield run
+    run.kill()
 
 
 @pytest.mark.slow
@@ -48,10 +66,8 @@ def test_a_resumed_run_continues_the_same_wandb_and_mlflow_runs(pretrain_shards:
     assert {r["_step"]: r["loss"] for r in rows} == pytest.approx(logged) and len(rows) == 6
 
 
-def test_a_tracker_that_cannot_start_is_one_line_naming_its_settings(pretrain_shards: Path, tmp_path: Path):
-    overrides = {**RUN, "train.total_steps": 2, "train.log_with": "[mlflow]"}
-    done = run_pretrain(smoke_overrides(pretrain_shards, tmp_path / "run", **overrides),
-                        MLFLOW_TRACKING_URI=f"file:{tmp_path / 'mlruns'}", MLFLOW_ALLOW_FILE_STORE="false")
+def test_a_tracker_that_cannot_start_is_one_line_naming_its_settings(tracker_that_cannot_start):
+    done = tracker_that_cannot_start.finish(timeout=120)
     assert done.returncode == 2
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "train.log_with=['mlflow']: a tracker failed to start (MlflowException" in line
