@@ -3,11 +3,36 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from background import Background, selected
 from PIL import Image
 
 from ssl_vit.cli import main
+
+OWN_SHARDS_TEST = "test_demo_runs_on_the_users_own_shards"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_on_own_shards(request, tmp_path_factory) -> Iterator[tuple[Path, Background] | None]:
+    """`ssl-vit demo` on the user's own shards, as a command started with the module: it runs on the other core
+    while the quick demo runs in this process (one thread); its test collects it. Yields (workdir, the run)."""
+    if not selected(request, OWN_SHARDS_TEST):
+        yield None
+        return
+    from eval_fixtures import write_dataset
+
+    tmp = tmp_path_factory.mktemp("own_shards")
+    data = write_dataset(tmp / "shards", train_per_class=30, test_per_class=6)
+    work = tmp / "demo"
+    command = [sys.executable, "-m", "ssl_vit", "demo", "--workdir", str(work), "--train", f"{data}:train",
+               "--test", f"{data}:validation", "--quick", "model.name=vit_nano_patch4"]
+    background = Background(command, tmp / "demo_command")
+    yield work, background
+    background.kill()
 
 
 @pytest.mark.timeout(240)
@@ -49,13 +74,10 @@ def test_demo_needs_both_train_and_test(tmp_path, capsys):
 
 
 @pytest.mark.timeout(240)
-def test_demo_runs_on_the_users_own_shards(tmp_path):
-    from eval_fixtures import write_dataset
-
-    data = write_dataset(tmp_path / "shards", train_per_class=30, test_per_class=6)
-    work = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(work), "--train", f"{data}:train", "--test", f"{data}:validation",
-                 "--quick", "model.name=vit_nano_patch4"]) == 0
+def test_demo_runs_on_the_users_own_shards(demo_on_own_shards):
+    work, background = demo_on_own_shards
+    done = background.finish(timeout=230)
+    assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((work / "summary.json").read_text())
     assert set(summary) == {"pretrained", "random_init"}
     assert not (work / "images").exists()  # no digits when the user brings shards
