@@ -107,16 +107,18 @@ def test_two_runs_at_once_the_second_is_refused_and_a_kill9_lock_is_taken_over(s
     run_dir = tmp_path / "run"
     overrides = smoke_overrides(shards, run_dir, **LONG)
     first = start_and_wait(pretrain_command(overrides), run_dir / "metrics.jsonl", 6, timeout=300)
+    # What the second run would have written first. Only these are read: the first run goes on checkpointing, and
+    # a whole-tree digest could list a `latest` temp file that is renamed before it is read.
+    written_first = ("config.yaml", "run.lock")
     try:
-        before = tree_digest(run_dir)
+        before = {name: (run_dir / name).read_bytes() for name in written_first}
         second = run_pretrain(overrides, "--resume", "auto", timeout=240)
         assert second.returncode == 2, second.stderr[-2000:]
         assert error_lines(second.stderr) == [line for line in second.stderr.splitlines() if line.startswith("error:")]
         (line,) = error_lines(second.stderr)
         assert f"{run_dir} is in use by pid {first.pid} on {socket.gethostname()}" in line and "(it holds the file's lock)" in line
-        after = tree_digest(run_dir)
-        for name in ("config.yaml", "run.lock"):  # what the second run would have written first
-            assert after[name] == before[name], name
+        for name in written_first:
+            assert (run_dir / name).read_bytes() == before[name], name
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()
