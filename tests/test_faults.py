@@ -48,7 +48,7 @@ from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolv
 from ssl_vit.errors import CheckpointError, DataError
 from ssl_vit.models import create_model
 from ssl_vit.train import checkpoint as ckpt
-from ssl_vit.train.signals import HostAgreement
+from ssl_vit.train.agreement import HostAgreement
 
 TINY_EVAL = ["image_size=32", "batch_size=8", "num_workers=0", "crop_pct=1.0", "knn.k=[1]"]
 

@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         from ssl_vit.train import checkpoint as ckpt
-        from ssl_vit.train.signals import HostAgreement
+        from ssl_vit.train.agreement import HostAgreement
         from ssl_vit.train.trainer import parameter_checksum
 
         model, optimizer, scheduler = _sharded(_objective())

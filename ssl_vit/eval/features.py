@@ -23,7 +23,7 @@ from data_tools.progress_bar import progress_bar
 
 from ssl_vit.data.normalize import normalize_uint8
 from ssl_vit.errors import ConfigError, DataError
-from ssl_vit.train.signals import raise_on_every_rank
+from ssl_vit.train.agreement import raise_on_every_rank
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

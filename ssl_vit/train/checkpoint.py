@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from ..errors import CheckpointError
 from ..files import atomic_write
 from ..safe_load import load_weights_only
-from .signals import HostAgreement
+from .agreement import HostAgreement
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

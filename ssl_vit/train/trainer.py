@@ -62,7 +62,8 @@ from .recipe_changes import describe as describe_changes
 from .recipe_changes import flatten
 from .run_dir import RESUMES_FILE, StartPlan, begin, plan_start
 from .run_lock import RunLock, describe as describe_holder
-from .signals import HostAgreement, StopRequest, raise_on_every_rank, together
+from .agreement import HostAgreement, raise_on_every_rank, together
+from .signals import StopRequest
 from .supervisor import report_exit
 
 StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
