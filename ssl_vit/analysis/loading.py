@@ -30,7 +30,8 @@ class Loaded:
 def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
     """Open `source`: a run directory (its latest checkpoint), a checkpoint directory, its `state.pt`, or a
     weights file. `model` names the registered architecture for weights that carry no config."""
-    from ..train.checkpoint import CHECKPOINTS, STATE_FILE, find_checkpoint
+    from ..train.checkpoint import CHECKPOINTS, STATE_FILE
+    from ..train.restore import locate_checkpoint
 
     path = Path(source)
     if not path.exists():
@@ -38,7 +39,7 @@ def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
             f"{path}: no such file or directory; give a run directory, a checkpoint directory "
             "(…/checkpoints/step_0001000) or exported weights (.safetensors)"
         )
-    found = find_checkpoint(path)
+    found = locate_checkpoint(path, "analyze")
     if found is not None:
         return _from_checkpoint(found, model)
     if path.is_file():
@@ -50,7 +51,8 @@ def load_for_analysis(source: str | Path, model: str | None = None) -> Loaded:
 
 
 def _from_checkpoint(path: Path, model: str | None) -> Loaded:
-    """Rebuild the objective from the checkpoint's own recipe and load it strictly (as `ssl-vit export` does)."""
+    """Rebuild the objective from the checkpoint's own recipe and load it strictly (`restore_objective`: the recipe
+    read as `ssl-vit export` and `eval` read it)."""
     from ..train.restore import restore_objective
 
     objective, cfg, state = restore_objective(path)

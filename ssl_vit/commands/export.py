@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import resolve_checkpoint
-    from ..train.restore import restore_objective
+    from ..train.restore import locate_checkpoint, restore_objective
 
     if not Path(args.source).exists():
         raise CheckpointError(f"{args.source}: no such run or checkpoint directory")
@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{output}: --format {args.format} writes a folder; pass a directory path")
     if args.push_to_hub and args.format == "safetensors":
         raise UserError("--push-to-hub uploads a folder: add --format hf or --format timm")
-    path = resolve_checkpoint(args.source, "export")
-    objective, cfg, state = restore_objective(path)
+    path = locate_checkpoint(args.source, "export") or resolve_checkpoint(args.source, "export")  # the latter: why none
+    objective, cfg, state = restore_objective(path)  # the recipe and weights as `eval` and `analyze` read them
     step = int(state["step"])
     backbone = objective.backbone
     facts = _card_facts(args, cfg, path, step, backbone)

@@ -4,7 +4,8 @@ Accepted forms:
   - `random:MODEL[:SEED]`: the registered architecture at its random initialisation (the baseline a
     pretrained backbone must beat), reproducible from the seed;
   - a trainer run directory, its `checkpoints/`, one `step_…/` directory or its `state.pt`: the objective's
-    weights (keys `backbone.*`), the architecture from the checkpoint's `config.yaml`;
+    weights (keys `backbone.*`), the architecture from the checkpoint's recipe, opened as `ssl-vit export` and
+    `analyze` open it (`ssl_vit.train.restore.open_checkpoint`: its config.yaml, else the copy inside state.pt);
   - an exported backbone (`.safetensors` with its `.json`), which records its architecture;
   - a Hugging Face ViT folder or a timm folder (config.json + weights: `ssl-vit export --format hf|timm`'s, or
     anybody's), whose config.json gives the architecture;
@@ -94,9 +95,9 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
     path = Path(checkpoint)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {checkpoint}: no such file or directory (or use random:MODEL[:SEED])")
-    state_file = _trainer_state(path)
-    if state_file is not None:
-        return _from_trainer(state_file, model)
+    found = _trainer_checkpoint(path)
+    if found is not None:
+        return _from_trainer(found, model)
     if path.is_dir() and folder_kind(path) is None:
         raise CheckpointError(
             f"--checkpoint {path} is a directory but not a trainer run or checkpoint (no checkpoints/latest or "
@@ -163,50 +164,38 @@ def _file_fingerprint(path: Path, model: str | None) -> str:
     return "sha256:" + digest.hexdigest()[:32]
 
 
-def _trainer_state(path: Path) -> Path | None:
-    """`state.pt` of the checkpoint a run dir / checkpoints dir / step dir / state file stands for."""
-    from ssl_vit.train.checkpoint import STATE_FILE, find_checkpoint
+def _trainer_checkpoint(path: Path) -> Path | None:
+    """The checkpoint directory a run dir / checkpoints dir / step dir / state file stands for (train/restore.py's
+    rules, shared with export and analyze)."""
+    from ssl_vit.train.restore import locate_checkpoint
 
-    found = find_checkpoint(path)
-    return None if found is None else found / STATE_FILE
+    return locate_checkpoint(path, "--checkpoint")
 
 
-def _from_trainer(state_file: Path, model: str | None) -> BackboneSource:
-    """The backbone of a trainer checkpoint, built as its recipe (config.yaml next to it) describes."""
-    from ssl_vit.train.checkpoint import read_state
+def _from_trainer(path: Path, model: str | None) -> BackboneSource:
+    """The backbone of a trainer checkpoint, built as its recipe describes (`open_checkpoint`: config.yaml, else the
+    copy inside state.pt); `model` names the architecture instead, and then a checkpoint without a recipe opens too."""
+    from ssl_vit.train.restore import missing_recipe, open_checkpoint
 
-    state = read_state(state_file.parent)
-    recipe = _trainer_recipe(state_file, state)
-    config = _model_config(model, str(state_file)) if model else _trainer_config(recipe, state_file)
-    step = state.get("step")
-    run = state_file.parent.parent.parent.name if state_file.parent.parent.name == "checkpoints" else state_file.parent.name
+    opened = open_checkpoint(path, need_recipe=False)
+    recipe = opened.recipe
+    if recipe is None and model is None:
+        raise CheckpointError(f"{missing_recipe(path)} (or pass --model NAME to read its backbone without one)")
+    config = _model_config(model, str(path)) if model else _trainer_config(recipe)
+    step = opened.step
+    run = path.parent.parent.name if path.parent.name == "checkpoints" else path.name
     label = f"{run}@{step}" if step is not None else run
-    return BackboneSource(label, str(state_file.parent), _file_fingerprint(state_file, model), config, state["model"],
+    state_file = path / "state.pt"
+    return BackboneSource(label, str(path), _file_fingerprint(state_file, model), config, opened.weights,
                           train_seed=None if recipe is None else recipe.train.seed,
                           crop_pct=None if recipe is None else recipe.eval.crop_pct)
 
 
-def _trainer_recipe(state_file: Path, state: Mapping):
-    """The pretraining recipe a checkpoint was written with (config.yaml next to it, else inside state.pt)."""
-    import yaml
-
-    from ssl_vit.config import config_from_mapping
-
-    recipe_file = state_file.parent / "config.yaml"
-    raw = state.get("config")
-    if recipe_file.is_file():
-        raw = yaml.safe_load(recipe_file.read_text())
-    if not isinstance(raw, Mapping):
-        return None
-    return config_from_mapping(dict(raw), str(recipe_file))
-
-
-def _trainer_config(cfg, state_file: Path) -> ViTConfig:
+def _trainer_config(cfg) -> ViTConfig:
+    """The backbone a pretraining recipe built, as evaluation builds it (no stochastic depth)."""
     from ssl_vit.config import model_overrides
 
-    if cfg is None:
-        raise CheckpointError(f"{state_file.parent}: no config.yaml to tell the architecture; pass --model NAME")
-    overrides = {k: v for k, v in model_overrides(cfg).items() if k != "drop_path_rate"}  # eval: no stochastic depth
+    overrides = {k: v for k, v in model_overrides(cfg).items() if k != "drop_path_rate"}
     return model_config(cfg.model.name, **overrides)
 
 
