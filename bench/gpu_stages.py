@@ -280,7 +280,10 @@ def estimate_peak_bytes(name: str, batch: int, img_size: int, *, checkpointing: 
     try:
         from ssl_vit.commands.estimate_memory import DEFAULT_RECIPE
         from ssl_vit.config import load_config
-        from ssl_vit.estimate import pretrain_step_memory
+        try:
+            from ssl_vit.train.estimate import pretrain_step_memory
+        except ImportError:  # a checkout from before it moved to train/ (#25)
+            from ssl_vit.estimate import pretrain_step_memory
         from ssl_vit.recipe_files import resolve_recipe
     except ImportError:
         from memory import peak_memory

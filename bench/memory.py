@@ -6,7 +6,7 @@
 
 Why: "does ViT-L/16 at batch 128 fit in 80 GB?" should be answerable before renting the GPU, and the
 answer should not depend on whose ViT it is. Both implementations go through the package's estimator,
-`ssl_vit.estimate.step_peak_memory` (fake tensors under torch's MemTracker; `ssl-vit estimate-memory` is the
+`ssl_vit.train.estimate.step_peak_memory` (fake tensors under torch's MemTracker; `ssl-vit estimate-memory` is the
 same estimate for a recipe), whose docstring says what is and is not counted.
 
 `ratio` = reference peak ÷ our peak (higher is better: ours needs less), the smallest over the settings.
@@ -24,7 +24,7 @@ import common  # noqa: E402  (bench/common.py, a sibling script module)
 from step import build_pair, enable_checkpointing  # noqa: E402  (bench/step.py: the two implementations)
 
 from data_tools.progress_bar import progress_bar  # noqa: E402
-from ssl_vit.estimate import GIB, step_peak_memory  # noqa: E402
+from ssl_vit.train.estimate import GIB, step_peak_memory  # noqa: E402
 from ssl_vit.models import create_model, list_models  # noqa: E402
 
 TITLE = "bench/memory.py — peak memory of an MPP training step, ours vs Hugging Face ViT (estimated, fake tensors)"

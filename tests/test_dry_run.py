@@ -7,7 +7,7 @@ import pytest
 
 from ssl_vit import cli
 from ssl_vit.config import load_config
-from ssl_vit.estimate import GIB, pretrain_step_memory
+from ssl_vit.train.estimate import GIB, pretrain_step_memory
 from ssl_vit.recipe_files import resolve_recipe
 
 # 48 images in 3 shards of 16; global batch 16 → 3 steps per epoch.

@@ -8,7 +8,7 @@ import torch
 
 from ssl_vit import cli
 from ssl_vit.config import load_config
-from ssl_vit.estimate import pretrain_step_memory, step_peak_memory
+from ssl_vit.train.estimate import pretrain_step_memory, step_peak_memory
 from ssl_vit.models import create_model
 from ssl_vit.objectives.mpp import MaskedPatchPrediction
 from ssl_vit.recipe_files import resolve_recipe

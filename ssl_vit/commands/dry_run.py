@@ -10,7 +10,7 @@ reading an image or allocating the model — on a login node, before queueing th
     memory   vit_base_patch16 (…): peak 9.06 GiB per device …
 
 Every number comes from the code the run itself uses (`resolve_spec`, `accumulation_steps`, `total_steps`,
-`steps_per_epoch`, the checkpoint lookup, `ssl_vit.estimate`), so the plan cannot disagree with the run; a recipe
+`steps_per_epoch`, the checkpoint lookup, `ssl_vit.train.estimate`), so the plan cannot disagree with the run; a recipe
 that would fail at launch (a batch that does not divide, missing shards) fails here with the same message.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import PretrainConfig, accumulation_steps
 from ..data import ShardSet, steps_per_epoch
-from ..estimate import describe, pretrain_step_memory
+from ..train.estimate import describe, pretrain_step_memory
 from ..recipe_files import recipe_names
 from ..train import checkpoint as ckpt
 

@@ -7,7 +7,7 @@
 The flags are shorthands for recipe keys (--model model.name, --batch data.batch_size, --img-size
 data.image_size, --precision train.precision, --grad-checkpointing train.grad_checkpointing), applied over the
 recipe, by default the paper's ViT-B/16 one (pretrain/vit_b16_mean_color: 128 × 224px, bf16). How the estimate is
-made: ssl_vit/estimate.py.
+made: ssl_vit/train/estimate.py.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import argparse
 import json
 
 from ..config import load_config
-from ..estimate import describe, pretrain_step_memory
+from ..train.estimate import describe, pretrain_step_memory
 from ..recipe_files import resolve_recipe
 
 DEFAULT_RECIPE = "pretrain/vit_b16_mean_color"

@@ -1,7 +1,8 @@
 """Peak memory of one training step at full size, estimated on any laptop: "does ViT-L/16 at 128 fit in 80 GB?"
 
-The objective is built on the meta device and materialised as fake tensors (`FakeTensorMode`: shapes, dtypes
-and devices, no storage). It runs a training step (forward under autocast, backward, fused AdamW,
+The objective is built on the meta device by `config.build_objective`, the one place a recipe becomes a model (as
+`ssl-vit pretrain` builds it), and materialised as fake tensors (`FakeTensorMode`: shapes, dtypes and devices, no
+storage). It runs a training step (forward under autocast, backward, fused AdamW,
 `zero_grad(set_to_none=True)`) that creates the optimizer state, then a second one under torch's `MemTracker`,
 which sees every tensor allocated and freed and keeps the peak by category: parameters, gradients, optimizer
 state, activations, temporaries — the steady state of training. The fake tensors live on the CPU and autocast is
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from .config import PretrainConfig
+    from ..config import PretrainConfig
 
 GIB = 2**30
 # MemTracker's categories → ours; "total" is the peak of their sum, not the sum of each one's peak.
@@ -39,7 +40,7 @@ def step_peak_memory(objective: nn.Module, batch: int, img_size: int, *, bf16: b
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from .train.optim import param_groups
+    from .optim import param_groups
 
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = objective.to_empty(device="cpu").train()  # (meta → fake) every tensor: shapes, no storage
@@ -79,15 +80,12 @@ def estimated_precision(precision: str) -> str:
 def pretrain_step_memory(cfg: PretrainConfig) -> dict:
     """The estimate for a pretraining recipe: its model, objective, per-device batch, image size, precision and
     activation checkpointing; the bytes of `step_peak_memory` plus what was estimated."""
-    from .config import model_overrides
-    from .models import create_model
-    from .objectives import build
+    from ..config import build_objective
 
-    with torch.device("meta"):
-        backbone = create_model(cfg.model.name, **model_overrides(cfg))
-        objective = build(cfg.objective.name, backbone, **cfg.objective.kwargs)
+    with torch.device("meta"):  # the recipe's objective exactly as `ssl-vit pretrain` builds it, without storage
+        objective = build_objective(cfg)
     if cfg.train.grad_checkpointing:
-        backbone.set_grad_checkpointing(True)
+        objective.backbone.set_grad_checkpointing(True)
     precision = estimated_precision(cfg.train.precision)
     parameters = sum(p.numel() for p in objective.parameters())
     peak = step_peak_memory(objective, cfg.data.batch_size, cfg.data.image_size, bf16=precision != "fp32")  # fp16: the same bytes
