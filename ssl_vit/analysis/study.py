@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 
 # target name in the study → the pretraining overrides that select it
 # (target_kwargs always set: a recipe's own, e.g. the demo's `normalize: true`, must not leak into other arms)
@@ -84,7 +84,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean of a − b over pairs and its two-sided Student-t confidence interval: (mean, low, high)."""
-    from scipy.stats import t as student_t
+    try:
+        from scipy.stats import t as student_t  # declared in the `demo` extra, which `ssl-vit study` needs
+    except ImportError as err:
+        raise UserError("the study's confidence intervals need scipy, in the optional extra that runs it: "
+                        "pip install 'ssl_vit[demo]'") from err
 
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"paired_interval needs two equal-length samples of at least 2, got {len(a)} and {len(b)}")
