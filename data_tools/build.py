@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .progress_bar import progress_bar
 
 from .errors import DataToolsError
+from .files import make_dir
 from .info import INFO_NAME, read_info, set_split, split_entry
 from .layout import clear_split, remove_stale, shard_name, skipped_path, split_files, write_skipped
 from .options import BuildOptions, describe_differences, parse_size
@@ -103,7 +104,7 @@ def build_split(
     if opts.source == "folder" and out.resolve().is_relative_to(src.resolve()):
         raise DataToolsError(f"OUT {out} is inside SRC {src}; the shards would become inputs. Choose another OUT")
     inputs = collect(src, labels=labels, follow_symlinks=follow_symlinks)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     if overwrite:
         clear_split(out, split)
 

@@ -6,10 +6,11 @@ belongs to split NAME (`train-000000.tar` is train's; `train-extra-000000.tar` i
 from __future__ import annotations
 
 import csv
-import os
+import io
 import re
 from pathlib import Path
 
+from .files import atomic_write
 from .info import INFO_NAME, remove_split
 from .progress import progress_path
 
@@ -24,13 +25,11 @@ def skipped_path(out: Path, split: str) -> Path:
 
 def write_skipped(out: Path, split: str, rows: list[tuple[str, str]]) -> None:
     """`NAME_skipped.tsv`: a `path<TAB>reason` header, then one row per skipped input, sorted by path."""
-    path = skipped_path(out, split)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["path", "reason"])
-        writer.writerows(sorted(rows))
-    os.replace(tmp, path)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table, delimiter="\t", lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows(sorted(rows))
+    atomic_write(skipped_path(out, split), table.getvalue())
 
 
 def split_files(out: Path, split: str) -> list[Path]:

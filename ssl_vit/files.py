@@ -2,8 +2,18 @@
 
 `atomic_write(path, data)` writes into a temporary file beside `path`, flushes it to disk and renames it into
 place, so a kill or a full disk never leaves half a file under the final name (config.yaml, checkpoints, the
-`latest` pointer, exported weights, the feature cache all use it). `append_line` adds one line to a log
-(`metrics.jsonl`, `eval.jsonl`), and `make_dir` creates a directory.
+`latest` pointer, exported weights and model cards, the feature cache, results, reports, figures all use it).
+`data` may be a function that writes into the binary file object it is handed: `lambda f: torch.save(obj, f)`,
+`lambda f: fig.savefig(f, format="png")`, `lambda f: image.save(f, format="PNG")`. `append_line` adds one line to
+a log (`metrics.jsonl`, `eval.jsonl`), and `make_dir` creates a directory.
+
+The rule, checked by `tests/test_writes_through_files.py`: no other module of ssl_vit opens a file for writing,
+creates a directory, renames or copies a file, or saves one (torch.save, json.dump, savefig, Image.save,
+safetensors' save_file, ...) except into the file object `atomic_write` hands its function. The few writes that
+cannot go through here (the run lock, created with O_EXCL and held open; `ssl-vit launch`'s private mkdtemp
+folder) are listed in that test with their reasons. Deleting is not writing and is not routed. data_tools, which
+imports neither torch nor ssl_vit, has its own writer under the same rule: `data_tools/files.py`, and
+`data_tools/tarwriter.py` for the shards it streams.
 
 A write that fails for a reason the user can fix — a full disk, a quota, a read-only file system, no
 permission, a directory where a file should be, a file where a directory should be — raises `StorageError`

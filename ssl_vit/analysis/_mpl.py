@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import atomic_write, make_dir
 
 DPI = 120
 
@@ -39,6 +40,5 @@ def colormap(name: str, bad: str | None = None):
 def save(fig, path: str | Path) -> Path:
     """Write `fig` as a PNG, creating the folder; returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    return path
+    make_dir(path.parent)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", facecolor="white"))

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..files import atomic_write, make_dir
+
 
 def format_value(value: Any) -> str:
     """Numbers to 4 significant digits (integers exactly), everything else as text, safe inside a table cell."""
@@ -72,7 +74,7 @@ def write_report(
     notes:   paragraphs of prose, in order.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "output directory")
     sections = [f"# {title}"]
     if summary:
         sections.append(markdown_table([{"": k, "value": v} for k, v in summary.items()], ["", "value"]))
@@ -92,5 +94,5 @@ def write_report(
         sections.append("## Notes")
         sections.extend(str(n).strip() for n in notes)
     path = out_dir / filename
-    path.write_text("\n\n".join(sections) + "\n")
+    atomic_write(path, "\n\n".join(sections) + "\n")
     return path

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ..errors import ConfigError, UserError
+from ..files import atomic_write
 
 # target name in the study → the pretraining overrides that select it
 # (target_kwargs always set: a recipe's own, e.g. the demo's `normalize: true`, must not leak into other arms)
@@ -117,7 +118,7 @@ def run_arm(arm: Arm, work: Path, *, train: str, test: str, recipe: str, eval_re
     from ..eval.results import read_pair
 
     pretrained, random_init = read_pair(eval_dir)
-    done.write_text(json.dumps({"arm": arm.__dict__, "pretrained": pretrained, "random_init": random_init}, indent=1))
+    atomic_write(done, json.dumps({"arm": arm.__dict__, "pretrained": pretrained, "random_init": random_init}, indent=1))
     return pretrained, random_init
 
 
@@ -256,7 +257,7 @@ def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], ref
     chosen = select(summary, select_on)
     record = {"summary": summary, "selected": chosen, "select_on": select_on, "reference_raw_pixels": reference,
               "arms": {a.name: {"pretrained": m[0], "random_init": m[1]} for a, m in results.items()}}
-    (work / "study.json").write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write(work / "study.json", json.dumps(record, indent=1) + "\n")
     curves = {c: {f"fewshot/{k}shot": v["pretrained"][0] for k, v in e["shots"].items()} for c, e in summary.items()}
     first = next(iter(summary.values()), None)
     if first is not None:

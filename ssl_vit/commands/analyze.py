@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..files import atomic_write
 from ..analysis import figure7, masked, plots
 from ..analysis.loading import load_for_analysis
 from ..analysis.report import write_report
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             figures["Training curves"] = plots.plot_training_curves(records, out / "training_curves.png")
             notes.append(HOW_TO_READ["curves"])
 
-    (out / "analysis.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    atomic_write(out / "analysis.json", json.dumps(numbers, indent=2) + "\n")
     summary = {**loaded.info, "images": f"{images.shape[0]} from {args.images} at {size}px",
                f"filter variance in the first {len(variance)} components": float(np.sum(variance))}
     report = write_report(out, title=f"Analysis of {loaded.source.name}", summary=summary, figures=figures,

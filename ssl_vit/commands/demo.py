@@ -26,6 +26,7 @@ from pathlib import Path
 from ..demo.report import write_demo_report
 from ..errors import ConfigError, Stopped, UserError
 from ..eval.results import read_pair
+from ..files import atomic_write, make_dir
 
 SHOTS = ("1", "5", "10", "25")
 # --quick: seconds, for the test suite; checks every artefact, proves nothing about learning.
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.train is None) != (args.test is None):
         raise ConfigError("give both --train and --test (your own shards), or neither (the digits demo)")
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work, "--workdir")
     if args.train is None:
         train, test = digit_shards(work)
     else:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     call_command(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"])
 
     summary = {"pretrained": _summary(pretrained), "random_init": _summary(random_init)}
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(work / "summary.json", json.dumps(summary, indent=2) + "\n")
     report = write_demo_report(work, pretrained=pretrained, random_init=random_init, summary=summary,
                                pretrain_dir=pretrain_dir, analysis_dir=analysis_dir, quick=args.quick)
     print(f"\nreport: {report}\nsummary: {work / 'summary.json'}")

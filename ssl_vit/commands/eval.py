@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ssl_vit.errors import ConfigError
+from ssl_vit.files import atomic_write, make_dir
 
 
 
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
         table = metrics_table(tables)
         if len(sources) > 1:
-            (out / "comparison.md").write_text(table)
+            atomic_write(out / "comparison.md", table)
         print(table, end="")
         print(f"results: {out / 'comparison.md' if len(sources) > 1 else out / 'results.json'}", file=sys.stderr)
     # On success only: a rank that failed has already left, and waiting for it would hang the others.
@@ -262,7 +263,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     table = compare_runs(args.runs)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table)
+        make_dir(Path(args.out).parent)
+        atomic_write(args.out, table)
     print(table, end="")
     return 0

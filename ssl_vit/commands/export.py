@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import CheckpointError, UserError
+from ..files import atomic_write
 
 FORMATS = ("safetensors", "hf", "timm")
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     card_path = output.with_suffix(".md") if args.format == "safetensors" else output / "README.md"
     from ..models.model_card import render_model_card
 
-    card_path.write_text(render_model_card(facts))
+    atomic_write(card_path, render_model_card(facts))
     params = sum(p.numel() for p in backbone.parameters())
     print(f"wrote {', '.join(str(p) for p in [*written, card_path])}: {cfg.model.name} ({params / 1e6:.2f}M parameters) "
           f"from {path} (step {step}); evaluation tables in the card: {len(facts.eval_tables)}")

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import make_dir
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--select-on {args.select_on}: select on a *_train_holdout metric, never on test")
     arms = study.grid(args.targets, args.rates, args.seeds)
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    make_dir(work, "--workdir")
     train, test = (args.train, args.test) if args.train is not None else digit_shards(work)
     eval_overrides = [f"fewshot.shots=[{','.join(map(str, args.shots))}]", f"fewshot.seeds={args.draws}",
                       f"fewshot.train_holdout={args.holdout}"]

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..files import atomic_write, make_dir
 
 IMAGE_SIZE = 32
 
@@ -62,8 +63,9 @@ def write_digit_folders(root: Path, test_fraction: float = 0.3, seed: int = 0, l
     for i, (img, label) in enumerate(zip(images, labels)):
         split = "test" if is_test[i] else "train"
         folder = root / split / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
-        digit_to_rgb(img).save(folder / f"{i:04d}.png", format="PNG")
+        make_dir(folder)
+        picture = digit_to_rgb(img)
+        atomic_write(folder / f"{i:04d}.png", lambda f: picture.save(f, format="PNG"))
         counts[split] += 1
-    record.write_text(json.dumps({"settings": settings, "counts": counts}, indent=1))
+    atomic_write(record, json.dumps({"settings": settings, "counts": counts}, indent=1))
     return counts

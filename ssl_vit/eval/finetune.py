@@ -16,7 +16,6 @@ resumes from the run's last checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ import torch.nn as nn
 from ssl_vit.data.split import Holdout
 from ssl_vit.config.finetune import FinetuneConfig, FinetuneData, load_finetune_config
 from ssl_vit.errors import ConfigError, UserError
+from ssl_vit.files import atomic_write
 from ssl_vit.train.layer_decay import build_finetune_optimizer
 
 from .context import EvalContext
@@ -63,10 +63,9 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
         scores[step] = evaluate_top1(objective, ctx, d, split="train", holdout=holdout)
         history = {**_logged_scores(run_dir / "eval.jsonl"), **scores}
         if ctx.is_main and step == max(history, key=lambda st: (history[st], -st)):  # ties: the earlier step
-            tmp = selected.with_name(selected.name + ".tmp")
-            torch.save({"step": step, "score": scores[step],
-                        "model": {k: v.detach().cpu() for k, v in objective.state_dict().items()}}, tmp)
-            os.replace(tmp, selected)  # atomic: a preempted save never leaves half a file
+            best = {"step": step, "score": scores[step],
+                    "model": {k: v.detach().cpu() for k, v in objective.state_dict().items()}}
+            atomic_write(selected, lambda f: torch.save(best, f))  # a preempted save never leaves half a file
         return {"finetune/holdout_top1": scores[step]}
 
     trainer = Trainer(
@@ -96,7 +95,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     if ctx.is_main:
         rows = [{"step": st, "epoch": st / per_epoch if per_epoch else None, "holdout_top1": history[st]}
                 for st in sorted(history)]
-        (run_dir / "finetune_history.json").write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write(run_dir / "finetune_history.json", json.dumps(rows, indent=1) + "\n")
     return out
 
 

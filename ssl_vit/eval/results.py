@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ssl_vit.errors import UserError
+from ssl_vit.files import atomic_write, make_dir
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -45,20 +46,20 @@ def metrics_table(columns: Sequence[tuple[str, dict[str, float]]]) -> str:
 
 def write_results(out_dir: Path, label: str, metrics: dict[str, float], meta: dict) -> Path:
     """Write results.json and results.md into `out_dir`; returns the JSON path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, "output directory")
     protocols = fewshot_protocols(metrics)
     record = {"label": label, "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
     if protocols:
         record["fewshot_protocols"] = protocols
     path = out_dir / RESULTS_JSON
-    path.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write(path, json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
     header = [f"# Evaluation: {label}", ""]
     for key in ("checkpoint", "model", "train", "test", "pool"):
         if meta.get(key) is not None:
             header.append(f"- {key}: `{meta[key]}`")
     header += ["", "Accuracies in percent; few-shot figures are mean ± std over draws (see ssl_vit/eval/*.py)."]
     header += [f"- `{pattern}`: {text}" for pattern, text in protocols.items()]
-    (out_dir / RESULTS_MD).write_text("\n".join(header) + "\n\n" + metrics_table([(label, metrics)]))
+    atomic_write(out_dir / RESULTS_MD, "\n".join(header) + "\n\n" + metrics_table([(label, metrics)]))
     return path
 
 

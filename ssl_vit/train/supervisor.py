@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..files import atomic_write
+
 ENV = "SSL_VIT_SUPERVISOR_DIR"
 RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 CLEAN_ENDS = ("finished", "preempted", "already_finished")
@@ -45,7 +47,7 @@ def announce_ready() -> None:
     """Tell a supervisor (if any) that this process now turns stop signals into a checkpoint."""
     folder = os.environ.get(ENV)
     if folder and Path(folder).is_dir():
-        (Path(folder) / f"ready-{os.getpid()}").write_text(os.environ.get("RANK", "0"))
+        atomic_write(Path(folder) / f"ready-{os.getpid()}", os.environ.get("RANK", "0"))
 
 
 def report_exit(status: str, step: int) -> None:
@@ -53,7 +55,7 @@ def report_exit(status: str, step: int) -> None:
     folder = os.environ.get(ENV)
     if folder and Path(folder).is_dir():
         record = {"status": status, "step": step, "rank": int(os.environ.get("RANK", "0"))}
-        (Path(folder) / f"exit-{os.getpid()}").write_text(json.dumps(record))
+        atomic_write(Path(folder) / f"exit-{os.getpid()}", json.dumps(record))
 
 
 # --------------------------------------------------------------------------------------- supervisor side

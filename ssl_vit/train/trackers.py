@@ -15,6 +15,8 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from ..files import atomic_write
+
 IDS_FILE = "trackers.json"
 
 
@@ -54,8 +56,5 @@ def remember_ids(accelerator: Accelerator, run_dir: Path) -> dict[str, str]:
         elif tracker.name == "mlflow":
             ids["mlflow"] = tracker.active_run.info.run_id
     if ids:
-        path = Path(run_dir) / IDS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(ids, indent=1) + "\n")
-        tmp.replace(path)
+        atomic_write(Path(run_dir) / IDS_FILE, json.dumps(ids, indent=1) + "\n")
     return ids

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import CheckpointError
+from ...files import make_dir
 from .common import (
     CONFIG_FILE,
     FOLDER_FORMATS,
@@ -41,5 +42,5 @@ def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file; --format {fmt} writes a folder: pass a directory path")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, "export folder")
     return writers[fmt](model, out, preprocessing, metadata or {})
