@@ -50,7 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from shardgen import Sample, write_shards  # noqa: E402  (tests/shardgen.py: shards without data_tools)
 
 from data_tools.progress_bar import progress_bar  # noqa: E402
-from ssl_vit.data import build_train_stream, resolve_spec  # noqa: E402
+from ssl_vit.data import TrainStreamOptions, build_train_stream, resolve_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import common  # noqa: E402  (bench/common.py)
@@ -146,7 +146,8 @@ def images_per_s(batches, count: int) -> float:
 
 
 def ours(shards: Path, workers: int, seed: int):
-    return build_train_stream(str(shards), batch_size=BATCH, image_size=IMAGE_SIZE, seed=seed, num_workers=workers)
+    options = TrainStreamOptions(batch_size=BATCH, image_size=IMAGE_SIZE, num_workers=workers, shuffle_buffer=1000)
+    return build_train_stream(str(shards), options, seed=seed)
 
 
 @contextlib.contextmanager

@@ -43,7 +43,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import common  # noqa: E402  (bench/common.py)
 
 from data_tools.progress_bar import progress_bar  # noqa: E402
-from ssl_vit.data import ShardSet, build_train_stream, resolve_spec  # noqa: E402
+from ssl_vit.data import ShardSet, TrainStreamOptions, build_train_stream, resolve_spec  # noqa: E402
 from ssl_vit.models import list_models  # noqa: E402
 
 TITLE = "bench/loader_vs_gpu.py — train stream vs step rate"
@@ -150,8 +150,9 @@ def drain(shards: ShardSet, workers: int, args: argparse.Namespace, device: torc
     batches per worker: otherwise the timed window would end before every worker had delivered once.
     """
     warmup, timed = max(args.warmup_batches, workers), max(args.batches, 3 * workers)
-    stream = build_train_stream(shards, batch_size=args.batch, image_size=args.image_size,
-                                seed=seed, num_workers=workers, pin_memory=device.type == "cuda")
+    options = TrainStreamOptions(batch_size=args.batch, image_size=args.image_size, num_workers=workers,
+                                 shuffle_buffer=1000, pin_memory=device.type == "cuda")
+    stream = build_train_stream(shards, options, seed=seed)
     sync = common.synchronizer(device)
     waited = 0.0
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_train_stream
+from ssl_vit.data import TrainStreamOptions, build_train_stream
 from ssl_vit.data.stages import BadSampleTally
 from ssl_vit.errors import DataError
 
@@ -53,8 +53,8 @@ def test_the_train_stream_reads_an_epoch_with_3_bad_of_1300_first_and_stops_a_mo
     for i in range(3):  # the worst case: the bad ones come first
         samples[i] = Sample(f"s{i:05d}", b"\xff\xd8\xff damaged", i)
     write_shards(tmp_path / "ok", samples, shard_size=1300)
-    stream = build_train_stream(str(tmp_path / "ok"), batch_size=100, image_size=8, seed=0, num_workers=0,
-                                shuffle_buffer=0, max_bad_fraction=0.01)
+    options = TrainStreamOptions(batch_size=100, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.01)
+    stream = build_train_stream(str(tmp_path / "ok"), options, seed=0)
     try:
         batches = list(itertools.islice(iter(stream), 14))  # 1,400 good samples: the epoch, and 3 bad again
     finally:
@@ -63,8 +63,8 @@ def test_the_train_stream_reads_an_epoch_with_3_bad_of_1300_first_and_stops_a_mo
 
     mostly_bad = [Sample(f"s{i:05d}", b"junk", i) if i % 10 else s for i, s in enumerate(unique_samples(200))]
     write_shards(tmp_path / "bad", mostly_bad, shard_size=200)
-    stream = build_train_stream(str(tmp_path / "bad"), batch_size=4, image_size=8, seed=0, num_workers=0,
-                                shuffle_buffer=0, max_bad_fraction=0.01)
+    options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.01)
+    stream = build_train_stream(str(tmp_path / "bad"), options, seed=0)
     with pytest.raises(DataError, match=r"train-000000\.tar") as info:
         list(itertools.islice(iter(stream), 50))
     stream.close()

@@ -20,7 +20,7 @@ from shardgen import Sample, unique_samples, write_shards
 from data_tools.build import build_split
 from data_tools.cli import main as shards_main
 from data_tools.decoding import DEFAULT_MAX_PIXELS, UndecodableImage
-from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop
+from ssl_vit.data import CropBox, TrainStreamOptions, build_eval_stream, build_train_stream, decode_crop
 from ssl_vit.errors import ConfigError, DataError
 
 WHOLE = lambda w, h: CropBox(0, 0, w, h)  # noqa: E731
@@ -98,8 +98,8 @@ def test_streams_skip_or_name_a_bomb_and_refuse_a_bad_cap(tmp_path: Path) -> Non
     samples = unique_samples(12)
     samples[3] = Sample("s00003", BOMB, 3, "png")
     write_shards(tmp_path, samples, shard_size=12)
-    stream = build_train_stream(str(tmp_path), batch_size=11, image_size=8, seed=0, num_workers=0,
-                                shuffle_buffer=0, max_bad_fraction=0.5)
+    stream = build_train_stream(str(tmp_path), TrainStreamOptions(batch_size=11, image_size=8, num_workers=0,
+                                                                  shuffle_buffer=0, max_bad_fraction=0.5), seed=0)
     try:
         batch = next(iter(stream))
     finally:
@@ -150,8 +150,9 @@ def test_a_huge_tar_member_is_read_past_never_into_memory(tmp_path: Path) -> Non
     cap = 1_000  # 4,000 + 16 MiB = 16,781,216 bytes at most per file
     tracemalloc.start()
     try:
-        stream = build_train_stream([str(path)], batch_size=2, image_size=8, seed=0, num_workers=0,
-                                    shuffle_buffer=0, max_pixels=cap)
+        options = TrainStreamOptions(batch_size=2, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.05,
+                                     max_pixels=cap)
+        stream = build_train_stream([str(path)], options, seed=0)
         try:
             batch = next(iter(stream))
         finally:

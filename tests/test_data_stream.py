@@ -19,12 +19,16 @@ from PIL import Image
 
 from shardgen import PALETTE, Sample, encode, solid_samples, unique_samples, write_shards
 
-from ssl_vit.data import ShardSet, Stream, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import ShardSet, Stream, TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.data.split import reader_parts
 from ssl_vit.data.tarstream import TarError, iter_members
 from ssl_vit.errors import ConfigError, DataError
 
 SMALL = {"batch_size": 8, "image_size": 16, "shuffle_buffer": 20}
+
+
+def small(**options) -> TrainStreamOptions:
+    return TrainStreamOptions(**{**SMALL, **options})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def colour_class(images: torch.Tensor) -> list[int]:
 
 
 def test_train_batches_shapes_dtypes_and_labels(solid_dir: Path) -> None:
-    for batch in take(build_train_stream(str(solid_dir), seed=0, num_workers=0, **SMALL), 6):
+    for batch in take(build_train_stream(str(solid_dir), small(num_workers=0), seed=0), 6):
         assert batch["image"].shape == (8, 3, 16, 16) and batch["image"].dtype == torch.uint8
         assert batch["label"].shape == (8,) and batch["label"].dtype == torch.int64
         assert batch["skipped"].shape == () and batch["skipped"].dtype == torch.int64 and batch["skipped"] == 0
@@ -66,7 +70,7 @@ def test_train_batches_shapes_dtypes_and_labels(solid_dir: Path) -> None:
 def test_train_stream_is_reproducible_and_segment_changes_it(solid_dir: Path, workers: int) -> None:
     def batches(**kw: int) -> list[dict]:
         args = {"seed": 3, "segment": 0, **kw}
-        return take(build_train_stream(str(solid_dir), num_workers=workers, **SMALL, **args), 4)
+        return take(build_train_stream(str(solid_dir), small(num_workers=workers), **args), 4)
 
     def same(a: list[dict], b: list[dict]) -> bool:
         return all(torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))
@@ -81,10 +85,12 @@ def test_flip_mirrors_about_half_and_only_when_asked(tmp_path: Path) -> None:
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     img.paste((0, 0, 255), (20, 0, 40, 20))  # red left, blue right
     write_shards(tmp_path, [Sample(f"k{i:03d}", encode(img, "png"), 0, "png") for i in range(16)], shard_size=16)
-    whole = {"scale": (1.0, 1.0), "ratio": (2.0, 2.0), "batch_size": 64, "image_size": 8, "num_workers": 0}
+    whole = {"crop_scale": (1.0, 1.0), "crop_ratio": (2.0, 2.0), "batch_size": 64, "image_size": 8, "num_workers": 0,
+             "shuffle_buffer": 1000}
 
     def flipped(hflip: bool) -> int:
-        images = take(build_train_stream(str(tmp_path), seed=0, hflip=hflip, **whole), 1)[0]["image"]
+        stream = build_train_stream(str(tmp_path), TrainStreamOptions(hflip=hflip, **whole), seed=0)
+        images = take(stream, 1)[0]["image"]
         return int((images[:, 2, 4, 0] > images[:, 0, 4, 0]).sum())  # blue on the left edge
 
     assert flipped(False) == 0
@@ -93,8 +99,8 @@ def test_flip_mirrors_about_half_and_only_when_asked(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_zero_workers_reads_as_one_worker(solid_dir: Path) -> None:
-    a = take(build_train_stream(str(solid_dir), seed=1, num_workers=0, **SMALL), 3)
-    b = take(build_train_stream(str(solid_dir), seed=1, num_workers=1, **SMALL), 3)
+    a = take(build_train_stream(str(solid_dir), small(num_workers=0), seed=1), 3)
+    b = take(build_train_stream(str(solid_dir), small(num_workers=1), seed=1), 3)
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
 
 
@@ -102,9 +108,8 @@ def test_zero_workers_reads_as_one_worker(solid_dir: Path) -> None:
 def test_two_ranks_two_workers_three_shards_are_endless_and_disjoint(unique_dir: Path) -> None:
     seen = {}
     for rank in (0, 1):
-        stream = build_train_stream(
-            str(unique_dir), seed=0, rank=rank, world_size=2, num_workers=2, batch_size=4, image_size=8, shuffle_buffer=20
-        )
+        options = TrainStreamOptions(num_workers=2, batch_size=4, image_size=8, shuffle_buffer=20)
+        stream = build_train_stream(str(unique_dir), options, seed=0, rank=rank, world_size=2)
         batches = take(stream, 30)  # 120 samples from a rank share of ~22: several epochs, nobody runs dry
         assert len(batches) == 30
         seen[rank] = {label for b in batches for label in b["label"].tolist()}
@@ -165,9 +170,8 @@ def _shard_with(tmp_path: Path, bad: dict[int, Sample], n: int) -> Path:
 def test_bad_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     bad = {10: Sample("s00010", b"\xff\xd8\xff garbage", 10), 25: Sample("s00025", b"no image here", 25, ext="txt")}
     shards = _shard_with(tmp_path, bad, 40)  # 2 of 40 bad; at most 2 of 26 (7.7%) seen at any time
-    stream = build_train_stream(
-        str(shards), batch_size=38, image_size=8, seed=0, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.1
-    )
+    options = TrainStreamOptions(batch_size=38, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.1)
+    stream = build_train_stream(str(shards), options, seed=0)
     batches = take(stream, 3)
     assert [int(b["skipped"]) for b in batches] == [2, 2, 2]
     assert sorted(batches[0]["label"].tolist()) == [i for i in range(40) if i not in bad]
@@ -177,8 +181,10 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_too_many_bad_samples_stop_with_the_shard_named(tmp_path: Path, workers: int) -> None:
     shards = _shard_with(tmp_path, {i: Sample(f"s{i:05d}", b"junk", i) for i in range(0, 30, 3)}, 30)
-    stream = build_train_stream(str(shards), batch_size=4, image_size=8, seed=0, num_workers=workers, shuffle_buffer=0)
-    # a third bad at the default 5%: the evidence suffices after ~50 samples (tests/test_bad_fraction.py)
+    options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=workers, shuffle_buffer=0,
+                                 max_bad_fraction=0.05)
+    stream = build_train_stream(str(shards), options, seed=0)
+    # a third bad at 5%: the evidence suffices after ~50 samples (tests/test_bad_fraction.py)
     expected = r"\d+ of \d+ samples .* failed to decode.*train-000000\.tar: \d+ of \d+ bad"
     with pytest.raises(DataError, match=expected) as info:
         take(stream, 100)
@@ -186,9 +192,10 @@ def test_too_many_bad_samples_stop_with_the_shard_named(tmp_path: Path, workers:
     stream.close()
 
 
-def test_all_bad_samples_stop_even_when_any_fraction_is_allowed(tmp_path: Path) -> None:
+def test_all_bad_samples_stop_even_when_almost_any_fraction_is_allowed(tmp_path: Path) -> None:
     shards = _shard_with(tmp_path, {i: Sample(f"s{i:05d}", b"junk", i) for i in range(6)}, 6)
-    stream = build_train_stream(str(shards), batch_size=4, image_size=8, seed=0, num_workers=0, max_bad_fraction=1.0)
+    options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=0, shuffle_buffer=1000, max_bad_fraction=0.99)
+    stream = build_train_stream(str(shards), options, seed=0)
     with pytest.raises(DataError, match=r"20 of 20 samples"):
         take(stream, 1)
 
@@ -206,7 +213,7 @@ def test_truncated_shards_are_named(tmp_path: Path) -> None:
     shard = tmp_path / "a-000000.tar"
     shutil.copy(tmp_path / "b-000000.tar", shard)  # a valid tar that ends early: only the count can tell
     with pytest.raises(DataError, match=r"a-000000\.tar holds 5 samples but _info.json says 10"):
-        take(build_train_stream(f"{tmp_path}:a", seed=0, num_workers=2, **SMALL), 3)
+        take(build_train_stream(f"{tmp_path}:a", small(num_workers=2), seed=0), 3)
     shard.write_bytes((tmp_path / "b-000000.tar").read_bytes()[:3000])  # cut inside a member
     with pytest.raises(DataError, match=r"shard .*a-000000\.tar is unreadable after \d samples"):
         list(build_eval_stream(f"{tmp_path}:a", batch_size=4, image_size=8, num_workers=2))
@@ -216,7 +223,7 @@ def test_truncated_shards_are_named(tmp_path: Path) -> None:
 def test_missing_shard_is_named_without_hanging(unique_dir: Path, tmp_path: Path) -> None:
     urls = (str(unique_dir / "train-000000.tar"), str(tmp_path / "gone-000001.tar"))
     with pytest.raises(DataError, match=r"cannot open shard .*gone-000001\.tar"):
-        take(build_train_stream(ShardSet(urls), seed=0, num_workers=2, **SMALL), 10)
+        take(build_train_stream(ShardSet(urls), small(num_workers=2), seed=0), 10)
     with pytest.raises(DataError, match=r"shard pipe:cat .*gone\.tar is unreadable"):
         list(build_eval_stream(f"pipe:cat {tmp_path}/gone.tar", batch_size=4, image_size=8, num_workers=0))
 
@@ -225,7 +232,7 @@ def test_too_few_samples_for_the_readers(unique_dir: Path) -> None:
     one = ShardSet((str(resolve_spec(str(unique_dir)).urls[0]),), shard_lengths=None)
     # 15 samples over 16 readers: reader 15 (rank 15) holds nothing.
     with pytest.raises(DataError, match="rank 15 worker 0 found no samples"):
-        take(build_train_stream(one, seed=0, rank=15, world_size=16, num_workers=0, **SMALL), 1)
+        take(build_train_stream(one, small(num_workers=0), seed=0, rank=15, world_size=16), 1)
 
 
 @pytest.mark.timeout(60)
@@ -233,7 +240,7 @@ def test_close_stops_workers_is_idempotent_and_global_rng_is_untouched(solid_dir
     torch.manual_seed(123)
     state = torch.get_rng_state()
     before = len(multiprocessing.active_children())
-    stream = build_train_stream(str(solid_dir), seed=0, num_workers=2, **SMALL)
+    stream = build_train_stream(str(solid_dir), small(num_workers=2), seed=0)
     iterator: Iterator[dict] = iter(stream)
     next(iterator)
     assert len(multiprocessing.active_children()) == before + 2
@@ -245,9 +252,11 @@ def test_close_stops_workers_is_idempotent_and_global_rng_is_untouched(solid_dir
 
 def test_invalid_arguments_are_config_errors(solid_dir: Path) -> None:
     with pytest.raises(ConfigError, match="rank 2 of 2"):
-        build_train_stream(str(solid_dir), seed=0, rank=2, world_size=2, **SMALL)
-    with pytest.raises(ConfigError, match="scale"):
-        build_train_stream(str(solid_dir), seed=0, scale=(0.5, 0.2), **SMALL)
+        build_train_stream(str(solid_dir), small(), seed=0, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="data.crop_scale"):
+        build_train_stream(str(solid_dir), small(crop_scale=(0.5, 0.2)), seed=0)
+    with pytest.raises(ConfigError, match="seed and segment must be >= 0"):
+        build_train_stream(str(solid_dir), small(), seed=-1)
 
 
 def test_reader_parts_partition_every_sample() -> None:
@@ -304,9 +313,9 @@ def test_a_fast_forwarded_stream_continues_exactly_where_the_consumed_batches_en
     samples[7] = Sample("s00007", samples[7].data[: len(samples[7].data) // 2], 7, "jpg", samples[7].size)
     samples[12] = Sample("s00012", b"not an image", 12, "jpg", (0, 0))
     write_shards(tmp_path, samples, shard_size=10)
-    options = {"seed": 5, "segment": 3, "num_workers": workers, "batch_size": 3, "image_size": 8, "shuffle_buffer": 6,
-               "max_bad_fraction": 0.5}
-    whole = take(build_train_stream(str(tmp_path), **options), 16)
+    options = TrainStreamOptions(num_workers=workers, batch_size=3, image_size=8, shuffle_buffer=6,
+                                 max_bad_fraction=0.5)
+    whole = take(build_train_stream(str(tmp_path), options, seed=5, segment=3), 16)
     assert all(b["worker"] == i % max(workers, 1) for i, b in enumerate(whole))
     assert sum(int(b["skipped"]) for b in whole) >= 2  # both bad samples were met (more than an epoch is read)
     for consumed in (5, 6):  # the next batch is worker 1's, then worker 0's (with 2 workers)
@@ -314,7 +323,8 @@ def test_a_fast_forwarded_stream_continues_exactly_where_the_consumed_batches_en
         for b in whole[:consumed]:
             positions[int(b["worker"])] = int(b["position"])
         first = (int(whole[consumed - 1]["worker"]) + 1) % max(workers, 1)
-        resumed = take(build_train_stream(str(tmp_path), skip=positions, first_worker=first, **options), 16 - consumed)
+        resumed = build_train_stream(str(tmp_path), options, seed=5, segment=3, skip=positions, first_worker=first)
+        resumed = take(resumed, 16 - consumed)
         for a, b in zip(whole[consumed:], resumed, strict=True):
             assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
             assert (a["worker"], a["position"]) == (b["worker"], b["position"])
@@ -324,4 +334,4 @@ def test_positions_for_another_number_of_workers_are_refused(solid_dir: Path) ->
     from ssl_vit.data.stream import StreamLayoutChanged
 
     with pytest.raises(StreamLayoutChanged, match="for 2 loader worker.* this stream has 1"):
-        build_train_stream(str(solid_dir), seed=0, num_workers=0, skip=[4, 4], **SMALL)
+        build_train_stream(str(solid_dir), small(num_workers=0), seed=0, skip=[4, 4])

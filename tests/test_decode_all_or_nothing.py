@@ -20,7 +20,7 @@ from data_tools.build import build_split
 from data_tools.cli import main as shards_main
 from data_tools.decoding import UndecodableImage
 from data_tools.images import BadImage, prepare_image
-from ssl_vit.data import CropBox, build_eval_stream, build_train_stream, decode_crop
+from ssl_vit.data import CropBox, TrainStreamOptions, build_eval_stream, build_train_stream, decode_crop
 from ssl_vit.errors import DataError
 
 DAMAGED = {
@@ -100,8 +100,8 @@ def test_both_streams_refuse_the_damage(tmp_path: Path, kind: str) -> None:
     ext = "png" if kind.startswith("png") else "jpg"
     samples[7] = Sample("s00007", DAMAGED[kind], 7, ext)
     write_shards(tmp_path, samples, shard_size=12)
-    stream = build_train_stream(str(tmp_path), batch_size=23, image_size=8, seed=0, num_workers=0,
-                                shuffle_buffer=0, max_bad_fraction=0.5)
+    stream = build_train_stream(str(tmp_path), TrainStreamOptions(batch_size=23, image_size=8, num_workers=0,
+                                                                  shuffle_buffer=0, max_bad_fraction=0.5), seed=0)
     try:
         batch = next(iter(stream))
     finally:

@@ -44,7 +44,7 @@ from shardgen import Sample, encode, unique_samples, write_shards
 from trainer_fixtures import LAUNCH_CONFIG, REPO, SMOKE, cli_env, free_port, smoke_overrides
 
 from data_tools.cli import main as shards_main
-from ssl_vit.data import ShardSet, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import ShardSet, TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.errors import CheckpointError, DataError
 from ssl_vit.models import create_model
 from ssl_vit.train import checkpoint as ckpt
@@ -91,8 +91,8 @@ def test_a_bad_image_is_skipped_and_counted_in_training_and_named_in_evaluation(
     samples = unique_samples(24)
     samples[7] = Sample("s00007", BAD_IMAGES[kind], 7)  # stored as .jpg like the others
     write_shards(tmp_path, samples, shard_size=12)  # the bad one is in train-000000.tar
-    stream = build_train_stream(str(tmp_path), batch_size=23, image_size=8, seed=0, num_workers=0, shuffle_buffer=0,
-                                max_bad_fraction=0.1)
+    options = TrainStreamOptions(batch_size=23, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.1)
+    stream = build_train_stream(str(tmp_path), options, seed=0)
     batches = take(stream, 3)  # three epochs: the bad sample is met, skipped and reported once in each
     assert [int(b["skipped"]) for b in batches] == [1, 1, 1]
     assert sorted(batches[0]["label"].tolist()) == [i for i in range(24) if i != 7]
@@ -118,7 +118,8 @@ def test_a_cut_shard_stops_both_streams_naming_it(tmp_path: Path, at_member_boun
     spec = str(tmp_path) if with_index else f"{tmp_path}/train-{{000000..000002}}.tar"
     named = r"shard .*train-000001\.tar (is unreadable|holds \d+ samples but _info.json says 10)"
     with pytest.raises(DataError, match=named):
-        take(build_train_stream(spec, batch_size=4, image_size=8, seed=0, num_workers=2, shuffle_buffer=0), 30)
+        take(build_train_stream(spec, TrainStreamOptions(batch_size=4, image_size=8, num_workers=2, shuffle_buffer=0),
+                                seed=0), 30)
     with pytest.raises(DataError, match=named):
         list(build_eval_stream(spec, batch_size=4, image_size=8, num_workers=2))
 
@@ -137,8 +138,8 @@ def test_empty_shards(tmp_path: Path):
     keys = [k for b in build_eval_stream([good, str(tmp_path / "none.tar")], batch_size=4, image_size=8,
                                          num_workers=0) for k in b["key"]]
     assert sorted(keys) == [f"s{i:05d}" for i in range(10)]
-    stream = build_train_stream([str(tmp_path / "none.tar"), good], batch_size=5, image_size=8, seed=0, num_workers=0,
-                                shuffle_buffer=0)
+    stream = build_train_stream([str(tmp_path / "none.tar"), good],
+                                TrainStreamOptions(batch_size=5, image_size=8, num_workers=0, shuffle_buffer=0), seed=0)
     labels = [x for b in take(stream, 4) for x in b["label"].tolist()]
     assert sorted(labels) == sorted(list(range(10)) * 2)
     # ... but not where _info.json promises samples, and a reader left with nothing stops with the shard named.
@@ -147,17 +148,18 @@ def test_empty_shards(tmp_path: Path):
     (tmp_path / "_info.json").write_text(json.dumps(info))
     with pytest.raises(DataError, match=r"shard .*none\.tar holds 0 samples but _info.json says 10"):
         list(build_eval_stream(str(tmp_path), batch_size=4, image_size=8, num_workers=0))
+    four = TrainStreamOptions(batch_size=4, image_size=8, num_workers=0, shuffle_buffer=1000)
     with pytest.raises(DataError, match=r"shard .*none\.tar holds 0 samples but _info.json says 10"):
-        take(build_train_stream(str(tmp_path), batch_size=4, image_size=8, seed=0, num_workers=0), 1)
+        take(build_train_stream(str(tmp_path), four, seed=0), 1)
     with pytest.raises(DataError, match=r"found no samples in its part of .*none\.tar"):
-        take(build_train_stream([str(tmp_path / "none.tar")], batch_size=4, image_size=8, seed=0, num_workers=0), 1)
+        take(build_train_stream([str(tmp_path / "none.tar")], four, seed=0), 1)
     # A 0-byte file is no tar at all (an interrupted copy or download): an error naming it, in both streams.
     (tmp_path / "zero.tar").write_bytes(b"")
     urls = [good, str(tmp_path / "zero.tar")]
     with pytest.raises(DataError, match=r"shard .*zero\.tar is unreadable after 0 samples .*empty"):
         list(build_eval_stream(urls, batch_size=4, image_size=8, num_workers=0))
     with pytest.raises(DataError, match=r"shard .*zero\.tar is unreadable after 0 samples .*empty"):
-        take(build_train_stream(urls, batch_size=4, image_size=8, seed=0, num_workers=0), 3)
+        take(build_train_stream(urls, four, seed=0), 3)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -178,7 +180,8 @@ def test_a_url_that_does_not_exist_is_named_quickly(tmp_path: Path):
         with pytest.raises(DataError, match=r"cannot open shard http://.*/no-such-shard\.tar: HTTP 404"):
             list(build_eval_stream(urls, batch_size=4, image_size=8, num_workers=0))
         with pytest.raises(DataError, match=r"cannot open shard http://.*/no-such-shard\.tar: HTTP 404"):
-            take(build_train_stream(urls, batch_size=4, image_size=8, seed=0, num_workers=2, shuffle_buffer=0), 10)
+            options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=2, shuffle_buffer=0)
+            take(build_train_stream(urls, options, seed=0), 10)
         assert time.monotonic() - start < 30
     finally:
         server.shutdown()
@@ -431,8 +434,8 @@ def test_member_names_that_are_paths_are_never_extracted(tmp_path: Path, monkeyp
     before = files_under(tmp_path)
     keys = [k for b in build_eval_stream(str(shards), batch_size=4, image_size=8, num_workers=0) for k in b["key"]]
     assert keys == ["../../evil", f"{outside}/x"]
-    batch = take(build_train_stream(str(shards), batch_size=2, image_size=8, seed=0, num_workers=0,
-                                    shuffle_buffer=0), 1)[0]
+    batch = take(build_train_stream(str(shards), TrainStreamOptions(batch_size=2, image_size=8, num_workers=0,
+                                                                    shuffle_buffer=0), seed=0), 1)[0]
     assert sorted(batch["label"].tolist()) == [0, 1] and int(batch["skipped"]) == 0
     assert shards_main(["verify", str(shards), "--no-progress"]) == 1  # not what `build` writes: reported ...
     assert capsys.readouterr().out.splitlines()[-1] == "verified split(s) train: 1 shards, 2 samples: 2 problems"

@@ -106,7 +106,7 @@ def test_selection_uses_a_training_holdout_never_test_labels(tmp_path):
 
 def test_holdout_splits_a_split_by_key_in_every_stream(tmp_path):
     from ssl_vit.data.split import Holdout
-    from ssl_vit.data.stream import build_eval_stream, build_train_stream
+    from ssl_vit.data.stream import TrainStreamOptions, build_eval_stream, build_train_stream
 
     data = write_dataset(tmp_path / "shards", train_per_class=12, test_per_class=2)
     kept = {}
@@ -117,7 +117,7 @@ def test_holdout_splits_a_split_by_key_in_every_stream(tmp_path):
     assert not set(kept[True]) & set(kept[False]) and len(kept[True]) + len(kept[False]) == 36
     assert 3 <= len(kept[True]) <= 18  # a quarter of 36, give or take the hash
     assert all(Holdout(0.25, True).keeps(k) for k in kept[True]) and not any(Holdout(0.25, True).keeps(k) for k in kept[False])
-    with build_train_stream(f"{data}:train", batch_size=36, image_size=32, seed=0, num_workers=0, shuffle_buffer=0,
-                            holdout=Holdout(0.25, held=False)) as stream:
+    options = TrainStreamOptions(batch_size=36, image_size=32, num_workers=0, shuffle_buffer=0)
+    with build_train_stream(f"{data}:train", options, seed=0, holdout=Holdout(0.25, held=False)) as stream:
         first = next(iter(stream))
     assert first["label"].shape == (36,)  # a full batch, drawn from the training part only (it cycles)

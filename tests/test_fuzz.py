@@ -26,7 +26,7 @@ from imagegen import noise_image
 from shardgen import encode
 
 from data_tools.cli import main as shards_main
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.data.shards import read_shard
 from ssl_vit.data.tarstream import TarError, iter_members
 from ssl_vit.errors import DataError
@@ -140,8 +140,9 @@ def test_mutated_shards_give_samples_or_a_data_error(scratch: Path, mutation: Mu
     _expect_data_or_data_error(lambda: list(build_eval_stream(url, batch_size=2, image_size=8, num_workers=0)))
 
     def train() -> None:
-        stream = build_train_stream(url, batch_size=2, image_size=8, seed=0, num_workers=0, shuffle_buffer=0,
-                                    min_samples_for_bad_fraction=6)
+        options = TrainStreamOptions(batch_size=2, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.05,
+                                     min_samples_for_bad_fraction=6)
+        stream = build_train_stream(url, options, seed=0)
         try:
             assert len(list(itertools.islice(iter(stream), 4))) == 4  # endless while any sample decodes
         finally:

@@ -13,7 +13,7 @@ import torch
 
 from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.errors import DataError
 from ssl_vit.eval.features import extract_features
 from ssl_vit.models import create_model
@@ -28,7 +28,8 @@ def _edit_info(out: Path, **changes: object) -> None:
 
 
 def _both_streams_raise(out: Path, pattern: str, *, workers: int = 0) -> None:
-    train = build_train_stream(str(out), batch_size=4, image_size=8, seed=0, num_workers=workers, shuffle_buffer=0)
+    options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=workers, shuffle_buffer=0)
+    train = build_train_stream(str(out), options, seed=0)
     with pytest.raises(DataError, match=pattern):
         try:
             list(itertools.islice(iter(train), 30))
@@ -48,7 +49,7 @@ def test_a_shard_listed_twice_is_refused_before_reading(tmp_path: Path) -> None:
     alias = tmp_path / "alias.tar"
     os.symlink(paths[0], alias)
     with pytest.raises(DataError, match=r"names shard .*alias\.tar twice \(as .*train-000000\.tar\)"):
-        build_train_stream([str(paths[0]), str(alias)], batch_size=2, image_size=8, seed=0)
+        build_train_stream([str(paths[0]), str(alias)], TrainStreamOptions(batch_size=2, image_size=8), seed=0)
 
 
 def test_a_shard_with_more_samples_than_promised_names_the_first_extra_key(tmp_path: Path) -> None:

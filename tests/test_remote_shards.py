@@ -15,7 +15,7 @@ import pytest
 
 from shardgen import Sample, unique_samples, write_shards
 
-from ssl_vit.data import build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.data import remote
 from ssl_vit.errors import DataError
 
@@ -99,7 +99,8 @@ def test_dropped_connections_are_retried_and_every_sample_arrives_once(shards: P
         assert _eval_keys(remote_spec) == local  # each shard cut twice mid-body, resumed, read exactly once
         assert all(n == 3 for name, n in server.requests.items() if name.endswith(".tar"))
         assert sum(n for name, n in server.range_requests.items() if name.endswith(".tar")) == (6 if ranges else 0)
-        stream = build_train_stream(remote_spec, batch_size=8, image_size=8, seed=0, num_workers=0, shuffle_buffer=0)
+        options = TrainStreamOptions(batch_size=8, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.05)
+        stream = build_train_stream(remote_spec, options, seed=0)
         try:
             batches = list(itertools.islice(iter(stream), 3))
         finally:
@@ -123,8 +124,9 @@ def test_a_dead_server_stops_after_bounded_retries_or_its_shard_is_skipped_and_c
                                             r"\(RemoteReadError: .*4 attempts failed"):
             list(build_eval_stream(urls, batch_size=4, image_size=8, num_workers=0))
         assert time.monotonic() - start < 10 and server.requests["train-000001.tar"] == 4
-        stream = build_train_stream(urls, batch_size=4, image_size=8, seed=0, num_workers=0, shuffle_buffer=0,
-                                    shard_errors="skip")
+        options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.05,
+                                     shard_errors="skip")
+        stream = build_train_stream(urls, options, seed=0)
         try:
             batches = list(itertools.islice(iter(stream), 4))  # 16 samples: shard 0 twice; shard 1 never completes
         finally:
@@ -141,8 +143,9 @@ def test_a_skipped_shard_counts_its_unread_samples(shards: Path, monkeypatch):
     monkeypatch.setattr(remote, "RETRY", FAST)
     server = FlakyServer(shards, dead=("train-000001.tar",))
     try:
-        stream = build_train_stream(f"{server.base}/_info.json", batch_size=8, image_size=8, seed=0, num_workers=0,
-                                    shuffle_buffer=0, shard_errors="skip")
+        options = TrainStreamOptions(batch_size=8, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.05,
+                                     shard_errors="skip")
+        stream = build_train_stream(f"{server.base}/_info.json", options, seed=0)
         try:
             batches = list(itertools.islice(iter(stream), 4))  # two epochs of the 16 readable samples
         finally:

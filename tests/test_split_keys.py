@@ -14,7 +14,7 @@ from shardgen import Sample, unique_samples, write_shards
 from trainer_fixtures import write_pretrain_shards
 
 import ssl_vit.data.split_keys as split_keys
-from ssl_vit.data import build_train_stream
+from ssl_vit.data import TrainStreamOptions, build_train_stream
 from ssl_vit.data.promises import key_hash
 from ssl_vit.data.split_keys import SplitKeyLedger, part_record
 from ssl_vit.errors import DataError
@@ -24,8 +24,8 @@ from ssl_vit.train import wiring
 
 def _records(out: Path, *, workers: int = 2, batches: int = 12, **options: object) -> list[dict]:
     """The `part_keys` records of the train stream's first batches (each worker reads one shard of two)."""
-    stream = build_train_stream(str(out), batch_size=4, image_size=8, seed=0, num_workers=workers, shuffle_buffer=0,
-                                **options)
+    options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=workers, shuffle_buffer=0, **options)
+    stream = build_train_stream(str(out), options, seed=0)
     try:
         return [record for batch in itertools.islice(iter(stream), batches) for record in batch["part_keys"]]
     finally:
@@ -50,7 +50,7 @@ def test_each_reader_hands_on_the_key_hashes_of_every_part_it_read(tmp_path: Pat
     assert ledger.add(records) is None
     assert len(ledger) == 16  # each sample once, though every epoch's read hands its parts on again
     assert ledger.add(records) is None and len(ledger) == 16
-    assert _records(tmp_path, record_keys=False) == []
+    assert _records(tmp_path, check_unique_keys=False) == []
 
 
 def test_a_key_that_two_readers_read_from_two_shards_names_both(tmp_path: Path) -> None:

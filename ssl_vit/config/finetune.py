@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from .loader import load_recipe, source_of
-from .pretrain import DataConfig, OptimConfig, TrainConfig
+from .pretrain import DataConfig, OptimConfig, TrainConfig, check_stream_options
 
 
 @dataclass
@@ -94,6 +94,7 @@ def validate(cfg: FinetuneConfig, where: str, sources: dict[str, str] | None = N
         raise ConfigError(f"{at('optim.momentum')}: optim.momentum must be in [0, 1), got {o.momentum}")
     if o.lr <= 0 or o.weight_decay < 0 or o.warmup_steps < 0:
         raise ConfigError(f"{at('optim')}: optim.lr must be positive, weight_decay and warmup_steps ≥ 0")
+    check_stream_options(cfg.data, at)  # the train stream's options: the pretraining recipe's checks, in its words
     if not 0 < cfg.data.crop_pct <= 1:
         raise ConfigError(f"{at('data.crop_pct')}: data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
     if not 0 <= cfg.holdout_fraction < 0.5:

@@ -8,12 +8,13 @@ the recipe check and a restored checkpoint.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
+from ..data.stream_options import StreamOptionError, TrainStreamOptions
 from ..errors import ConfigError
 from .eval_data import EvalData, PeriodicEvalData
 from .loader import (
@@ -49,6 +50,9 @@ class ObjectiveConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)  # its options: target, corruption_rate, mask_prob, head, ...
 
 
+_STREAM = TrainStreamOptions  # the train stream's options: their defaults and ranges live there, once
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how each worker turns them into uint8 batches."""
@@ -58,17 +62,32 @@ class DataConfig:
     val: str | None = None  # a data spec of held-out images (eval.evaluators' test set when eval.test is unset)
     val_split: str = "validation"  # the split of data.val
     num_samples: int | None = None  # a URL list's sample count (directories know theirs): needed for train.epochs
-    image_size: int = 224  # side of the square training crops, in pixels
-    batch_size: int = 64  # per device, per micro-batch
-    num_workers: int = 8  # loader processes per device
-    shuffle_buffer: int = 10_000  # samples each loader worker shuffles among
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop: min, max area as a fraction of the image
-    crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random-resized crop: min, max aspect ratio
-    hflip: bool = True  # flip half the images left-right
-    max_bad_fraction: float = 0.01  # undecodable images tolerated before the stream stops with a DataError
-    max_pixels: int | None = None  # width × height cap per image, refused before decoding (None: Pillow's bomb limit)
-    shard_errors: Literal["stop", "skip"] = "stop"  # a shard unreadable after retries: stop, or skip it for the epoch
-    check_unique_keys: bool = True  # stop when a sample key occurs twice in the split (16 bytes/sample in the main process)
+    image_size: int = _STREAM.image_size  # side of the square training crops, in pixels
+    batch_size: int = _STREAM.batch_size  # per device, per micro-batch
+    num_workers: int = _STREAM.num_workers  # loader processes per device
+    shuffle_buffer: int = _STREAM.shuffle_buffer  # samples each loader worker shuffles among
+    crop_scale: tuple[float, float] = _STREAM.crop_scale  # random-resized crop: min, max area (fraction of the image)
+    crop_ratio: tuple[float, float] = _STREAM.crop_ratio  # random-resized crop: min, max aspect ratio
+    hflip: bool = _STREAM.hflip  # flip half the images left-right
+    max_bad_fraction: float = _STREAM.max_bad_fraction  # undecodable images tolerated before a DataError stops the run
+    max_pixels: int | None = _STREAM.max_pixels  # width × height cap per image, before decoding (None: Pillow's bomb limit)
+    shard_errors: Literal["stop", "skip"] = _STREAM.shard_errors  # a shard unreadable after retries: stop, or skip it this epoch
+    check_unique_keys: bool = _STREAM.check_unique_keys  # stop when a key occurs twice in the split (16 B/sample, main process)
+
+    def stream_options(self, pin_memory: bool = False) -> TrainStreamOptions:
+        """The train stream's options from this section (same names; `pin_memory` is the device's choice). Raises
+        `StreamOptionError` naming the first key out of range: recipe validation calls it, so a bad value fails
+        when the recipe loads, in the stream's own words."""
+        shared = {f.name: getattr(self, f.name) for f in fields(TrainStreamOptions) if hasattr(self, f.name)}
+        return TrainStreamOptions(**shared, pin_memory=pin_memory)
+
+
+def check_stream_options(data: DataConfig, at: Callable[..., str]) -> None:
+    """`data.stream_options()`'s check, its message led by where the key was set (`at(key)`: file or command line)."""
+    try:
+        data.stream_options()
+    except StreamOptionError as err:
+        raise ConfigError(f"{at(err.key)}: {err}") from None
 
 
 @dataclass
@@ -176,15 +195,14 @@ def validate(cfg: PretrainConfig, where: str, sources: dict[str, str] | None = N
         return source_of(sources or {}, where, *keys)
 
     positive = {
-        "train.global_batch": t.global_batch, "data.batch_size": d.batch_size, "data.image_size": d.image_size,
-        "train.log_every": t.log_every, "train.checkpoint_every": t.checkpoint_every, "train.keep_last": t.keep_last,
+        "train.global_batch": t.global_batch, "train.log_every": t.log_every,
+        "train.checkpoint_every": t.checkpoint_every, "train.keep_last": t.keep_last,
         "train.max_nonfinite": t.max_nonfinite, "optim.lr": o.lr, "train.fp16_loss_scale": t.fp16_loss_scale,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{at(key)}: {key} must be positive, got {value}")
-    for key, value in {"data.num_workers": d.num_workers, "data.shuffle_buffer": d.shuffle_buffer,
-                       "optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
+    for key, value in {"optim.warmup_steps": o.warmup_steps, "optim.weight_decay": o.weight_decay,
                        "optim.min_lr": o.min_lr, "eval.every": cfg.eval.every}.items():
         if value < 0:
             raise ConfigError(f"{at(key)}: {key} must be ≥ 0, got {value}")
@@ -203,16 +221,7 @@ def validate(cfg: PretrainConfig, where: str, sources: dict[str, str] | None = N
         raise ConfigError(f"{at('optim.grad_clip')}: optim.grad_clip must be positive or null (no clipping), got {o.grad_clip}")
     if not all(0 <= b < 1 for b in o.betas):
         raise ConfigError(f"{at('optim.betas')}: optim.betas must lie in [0, 1), got {list(o.betas)}")
-    lo, hi = d.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"{at('data.crop_scale')}: data.crop_scale must satisfy 0 < min ≤ max ≤ 1, got {list(d.crop_scale)}")
-    if not 0 < d.crop_ratio[0] <= d.crop_ratio[1]:
-        raise ConfigError(f"{at('data.crop_ratio')}: data.crop_ratio must satisfy 0 < min ≤ max, got {list(d.crop_ratio)}")
-    if d.max_pixels is not None and d.max_pixels <= 0:
-        raise ConfigError(f"{at('data.max_pixels')}: data.max_pixels must be a positive number of pixels or null, "
-                          f"got {d.max_pixels}")
-    if not 0 <= d.max_bad_fraction < 1:
-        raise ConfigError(f"{at('data.max_bad_fraction')}: data.max_bad_fraction must be in [0, 1), got {d.max_bad_fraction}")
+    check_stream_options(d, at)
     if cfg.eval.every and not cfg.eval.evaluators:
         raise ConfigError(f"{at('eval')}: eval.every is {cfg.eval.every} but eval.evaluators is empty; list some or set 0")
     _check_model(cfg, at("model", "data.image_size"), at("objective", "model", "data.image_size"))

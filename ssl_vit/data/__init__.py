@@ -5,11 +5,14 @@ from .decode import decode_crop
 from .normalize import normalize_uint8
 from .spec import ShardSet, resolve_spec
 from .stream import Stream, build_eval_stream, build_train_stream, steps_per_epoch
+from .stream_options import StreamOptionError, TrainStreamOptions
 
 __all__ = [
     "CropBox",
     "ShardSet",
     "Stream",
+    "StreamOptionError",
+    "TrainStreamOptions",
     "build_eval_stream",
     "build_train_stream",
     "center_crop",

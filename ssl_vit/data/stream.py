@@ -1,6 +1,6 @@
 """Train and eval streams: shards → uint8 batches, split by rank and by worker here, exactly once.
 
-    stream = build_train_stream("/data/in1k:train", batch_size=256, image_size=224, seed=0,
+    stream = build_train_stream("/data/in1k:train", TrainStreamOptions(batch_size=256, image_size=224), seed=0,
                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
                                 segment=step)
     for batch in stream:            # {"image": uint8 (B, 3, S, S), "label": int64 (B,), "skipped": int64 (), …}
@@ -15,13 +15,14 @@ time. Move batches to the device yourself; scale and normalise them there (`norm
 Train stream: endless. Each reader (rank, worker) reads its own shards, in a fresh shuffled order every
 epoch, through a shuffle buffer, then decodes with a random-resized crop and flip. Its random numbers come
 from `numpy.random.SeedSequence([seed, rank, worker, segment])`, never from global state, so building the
-stream twice with the same arguments yields the same batches; the trainer passes `segment=step` when it
+stream twice with the same arguments yields the same batches (the options — batch size, crops, workers… — are
+one `TrainStreamOptions`, checked when built: `stream_options.py`); the trainer passes `segment=step` when it
 (re)builds the streams at a checkpoint, so a resumed run continues with exactly the batches the original run
 would have seen after that checkpoint, without replaying anything. `num_workers=0` reads as one worker
 (worker 0): it yields the same batches as `num_workers=1`. Every rank runs `steps_per_epoch(...)` steps per
 epoch (ceil), whatever its shard count; the stream never runs dry. Each batch also carries `part_keys`: the
 key hashes of the shard parts its reader has read to their end since its previous batch (`split_keys.py`), for
-the trainer's check that no key occurs twice in the split (`record_keys=False`: always empty).
+the trainer's check that no key occurs twice in the split (`check_unique_keys=False`: always empty).
 
 Eval stream: finite, deterministic (centre crop of crop_pct, no flip), every sample exactly once across all
 ranks and workers. Ranks may get different numbers of samples: gather with padding.
@@ -57,6 +58,7 @@ from .shards import ShardUnreadable, read_shard
 from .spec import ShardSet, resolve_spec
 from .split import Holdout, ShardPart, reader_parts
 from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
+from .stream_options import TrainStreamOptions
 
 Shards = ShardSet | str | Sequence[str]
 
@@ -137,80 +139,43 @@ class Stream:
 
 def build_train_stream(
     shards: Shards,
+    options: TrainStreamOptions,
     *,
-    batch_size: int,
-    image_size: int,
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    num_workers: int = 2,
     segment: int = 0,
-    shuffle_buffer: int = 1000,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: bool = True,
-    max_bad_fraction: float = 0.05,
-    min_samples_for_bad_fraction: int = 20,
-    pin_memory: bool = False,
     split: str | None = None,
-    max_pixels: int | None = None,
     holdout: Holdout | None = None,
-    shard_errors: str = "stop",
     skip: Sequence[int] = (),
     first_worker: int = 0,
-    record_keys: bool = True,
 ) -> Stream:
-    """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec);
-    `holdout` keeps only the samples it keeps (`split.Holdout`). `shard_errors="skip"` skips a shard that
-    cannot be read to its end (after `remote.py`'s retries) for the epoch, counting its unread samples in
-    `skipped`; "stop" (the default) raises.
+    """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec), read
+    and augmented as `options` says (checked when they were built: `stream_options.py`). The other arguments
+    say which stream this is: `seed`, this `rank` of `world_size`, the `segment` (the trainer's checkpoint
+    step); `holdout` keeps only the samples it keeps (`split.Holdout`).
 
     `skip[w]`: fast-forward worker w's stream past that many samples (the `position` of the last batch a run
     consumed from it), for a resume between the segment's checkpoints; one entry per worker, or none.
     `first_worker`: the worker whose batch comes first (the loader takes batches from its workers in turn, so a
     resume continues the turn where the consumed batches left it).
-    `record_keys`: batches carry the key hashes of the shard parts read (`part_keys`), for the split-wide check.
     """
-    _check_common(batch_size, image_size, rank, world_size, num_workers)
-    if skip and (len(skip) != max(num_workers, 1) or min(skip) < 0 or not 0 <= first_worker < len(skip)):
+    if not isinstance(options, TrainStreamOptions):
+        raise TypeError(f"options must be a TrainStreamOptions, got {type(options).__name__}")
+    _check_rank(rank, world_size)
+    workers = max(options.num_workers, 1)
+    if skip and (len(skip) != workers or min(skip) < 0 or not 0 <= first_worker < len(skip)):
         raise StreamLayoutChanged(
-            f"the saved stream positions are for {len(skip)} loader worker(s) per process, this stream has "
-            f"{max(num_workers, 1)}"
+            f"the saved stream positions are for {len(skip)} loader worker(s) per process, this stream has {workers}"
         )
-    if seed < 0 or segment < 0 or shuffle_buffer < 0:
-        raise ConfigError(f"seed, segment and shuffle_buffer must be >= 0, got {seed}, {segment}, {shuffle_buffer}")
-    if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
-        raise ConfigError(
-            f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got scale={scale}, ratio={ratio}"
-        )
-    if not 0 <= max_bad_fraction <= 1:
-        raise ConfigError(f"max_bad_fraction must lie in [0, 1], got {max_bad_fraction}")
-    _check_max_pixels(max_pixels)
-    if shard_errors not in ("stop", "skip"):
-        raise ConfigError(f"shard_errors must be 'stop' or 'skip', got {shard_errors!r}")
+    if seed < 0 or segment < 0:
+        raise ConfigError(f"seed and segment must be >= 0, got {seed}, {segment}")
+    _check_pillow()
     resolved = resolve_spec(shards, split)
-    options = _TrainOptions(
-        batch_size=batch_size,
-        image_size=image_size,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        segment=segment,
-        shuffle_buffer=shuffle_buffer,
-        scale=(float(scale[0]), float(scale[1])),
-        ratio=(float(ratio[0]), float(ratio[1])),
-        hflip=hflip,
-        max_bad_fraction=max_bad_fraction,
-        min_samples=min_samples_for_bad_fraction,
-        max_pixels=max_pixels,
-        holdout=holdout,
-        shard_errors=shard_errors,
-        skip=tuple(int(n) for n in skip),
-        first_worker=first_worker,
-        record_keys=record_keys,
-    )
-    dataset = _TrainDataset(resolved, options)
-    return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
+    place = _TrainPlace(seed=seed, rank=rank, world_size=world_size, segment=segment, holdout=holdout,
+                        skip=tuple(int(n) for n in skip), first_worker=first_worker)
+    dataset = _TrainDataset(resolved, options, place)
+    return Stream(dataset, resolved, num_workers=options.num_workers, pin_memory=options.pin_memory)
 
 
 def build_eval_stream(
@@ -228,28 +193,29 @@ def build_eval_stream(
     holdout: Holdout | None = None,
 ) -> Stream:
     """The finite evaluation stream of `shards`: each sample exactly once over all ranks and workers (of those
-    `holdout` keeps, when given)."""
-    _check_common(batch_size, image_size, rank, world_size, num_workers)
+    `holdout` keeps, when given). Its options are checked here: evaluation recipes check theirs themselves."""
+    if batch_size < 1 or image_size < 1 or num_workers < 0:
+        raise ConfigError(
+            f"need batch_size >= 1, image_size >= 1, num_workers >= 0; got {batch_size}, {image_size}, {num_workers}"
+        )
+    _check_rank(rank, world_size)
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
-    _check_max_pixels(max_pixels)
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ConfigError(f"max_pixels must be a positive number of pixels (or None for Pillow's limit), got {max_pixels}")
+    _check_pillow()
     resolved = resolve_spec(shards, split)
     dataset = _EvalDataset(resolved, _EvalOptions(batch_size, image_size, rank, world_size, crop_pct, max_pixels, holdout))
     return Stream(dataset, resolved, num_workers=num_workers, pin_memory=pin_memory)
 
 
-def _check_common(batch_size: int, image_size: int, rank: int, world_size: int, num_workers: int) -> None:
-    if batch_size < 1 or image_size < 1 or num_workers < 0:
-        raise ConfigError(
-            f"need batch_size >= 1, image_size >= 1, num_workers >= 0; got {batch_size}, {image_size}, {num_workers}"
-        )
+def _check_rank(rank: int, world_size: int) -> None:
     if not 0 <= rank < world_size:
         raise ConfigError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
 
 
-def _check_max_pixels(max_pixels: int | None) -> None:
-    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 1):
-        raise ConfigError(f"max_pixels must be a positive number of pixels (or None for Pillow's limit), got {max_pixels}")
+def _check_pillow() -> None:
+    """Not an option but the process's state, so checked whenever a stream is built."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise ConfigError(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on, so truncated images would decode as grey; "
@@ -290,33 +256,25 @@ def _reported(batches: Iterator[dict]) -> Iterator[dict]:
 
 
 @dataclass(frozen=True)
-class _TrainOptions:
-    batch_size: int
-    image_size: int
+class _TrainPlace:
+    """Which train stream this is and where it resumes: what `build_train_stream` takes beside the options."""
+
     seed: int
     rank: int
     world_size: int
     segment: int
-    shuffle_buffer: int
-    scale: tuple[float, float]
-    ratio: tuple[float, float]
-    hflip: bool
-    max_bad_fraction: float
-    min_samples: int
-    max_pixels: int | None
+    holdout: Holdout | None
     skip: tuple[int, ...]
     first_worker: int
-    holdout: Holdout | None = None
-    shard_errors: str = "stop"
-    record_keys: bool = True
 
 
 class _ShardReader(IterableDataset):
     """One reader per (rank, worker): which parts of which shards it reads is decided here, exactly once."""
 
-    def __init__(self, shards: ShardSet, options: "_TrainOptions | _EvalOptions") -> None:
+    def __init__(self, shards: ShardSet, rank: int, world_size: int) -> None:
         self.shards = shards
-        self.o = options
+        self.rank = rank
+        self.world_size = world_size
 
     def _parts(self, first_worker: int = 0) -> tuple[int, list[ShardPart]]:
         """(this worker's index, the shard parts of reader rank·workers + worker among world·workers).
@@ -324,29 +282,33 @@ class _ShardReader(IterableDataset):
         The loader's worker i reads as worker (i + first_worker) % workers."""
         worker, workers = _worker()
         worker = (worker + first_worker) % workers
-        o = self.o
-        return worker, reader_parts(len(self.shards.urls), o.world_size * workers, o.rank * workers + worker)
+        return worker, reader_parts(len(self.shards.urls), self.world_size * workers, self.rank * workers + worker)
 
 
 class _TrainDataset(_ShardReader):
+    def __init__(self, shards: ShardSet, options: TrainStreamOptions, place: _TrainPlace) -> None:
+        super().__init__(shards, place.rank, place.world_size)
+        self.o = options
+        self.place = place
+
     def _part_length(self, part: ShardPart) -> int:
         """Samples in `part` by `_info.json` (0 when unknown)."""
         lengths = self.shards.shard_lengths
         return len(range(part.offset, lengths[part.shard], part.stride)) if lengths is not None else 0
 
     def __iter__(self) -> Iterator[dict]:
-        o = self.o
-        worker, parts = self._parts(o.first_worker)
-        seeds = np.random.SeedSequence([o.seed, o.rank, worker, o.segment]).spawn(3)
+        o, at = self.o, self.place
+        worker, parts = self._parts(at.first_worker)
+        seeds = np.random.SeedSequence([at.seed, at.rank, worker, at.segment]).spawn(3)
         order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
-        reader = f"rank {o.rank} worker {worker}"
-        tally = BadSampleTally(o.max_bad_fraction, o.min_samples, reader)
+        reader = f"rank {at.rank} worker {worker}"
+        tally = BadSampleTally(o.max_bad_fraction, o.min_samples_for_bad_fraction, reader)
         parts_read: list[dict] = []  # `part_record`s not yet handed on in a batch
         raw = shuffled(self._epochs(parts, order_rng, reader, tally, parts_read), o.shuffle_buffer, buffer_rng)
         items = train_items(
-            raw, rng=crop_rng, image_size=o.image_size, scale=o.scale, ratio=o.ratio, hflip=o.hflip, tally=tally,
-            max_pixels=o.max_pixels,
-            skip=o.skip[worker] if o.skip else 0,
+            raw, rng=crop_rng, image_size=o.image_size, scale=o.crop_scale, ratio=o.crop_ratio, hflip=o.hflip,
+            tally=tally, max_pixels=o.max_pixels,
+            skip=at.skip[worker] if at.skip else 0,
         )
         return _reported(train_batches(items, o.batch_size, o.image_size, tally, worker, _worker()[1], parts_read))
 
@@ -362,11 +324,11 @@ class _TrainDataset(_ShardReader):
             promises.new_epoch()
             for i in rng.permutation(len(parts)):
                 read = 0
-                hashes: list[int] | None = [] if self.o.record_keys else None
+                hashes: list[int] | None = [] if self.o.check_unique_keys else None
                 try:
                     for sample in _read(self.shards, parts[i], promises, self.o.max_pixels, hashes):
                         read += 1
-                        if self.o.holdout is None or self.o.holdout.keeps(sample["__key__"]):
+                        if self.place.holdout is None or self.place.holdout.keeps(sample["__key__"]):
                             count += 1
                             yield sample
                 except ShardUnreadable as err:
@@ -398,6 +360,10 @@ class _EvalOptions:
 
 
 class _EvalDataset(_ShardReader):
+    def __init__(self, shards: ShardSet, options: _EvalOptions) -> None:
+        super().__init__(shards, options.rank, options.world_size)
+        self.o = options
+
     def __iter__(self) -> Iterator[dict]:
         o = self.o
         _, parts = self._parts()

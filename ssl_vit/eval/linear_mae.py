@@ -38,7 +38,7 @@ def mae_linear_probe(
     num_classes: int | None = None,
 ) -> dict[str, float]:
     from ssl_vit.data.split_keys import PartsRead
-    from ssl_vit.data.stream import build_train_stream, steps_per_epoch
+    from ssl_vit.data.stream import TrainStreamOptions, build_train_stream, steps_per_epoch
 
     pool = pool or ctx.pool
     layers = ctx.layers if layers is None else layers
@@ -65,9 +65,10 @@ def mae_linear_probe(
     # the trainer's warmup + cosine schedule (to 0), stepped once per optimizer step
     scheduler = build_scheduler(optimizer, OptimConfig(lr=lr, warmup_steps=warmup, schedule="cosine", min_lr=0.0), total)
     model = accelerator.prepare_model(head) if accelerator is not None else head
-    stream = build_train_stream(
-        shards, batch_size=batch_size, image_size=size, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
-        num_workers=ctx.data.num_workers,
+    stream = build_train_stream(  # the shuffle buffer and bad-image limit it has always read with
+        shards, TrainStreamOptions(batch_size=batch_size, image_size=size, num_workers=ctx.data.num_workers,
+                                   shuffle_buffer=1000, max_bad_fraction=0.05),
+        seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
     )
     losses: list[torch.Tensor] = []
     parts_read = PartsRead()

@@ -39,15 +39,11 @@ def train_stream_factory(
     """`make_stream(segment[, skip, first_worker])` for the trainer: this rank's endless train stream, a pure function
     of the segment (`holdout`: the part of the shards it keeps, when fine-tuning holds some out for selection),
     fast-forwarded past `skip[w]` samples of loader worker w (a resume between two checkpoints of one segment),
-    with `first_worker`'s batch first."""
+    with `first_worker`'s batch first. The options come from the recipe's `data` section, checked here once."""
+    options = data.stream_options(pin_memory=pin_memory)
 
     def make_stream(segment: int, skip: list[int] | None = None, first_worker: int = 0):
-        return build_train_stream(
-            shards, batch_size=data.batch_size, image_size=data.image_size, seed=seed, rank=rank,
-            world_size=world_size, num_workers=data.num_workers, segment=segment, shuffle_buffer=data.shuffle_buffer,
-            scale=data.crop_scale, ratio=data.crop_ratio, hflip=data.hflip, max_bad_fraction=data.max_bad_fraction,
-            max_pixels=data.max_pixels, shard_errors=data.shard_errors, pin_memory=pin_memory, holdout=holdout,
-            skip=skip or (), first_worker=first_worker, record_keys=data.check_unique_keys,
-        )
+        return build_train_stream(shards, options, seed=seed, rank=rank, world_size=world_size, segment=segment,
+                                  holdout=holdout, skip=skip or (), first_worker=first_worker)
 
     return make_stream
