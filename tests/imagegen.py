@@ -1,6 +1,7 @@
 """Tiny generated image folders for the tests: mixed formats and modes, reproducible from a seed."""
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -17,6 +18,13 @@ VARIANTS = [
     ("bmp", "BMP", "RGB"),
     ("png", "PNG", "P"),
 ]
+
+
+def image_bytes(img: Image.Image, fmt: str = "JPEG", **kw: object) -> bytes:
+    """`img` encoded in a PIL format (`kw`: its save options, e.g. quality, subsampling, progressive)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
 
 
 def solid_image(color: tuple[int, int, int], size: tuple[int, int] = (40, 30), mode: str = "RGB") -> Image.Image:

@@ -1,10 +1,9 @@
 """Fast decode and crop decisions: reduced-DCT path vs plain path, formats, no fallback, crop boxes."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
+from imagegen import image_bytes as encode
 from PIL import Image
 
 from data_tools.decoding import UndecodableImage
@@ -12,12 +11,6 @@ from data_tools.decoding import UndecodableImage
 from ssl_vit.data import CropBox, center_crop, decode_crop, random_resized_crop
 from ssl_vit.data import decode as decode_module
 from ssl_vit.data.decode import dct_reduction
-
-
-def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def smooth_photo(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import itertools
 import multiprocessing
 import shutil
 import tarfile
@@ -18,8 +17,9 @@ import torch
 from PIL import Image
 
 from shardgen import PALETTE, Sample, encode, solid_samples, unique_samples, write_shards
+from stream_fixtures import QuietHandler, take
 
-from ssl_vit.data import ShardSet, Stream, TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data import ShardSet, TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
 from ssl_vit.data.split import reader_parts
 from ssl_vit.data.tarstream import TarError, iter_members
 from ssl_vit.errors import ConfigError, DataError
@@ -43,12 +43,6 @@ def unique_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("unique")
     write_shards(out, unique_samples(45), shard_size=15)  # 3 shards: labels 0-14, 15-29, 30-44
     return out
-
-
-def take(stream: Stream, n: int) -> list[dict]:
-    batches = list(itertools.islice(iter(stream), n))
-    stream.close()
-    return batches
 
 
 def colour_class(images: torch.Tensor) -> list[int]:
@@ -141,14 +135,9 @@ def test_eval_is_deterministic(solid_dir: Path) -> None:
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.timeout(60)
 def test_http_and_pipe_urls(unique_dir: Path) -> None:
-    handler = functools.partial(_QuietHandler, directory=str(unique_dir))
+    handler = functools.partial(QuietHandler, directory=str(unique_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

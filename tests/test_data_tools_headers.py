@@ -7,23 +7,17 @@ reason) must be identical.
 """
 from __future__ import annotations
 
-import io
 import random
 
 import pytest
 from PIL import Image
 
+from imagegen import image_bytes as _jpeg
 from imagegen import noise_image
 
 import data_tools.images as images
 from data_tools.headers import jpeg_pass_through_size
 from data_tools.images import BadImage, prepare_image
-
-
-def _jpeg(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def _exif(orientation: int) -> bytes:

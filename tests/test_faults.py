@@ -21,10 +21,8 @@ from __future__ import annotations
 import functools
 import http.server
 import io
-import itertools
 import json
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +39,10 @@ from background import Background, selected
 from eval_fixtures import write_dataset
 from imagegen import noise_image
 from shardgen import Sample, encode, unique_samples, write_shards
+from stream_fixtures import QuietHandler, take
 from trainer_fixtures import LAUNCH_CONFIG, REPO, SMOKE, cli_env, free_port, smoke_overrides
+from trainer_fixtures import rank_error_lines as _error_lines
+from weights_fixtures import RunsCode
 
 from data_tools.cli import main as shards_main
 from ssl_vit.data import ShardSet, TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
@@ -59,13 +60,6 @@ def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert "Traceback" not in err and [x for x in lines if x.startswith("error: ")] == lines[-1:], err
     return lines[-1]
-
-
-def take(stream, n: int) -> list[dict]:
-    try:
-        return list(itertools.islice(iter(stream), n))
-    finally:
-        stream.close()
 
 
 def truncated_jpeg() -> bytes:
@@ -162,15 +156,10 @@ def test_empty_shards(tmp_path: Path):
         take(build_train_stream(urls, four, seed=0), 3)
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.timeout(60)
 def test_a_url_that_does_not_exist_is_named_quickly(tmp_path: Path):
     write_shards(tmp_path, unique_samples(10), shard_size=10)
-    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    handler = functools.partial(QuietHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -221,11 +210,6 @@ def test_eval_on_a_cut_shard_stops_with_one_line_naming_it(tmp_path: Path, ssl_v
 
 
 # ------------------------------------------------------------------------------ a corrupt shard on one rank
-def _error_lines(stderr: str) -> list[str]:
-    """Each rank's `error: …` line; two ranks writing at once can share a terminal line (or a progress bar's)."""
-    return [m.strip() for m in re.findall(r"error: .*?(?=error: |[\r\n]|$)", stderr)]
-
-
 PRETRAIN_TEST = "test_a_corrupt_shard_on_one_of_two_ranks_stops_both_with_its_error"
 EVAL_TEST = "test_a_corrupt_shard_on_one_of_two_ranks_stops_feature_extraction_on_both"
 
@@ -359,16 +343,6 @@ def test_eval_with_a_model_that_does_not_fit_the_checkpoint(nano_run: Path, eval
     line = one_error_line(err)
     assert str(checkpoint) in line and "has 2 blocks but the model has 4" in line
     assert "vit_nano_patch4" in line  # names the size that would fit
-
-
-class RunsCode:
-    """Unpickling this calls open(marker, "w"): a checkpoint that runs code when loaded."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ GPU without bf16 takes): the forward runs in fp16, overflows are skipped and cou
 losses, the scale is checkpointed and a resume continues it exactly, and `auto` picks fp16 on old GPUs."""
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from conftest import fresh_accelerate_state
+from run_records import records
 
 from ssl_vit.config import TrainConfig
 from ssl_vit.errors import ConfigError
@@ -19,10 +19,6 @@ from ssl_vit.objectives.mpp import MaskedPatchPrediction
 from ssl_vit.train import checkpoint as ckpt
 from ssl_vit.train import make_accelerator, resolve_precision
 from ssl_vit.train.precision import LossScaling
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def state(run_dir: Path, step: int) -> dict:

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import last_logged_step, losses, start_and_wait
-from test_trainer import records
-from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
+from run_records import last_logged_step, losses, records
+from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides, start_and_wait
 
 from ssl_vit.config import OptimConfig
 from ssl_vit.data.normalize import DEFAULT_MEAN, DEFAULT_STD, normalize_uint8

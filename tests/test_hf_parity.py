@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import ViTConfig as HFViTConfig
 from transformers import ViTForImageClassification, ViTModel
+from weights_fixtures import images
 
 from ssl_vit.models import create_model, load_backbone, to_hf_config, to_hf_state_dict
 
@@ -30,10 +31,6 @@ def hf_model(attn: str, seed: int = 0) -> ViTModel:
         for p in model.parameters():
             p.normal_(0, 0.2)
     return model.eval()
-
-
-def images(n: int = 3, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])

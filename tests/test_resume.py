@@ -7,42 +7,19 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from background import Background
-from trainer_fixtures import LAUNCH_CONFIG, REPO, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides
+from run_records import last_logged_step, losses
+from trainer_fixtures import (LAUNCH_CONFIG, REPO, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides,
+                              start_and_wait)
 
 STEPS, EVERY = 50, 10
 # drop_path_rate makes every step draw from the torch RNG besides the corruption: both must be restored.
 RUN = {"train.total_steps": STEPS, "train.checkpoint_every": EVERY, "train.log_every": 1,
        "model.overrides.drop_path_rate": 0.1, "optim.warmup_steps": 5}
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
-
-
-def last_logged_step(metrics: Path) -> int:
-    lines = metrics.read_text().splitlines() if metrics.exists() else []
-    for line in reversed(lines):
-        try:
-            return json.loads(line)["step"]
-        except json.JSONDecodeError:  # a line being written
-            continue
-    return 0
-
-
-def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: float = 90) -> subprocess.Popen:
-    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while last_logged_step(metrics) < until_step:
-        assert proc.poll() is None, f"the run ended before step {until_step}:\n{proc.stdout.read()[-2000:]}"
-        assert time.monotonic() < deadline, "the run made no progress"
-        time.sleep(0.005)
-    return proc
 
 
 @pytest.mark.timeout(240)

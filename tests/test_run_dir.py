@@ -3,7 +3,6 @@ missing step, rerun without --resume, resume with another model, change the rate
 command must leave the directory byte for byte as it was."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,9 @@ import pytest
 import torch
 import yaml
 
+from run_records import read_jsonl as records
 from trainer_fixtures import tree_digest
+from weights_fixtures import RunsCode
 
 from ssl_vit.config import FinetuneConfig, PretrainConfig, schema_keys
 from ssl_vit.train import trainer as trainer_module
@@ -46,10 +47,6 @@ def refused(capsys, run_dir: Path, rc: int, before: dict) -> str:
     assert len(lines) == 1 and "Traceback" not in err, err
     assert tree_digest(run_dir) == before, "a refused command changed the run directory"
     return lines[0]
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ------------------------------------------------------------------------------------------ latest is broken
@@ -177,13 +174,6 @@ def test_every_recipe_key_is_decided_changeable_or_fixed():
 
 
 # ------------------------------------------------------------------------------------------ files read back
-class RunsCode:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
 
 @pytest.mark.parametrize("tamper", ["code", "wrong shape"])
 def test_a_tampered_rng_state_is_one_line_and_runs_no_code(finished_run, shards, tmp_path, capsys, tamper,

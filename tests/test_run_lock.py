@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from background import Background, selected
-from test_faults import _error_lines as rank_error_lines
-from test_resume import start_and_wait
-from trainer_fixtures import REPO, SMOKE, cli_env, free_port, pretrain_command, run_pretrain, smoke_overrides, tree_digest
+from trainer_fixtures import (REPO, SMOKE, free_port, pretrain_command, rank_error_lines, run_pretrain, smoke_overrides,
+                              start_and_wait, tree_digest)
 
 from ssl_vit.errors import RunDirectoryError
 from ssl_vit.train import run_lock

@@ -9,7 +9,6 @@ job's per-step losses and final weights.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_records import losses
 from trainer_fixtures import REPO, SMOKE, cli_env, free_port, smoke_overrides
 
 # Deselected from the default run (pyproject's addopts), not skipped: `make test-slurm` selects it with -m slurm.
@@ -105,10 +105,6 @@ def wait_done(env: dict, job: str, out: Path, timeout: float) -> dict[str, str]:
         assert time.monotonic() < deadline, f"job {job} still {state['JobState']}:\n{out.read_text()[-3000:]}"
         time.sleep(2)
     return state
-
-
-def losses(run_dir: Path) -> list[tuple[int, float]]:
-    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.mark.timeout(1500)

@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_records import records
 
 from ssl_vit.models import create_model
 from ssl_vit.objectives import build
 from ssl_vit.objectives.mpp import MaskedPatchPrediction
 from ssl_vit.train import checkpoint as ckpt
 from ssl_vit.train.optim import lr_factor, param_groups
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------------------------------- units

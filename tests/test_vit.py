@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from weights_fixtures import randomized
 
 from ssl_vit.models import create_model
 from ssl_vit.models.pos_embed import resample_pos_embed
@@ -19,15 +20,6 @@ NANO = "vit_nano_patch4"  # 32px, 4px patches (8×8 grid), width 64, depth 2, 2 
 def images(n: int = 4, size: int | tuple[int, int] = 32, seed: int = 0) -> torch.Tensor:
     h, w = (size, size) if isinstance(size, int) else size
     return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random values everywhere (the init zeroes biases and heads, which would hide mistakes)."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model
 
 
 def test_block_is_pre_norm_with_fused_qkv_and_exact_gelu() -> None:

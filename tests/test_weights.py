@@ -9,25 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from weights_fixtures import RunsCode, images, randomized
 
 from ssl_vit.errors import CheckpointError
 from ssl_vit.models import create_model, infer_config, load_backbone, model_config, save_backbone, unwrap_state_dict
 from ssl_vit.models.pos_embed import resample_pos_embed, sincos_2d
 
 NANO = "vit_nano_patch4"
-
-
-def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random values everywhere, so that a weight left at its init cannot pass for a loaded one."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model.eval()
-
-
-def images(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 def same_outputs(a: torch.nn.Module, b: torch.nn.Module, size: int = 32) -> bool:
@@ -161,16 +149,6 @@ def test_accepts_state_dict_files_and_checkpoints(tmp_path: Path, nano: torch.nn
         assert same_outputs(nano, load_backbone(obj)), name  # in memory, config inferred
     save_file(dict(state), tmp_path / "timm.safetensors")  # no JSON, no header: the config is inferred
     assert load_backbone(tmp_path / "timm.safetensors").config == nano.config
-
-
-class RunsCode:
-    """Unpickling this creates a file: the proof that a pickle ran code."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
 
 
 def test_refuses_pickles_that_need_code(tmp_path: Path, nano: torch.nn.Module) -> None:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image
 
+from run_records import last_logged_step
 from shardgen import Sample, encode, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +65,22 @@ def pretrain_command(overrides: list[str], *extra_args: str) -> list[str]:
 def run_pretrain(overrides: list[str], *extra_args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(pretrain_command(overrides, *extra_args), cwd=REPO, env=cli_env(**env), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_and_wait(command: list[str], metrics: Path, until_step: int, timeout: float = 90) -> subprocess.Popen:
+    """Start `command` (a training run) and return its process once `metrics` logs `until_step`."""
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while last_logged_step(metrics) < until_step:
+        assert proc.poll() is None, f"the run ended before step {until_step}:\n{proc.stdout.read()[-2000:]}"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.005)
+    return proc
+
+
+def rank_error_lines(stderr: str) -> list[str]:
+    """Each rank's `error: …` line; two ranks writing at once can share a terminal line (or a progress bar's)."""
+    return [m.strip() for m in re.findall(r"error: .*?(?=error: |[\r\n]|$)", stderr)]
 
 
 def tree_digest(root: Path) -> dict[str, str]:
