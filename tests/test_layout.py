@@ -188,6 +188,14 @@ def test_the_layer_table_is_an_order():
     assert not any(floor in below for floor, below in allowed.items())
 
 
+def test_every_file_and_folder_the_layer_table_names_exists():
+    """A module that moves takes its row's entry with it (a stale entry would place nothing)."""
+    members, _ = layer_table((REPO / "docs" / "architecture.md").read_text())
+    missing = [entry for entries in members.values() for entry in entries
+               if not ((REPO / entry).is_dir() if entry.endswith("/") else (REPO / entry).is_file())]
+    assert not missing, f"the layer table names what is not there: {missing}"
+
+
 def test_imports_go_only_where_the_layer_table_allows():
     floor_of, allowed = doc_layers()
     found = set(forbidden_edges(import_graph(), floor_of, allowed))
