@@ -5,7 +5,8 @@ place, so a kill or a full disk never leaves half a file under the final name (c
 `latest` pointer, exported weights and model cards, the feature cache, results, reports, figures all use it).
 `data` may be a function that writes into the binary file object it is handed: `lambda f: torch.save(obj, f)`,
 `lambda f: fig.savefig(f, format="png")`, `lambda f: image.save(f, format="PNG")`. `append_line` adds one line to
-a log (`metrics.jsonl`, `eval.jsonl`), and `make_dir` creates a directory.
+a log (`metrics.jsonl`, `eval.jsonl`), `make_dir` creates a directory, and `publish_dir` renames a directory
+written in full into place (a checkpoint).
 
 The rule, checked by `tests/test_writes_through_files.py`: no other module of ssl_vit opens a file for writing,
 creates a directory, renames or copies a file, or saves one (torch.save, json.dump, savefig, Image.save,
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import BinaryIO, Callable, Union
 
@@ -99,6 +101,23 @@ def make_dir(path: str | Path, what: str = "directory") -> Path:
     except OSError as err:
         _reraise(path, err, what)
     return path
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Rename a directory written in full under `tmp` to `final`. A directory already there (the same checkpoint
+    step saved again) is renamed aside first and deleted after, so `final` is always one complete directory."""
+    tmp, final = Path(tmp), Path(final)
+    try:
+        if final.exists():
+            old = final.with_name(f".old-{final.name}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except OSError as err:
+        _reraise(final, err)
+    return final
 
 
 def write_error(path: Path, err: BaseException, what: str = "") -> StorageError | None:

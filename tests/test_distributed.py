@@ -65,10 +65,10 @@ def test_two_processes_stay_in_sync_exit_cleanly_and_resume(pretrain_shards: Pat
     assert a["step"] == b["step"] == 6 and a["param_sha256"] == b["param_sha256"]
     checkpoint = run_dir / "checkpoints" / "step_0000006"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml", "rng_rank0.pt", "rng_rank1.pt", "state.pt"]
-    rngs = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["torch"] for r in (0, 1)]
+    rngs = [torch.load(checkpoint / f"rng_rank{r}.pt", weights_only=True)["rng"]["torch"] for r in (0, 1)]
     assert not torch.equal(*rngs)  # each rank draws its own corruptions
     assert [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())] == list(range(1, 7))
-    ledger = torch.load(checkpoint / "state.pt", weights_only=True)["split_keys"]  # both ranks' keys reached rank 0
+    ledger = torch.load(checkpoint / "state.pt", weights_only=True)["feed"]["split_keys"]  # both ranks' keys reached rank 0
     assert len(ledger["urls"]) == 3 and len(ledger["hashes"]) == len(set(ledger["samples"].tolist())) == 48
 
     second = launch(data, run_dir, 9, "--resume", "auto")
@@ -103,4 +103,4 @@ def test_fp16_under_ddp_keeps_both_ranks_in_step_through_overflows(fp16_launch):
     assert [r["overflow_skipped"] for r in log[:3]] == [1, 2, 3] and all(r["nonfinite_skipped"] == 0 for r in log)
     assert [r["loss_scale"] for r in log] == [2.0 ** (24 - r["overflow_skipped"]) for r in log]
     state = torch.load(run_dir / "checkpoints" / "step_0000006" / "state.pt", weights_only=True)
-    assert state["loss_scaler"]["scale"] == log[-1]["loss_scale"]
+    assert state["precision"]["scale"] == log[-1]["loss_scale"]

@@ -300,8 +300,8 @@ def test_a_really_full_disk_under_torch_save_keeps_latest_and_says_so(tmp_path: 
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step_0000001"]  # nothing half-written left
     monkeypatch.undo()
     assert ckpt.latest_checkpoint(root) == root / "step_0000001"
-    meta, _ = ckpt.load_checkpoint(root / "step_0000001", model=model, optimizer=optimizer, scheduler=scheduler, rank=0)
-    assert meta["step"] == 1
+    restored = ckpt.load_checkpoint(root / "step_0000001", model=model, optimizer=optimizer, scheduler=scheduler, rank=0)
+    assert restored.step == 1
 
 
 # ----------------------------------------------------------------------- checkpoints of another model, with code

@@ -18,7 +18,7 @@ from ssl_vit.errors import ConfigError
 from ssl_vit.objectives.mpp import MaskedPatchPrediction
 from ssl_vit.train import checkpoint as ckpt
 from ssl_vit.train import make_accelerator, resolve_precision
-from ssl_vit.train.precision import LossScaling
+from ssl_vit.train.precision import LossScaling, Precision, precision_for_run
 
 
 def state(run_dir: Path, step: int) -> dict:
@@ -42,8 +42,8 @@ def test_fp16_is_not_handed_to_accelerate_which_would_silently_train_in_fp32_on_
     with fresh_accelerate_state():
         accelerator = make_accelerator(TrainConfig(precision="fp16"), tmp_path)
         assert accelerator.mixed_precision == "no" and accelerator.scaler is None  # ours does it (LossScaling)
-        assert isinstance(LossScaling.for_run(TrainConfig(precision="fp16"), accelerator), LossScaling)
-        assert LossScaling.for_run(TrainConfig(precision="bf16"), accelerator) is None
+        assert isinstance(precision_for_run(TrainConfig(precision="fp16"), accelerator), LossScaling)
+        assert type(precision_for_run(TrainConfig(precision="bf16"), accelerator)) is Precision  # the null object
     assert capsys.readouterr().out == ""  # launcher and recipe agree
     with fresh_accelerate_state():
         make_accelerator(TrainConfig(precision="fp32"), tmp_path)
@@ -58,7 +58,7 @@ def test_fp16_with_fsdp_is_refused_in_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match=r"^train.precision=fp16 trains in fp16 here, which ssl_vit supports with "
                                           r"one process or DDP, not FSDP: use train.precision=bf16"):
-        LossScaling.for_run(TrainConfig(precision="fp16"), FakeAccelerator())
+        precision_for_run(TrainConfig(precision="fp16"), FakeAccelerator())
 
 
 @pytest.mark.timeout(120)
@@ -82,7 +82,7 @@ def test_fp16_trains_in_half_precision_and_checkpoints_its_loss_scale(pretrain_s
     assert [(r["nonfinite_skipped"], r["overflow_skipped"]) for r in log] == [(0, 0)] * 6
     assert [r["loss_scale"] for r in log] == [65536.0] * 6  # no overflow; doubling waits for 2000 clean steps
     saved = state(run_dir, 6)
-    assert saved["loss_scaler"]["scale"] == 65536.0 and saved["loss_scaler"]["_growth_tracker"] == 6
+    assert saved["precision"]["scale"] == 65536.0 and saved["precision"]["_growth_tracker"] == 6
     assert all(v.dtype == torch.float32 for v in saved["model"].values())
 
 
@@ -137,6 +137,6 @@ def test_fp16_resume_continues_the_loss_scale_and_equals_the_uninterrupted_run(p
     assert [(r["step"], r["loss"], r["loss_scale"]) for r in records(split)] == \
         [(r["step"], r["loss"], r["loss_scale"]) for r in records(whole)]
     a, b = state(whole, steps), state(split, steps)
-    assert a["loss_scaler"] == b["loss_scaler"]
+    assert a["precision"] == b["precision"]
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

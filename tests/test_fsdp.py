@@ -59,7 +59,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         from ssl_vit.train import checkpoint as ckpt
         from ssl_vit.train.agreement import HostAgreement
-        from ssl_vit.train.trainer import parameter_checksum
+        from ssl_vit.train.session import parameter_checksum
 
         model, optimizer, scheduler = _sharded(_objective())
         assert type(next(model.parameters())).__name__ == "DTensor"  # really sharded
@@ -86,7 +86,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.timeout(180)
 def test_fsdp2_step_checkpoint_and_resume_on_two_cpu_processes(tmp_path: Path) -> None:
     from ssl_vit.train import checkpoint as ckpt
-    from ssl_vit.train.trainer import parameter_checksum
+    from ssl_vit.train.session import parameter_checksum
 
     mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]

@@ -17,7 +17,7 @@ from ssl_vit.eval.features import Features
 from ssl_vit.files import atomic_write, write_error
 from ssl_vit.train import checkpoint as ckpt
 from ssl_vit.train import run_dir as run_dir_module
-from ssl_vit.train import trainer as trainer_module
+from ssl_vit.train import session as session_module
 from ssl_vit.train.metrics import MetricsLog
 
 RUN = {"train.total_steps": 4, "train.checkpoint_every": 2, "train.log_every": 1, "optim.warmup_steps": 1}
@@ -95,7 +95,7 @@ def test_full_at_start_is_one_line_and_leaves_no_directory_behind(disk, shards, 
 
 
 def test_full_when_writing_config_yaml(disk, shards, capsys, monkeypatch, pretrain):
-    monkeypatch.setattr(trainer_module, "begin", fill_before(disk, run_dir_module.begin))
+    monkeypatch.setattr(session_module, "begin", fill_before(disk, run_dir_module.begin))
     run = disk.root / "run"
     line = one_line(capsys, pretrain(shards, run))
     assert f"no space left on {disk.root} while writing {run / 'config.yaml'}" in line

@@ -160,7 +160,7 @@ def test_a_clean_run_checkpoints_every_sample_once_and_a_resume_checks_against_t
     run = {"data.num_workers": 2, "data.batch_size": 4, "train.global_batch": 4, "train.checkpoint_every": 4,
            "optim.warmup_steps": 2}
     assert pretrain(data, run_dir, **run, **{"train.total_steps": 8}) == 0
-    state = ckpt.read_state(run_dir / "checkpoints" / "step_0000008")["split_keys"]
+    state = ckpt.read_state(run_dir / "checkpoints" / "step_0000008")["feed"]["split_keys"]
     assert sorted(Path(u).name for u in state["urls"]) == ["train-000000.tar", "train-000001.tar"]
     samples = sorted(zip(state["samples"].tolist(), state["hashes"].tolist()))
     urls = [Path(u).name for u in state["urls"]]

@@ -64,13 +64,14 @@ def test_smoke_recipe_learns_and_logs_every_step(pretrain_shards: Path, tmp_path
     for step in (40, 80):
         path = run_dir / "checkpoints" / ckpt.checkpoint_name(step)
         state = torch.load(path / "state.pt", weights_only=True)
-        assert state["step"] == step and state["stream"] == {"segment": step, "seed": 0} and state["world_size"] == 1
+        assert state["step"] == step and state["feed"]["segment"] == step and state["version"] == 2 and state["world_size"] == 1
         assert state["config"]["model"]["name"] == "vit_nano_patch4" and state["accumulation"] == 1
         assert "backbone.pos_embed" in state["model"] and "mask_token" in state["model"]
         assert state["optimizer"]["state"]["mask_token"]["step"].item() == step
         assert state["scheduler"]["last_epoch"] == step
-        rng = torch.load(path / "rng_rank0.pt", weights_only=True)
-        assert set(rng) >= {"python", "numpy", "torch"}
+        rank_state = torch.load(path / "rng_rank0.pt", weights_only=True)
+        assert set(rank_state["rng"]) >= {"python", "numpy", "torch"}
+        assert rank_state["feed"] == {"positions": [], "next_worker": 0}  # a checkpoint step starts a segment
 
 
 def inject_nan(monkeypatch, steps: set[int]) -> None:
@@ -233,7 +234,8 @@ def test_peak_flops_table_matches_device_names():
 
 
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
-HOST_SIDE_FILES = ("ssl_vit/data/", "ssl_vit/train/agreement.py")  # CPU tensors by design: decoding, gloo flags
+HOST_SIDE_FILES = ("ssl_vit/data/", "ssl_vit/train/agreement.py", "ssl_vit/train/feed.py")
+# CPU tensors by design: decoding, gloo flags, the loader batches' worker positions the feed notes
 
 
 @pytest.mark.timeout(60)
@@ -278,7 +280,9 @@ def test_no_host_device_synchronisation_inside_a_step(precision: str, pretrain_s
         finally:
             inside_step[0] = False
 
-    original_next_batch = trainer_module.Trainer._next_batch
+    from ssl_vit.train.feed import DataFeed
+
+    original_next_batch = DataFeed.next
 
     def next_batch(self, *args, **kwargs):
         batch, stopping = original_next_batch(self, *args, **kwargs)
@@ -286,7 +290,7 @@ def test_no_host_device_synchronisation_inside_a_step(precision: str, pretrain_s
         return batch, stopping
 
     monkeypatch.setattr(trainer_module.Trainer, "_step", step)
-    monkeypatch.setattr(trainer_module.Trainer, "_next_batch", next_batch)
+    monkeypatch.setattr(DataFeed, "next", next_batch)
     run_dir = tmp_path / "run"
     assert pretrain(pretrain_shards, run_dir, **{"train.total_steps": 4, "train.log_every": 4, "train.checkpoint_every": 4,
                                                 "train.global_batch": 32, "optim.grad_clip": 1.0, "train.precision": precision,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,9 @@ import torch.distributed as dist
 from ..config import PretrainConfig, accumulation_steps, build_objective, load_config
 from ..errors import ConfigError, UserError, report_now
 from ..recipe_files import resolve_recipe
+
+if TYPE_CHECKING:
+    from ..train import Validation
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,16 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --dry-run: plan for N processes (default: this launch's, 1 outside accelerate launch)")
 
 
-def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) -> Callable | None:
-    """`val_fn(step)` running `eval.evaluators` on the backbone, or None when `eval.every` is 0."""
+def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) -> Validation | None:
+    """`eval.evaluators` on the backbone every `eval.every` steps, or None when `eval.every` is 0."""
     if not cfg.eval.every:
         return None
     try:
         from ..eval.periodic import check_periodic, evaluate_during_pretraining
     except ModuleNotFoundError:
         raise ConfigError("eval.every is set, but ssl_vit.eval.periodic is not installed; set eval.every=0") from None
+    from ..train import Validation
+
     check_periodic(cfg)  # unknown evaluators or unreadable data fail now, not after the first eval.every steps
-    return lambda step: evaluate_during_pretraining(objective.backbone, cfg, accelerator, step)
+    return Validation(cfg.eval.every, lambda step: evaluate_during_pretraining(objective.backbone, cfg, accelerator, step))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"model.init_from {cfg.model.init_from}: no such file or directory; give an ssl-vit export, "
                           "a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
     from ..data import resolve_spec
-    from ..train import Trainer, make_accelerator
+    from ..train import DataFeed, RunFiles, Trainer, make_accelerator
     from ..train.checkpoint import latest_checkpoint
     from ..train.wiring import total_steps, train_stream_factory
 
@@ -88,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
 
             accelerator.print(init_from(cfg.model.init_from, objective.backbone, objective))
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
+        make_stream = train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
+                                           world_size=accelerator.num_processes,
+                                           pin_memory=accelerator.device.type == "cuda")
         trainer = Trainer(
-            objective,
-            train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
-                                 world_size=accelerator.num_processes, pin_memory=accelerator.device.type == "cuda"),
-            accelerator=accelerator, train=cfg.train, optim=cfg.optim, per_device_batch=cfg.data.batch_size,
-            total_steps=steps, run_dir=cfg.output_dir, config=cfg.to_dict(), config_yaml=cfg.to_yaml(),
-            val_fn=periodic_eval(cfg, objective, accelerator), val_every=cfg.eval.every,
-            samples_per_epoch=shards.num_samples, flops_per_image=flops,
+            objective, DataFeed(make_stream, batch_size=cfg.data.batch_size, samples_per_epoch=shards.num_samples),
+            accelerator=accelerator, train=cfg.train, optim=cfg.optim, total_steps=steps,
+            run=RunFiles(Path(cfg.output_dir), cfg.to_dict(), cfg.to_yaml()),
+            validation=periodic_eval(cfg, objective, accelerator), flops_per_image=flops,
         )
         result = trainer.fit(args.resume, overwrite=args.overwrite)
         if result.status == "finished":

@@ -34,7 +34,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     """Fine-tune ctx's backbone on the train split; test top-1 at the end (and of the holdout-selected weights)."""
     from ssl_vit.data.stream import steps_per_epoch
     from ssl_vit.objectives import ImageClassification
-    from ssl_vit.train.trainer import Trainer
+    from ssl_vit.train import DataFeed, RunFiles, Trainer, Validation
     from ssl_vit.train.wiring import total_steps, train_stream_factory
 
     accelerator = ctx.accelerator
@@ -69,9 +69,9 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
         return {"finetune/holdout_top1": scores[step]}
 
     trainer = Trainer(
-        objective, make_stream, accelerator=accelerator, train=cfg.train, optim=cfg.optim,
-        per_device_batch=d.batch_size, total_steps=total, run_dir=run_dir, config=cfg.to_dict(),
-        val_fn=validate, val_every=val_every, samples_per_epoch=train_shards.num_samples,
+        objective, DataFeed(make_stream, batch_size=d.batch_size, samples_per_epoch=train_shards.num_samples),
+        accelerator=accelerator, train=cfg.train, optim=cfg.optim, total_steps=total,
+        run=RunFiles(run_dir, cfg.to_dict()), validation=Validation(val_every, validate),
         optimizer_factory=lambda model: build_finetune_optimizer(model, cfg.optim),
     )
     result = trainer.fit(resume=resume)

@@ -37,8 +37,9 @@ def mae_linear_probe(
     trust_coefficient: float = 0.001,
     num_classes: int | None = None,
 ) -> dict[str, float]:
-    from ssl_vit.data.split_keys import PartsRead
     from ssl_vit.data.stream import TrainStreamOptions, build_train_stream, steps_per_epoch
+    from ssl_vit.train.agreement import HostAgreement
+    from ssl_vit.train.feed import DataFeed
 
     pool = pool or ctx.pool
     layers = ctx.layers if layers is None else layers
@@ -65,17 +66,19 @@ def mae_linear_probe(
     # the trainer's warmup + cosine schedule (to 0), stepped once per optimizer step
     scheduler = build_scheduler(optimizer, OptimConfig(lr=lr, warmup_steps=warmup, schedule="cosine", min_lr=0.0), total)
     model = accelerator.prepare_model(head) if accelerator is not None else head
-    stream = build_train_stream(  # the shuffle buffer and bad-image limit it has always read with
-        shards, TrainStreamOptions(batch_size=batch_size, image_size=size, num_workers=ctx.data.num_workers,
-                                   shuffle_buffer=1000, max_bad_fraction=0.05),
-        seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
-    )
+    options = TrainStreamOptions(batch_size=batch_size, image_size=size, num_workers=ctx.data.num_workers,
+                                 shuffle_buffer=1000, max_bad_fraction=0.05)  # what it has always read with
+    # The trainer's feed: a stream failure on one rank stops every rank, and every key is checked once in the split.
+    feed = DataFeed(lambda segment: build_train_stream(shards, options, seed=ctx.seed, rank=ctx.rank,
+                                                       world_size=ctx.world_size, segment=segment),
+                    batch_size=batch_size)
+    agreement = HostAgreement()
     losses: list[torch.Tensor] = []
-    parts_read = PartsRead()
     bar = progress_bar(total=total, desc="linear (mae)", disable=not ctx.is_main, dynamic_ncols=True)
     try:
-        for _, batch in zip(range(total), stream):
-            parts_read.note(batch)
+        feed.open(0)
+        for _ in range(total):
+            batch, _ = feed.next(agreement)
             images = batch["image"].to(ctx.device, non_blocking=True)
             feats = embed_images(backbone, images, pool, layers)  # (B, D) under no_grad: the backbone stays frozen
             loss = F.cross_entropy(model(feats), batch["label"].to(ctx.device))
@@ -85,10 +88,11 @@ def mae_linear_probe(
             scheduler.step()
             losses.append(loss.detach())
             bar.update(1)
+        feed.check_keys(agreement)  # a repeated key raises on every rank
     finally:
         bar.close()
-        stream.close()
-    _every_key_once(parts_read.take(), accelerator)
+        feed.close()
+        agreement.close()
     head.eval()
     counts = torch.zeros(3, device=ctx.device)  # correct top-1, correct top-5, seen
     with ctx.eval_batches("test", size) as test:
@@ -107,14 +111,3 @@ def mae_linear_probe(
         "linear/train_loss": tail,
     }
 
-
-def _every_key_once(records: list[dict], accelerator) -> None:
-    """The trainer's split-wide key check (data/split_keys.py), once, after the probe's training: every rank
-    gathers every rank's records and checks them alike, so a repeated key raises the same error on each."""
-    from accelerate.utils import gather_object
-
-    from ssl_vit.data.split_keys import SplitKeyLedger
-
-    if accelerator is not None and accelerator.num_processes > 1:
-        records = gather_object(records)  # every rank's records, rank 0's first
-    SplitKeyLedger().add(records)

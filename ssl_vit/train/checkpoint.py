@@ -1,14 +1,20 @@
-"""Atomic checkpoints that a resumed run continues from exactly.
+"""Atomic checkpoints that a resumed run continues from exactly: a dict of component states beside the recipe.
 
 Layout of a run directory's `checkpoints/`:
 
-    step_0001000/state.pt        model (the objective's state_dict, unwrapped), optimizer, scheduler, step,
-                                 stream state ({"segment": the step its data segment began, "seed": …}), world size,
-                                 the config, the split's key ledger (`split_keys`: data/split_keys.py)
-    step_0001000/rng_rank{r}.pt  every rank's RNG states (python, numpy, torch CPU, CUDA when present) and its
-                                 loader workers' stream positions (`stream_positions`)
+    step_0001000/state.pt        the components every rank shares, written by rank 0: `model` (the objective's
+                                 state_dict, unwrapped), `optimizer`, `scheduler`, `feed` (the data segment and the
+                                 split's key ledger: feed.py), `precision` (fp16's loss scale; empty otherwise);
+                                 beside them `step`, `config` (the recipe), `world_size`, `accumulation`,
+                                 `global_batch`, and `format` + `version`
+    step_0001000/rng_rank{r}.pt  every rank's own components: `rng` (python, numpy, torch CPU, CUDA when present)
+                                 and `feed` (its loader workers' stream positions)
     step_0001000/config.yaml     the resolved recipe, for people
     latest                       a text file naming the newest complete checkpoint
+
+Format version 1 (before 2026-12) kept the same states under other keys (`stream`, `split_keys`, `loss_scaler`;
+the RNG states and `stream_positions` at the top of `rng_rank{r}.pt`); `read_state` and `load_checkpoint` read
+it as version 2, so older runs resume exactly.
 
 A checkpoint is written into `.tmp-step_…` and renamed when every rank has finished its part, and `latest` is
 replaced (write, then rename) only after that; a crash or kill at any moment leaves `latest` naming a complete
@@ -20,12 +26,13 @@ parameter names for plain, DDP and FSDP models alike.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +40,7 @@ import torch.nn as nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
-from ..files import atomic_write
+from ..files import atomic_write, make_dir, publish_dir
 from ..safe_load import load_weights_only
 from .agreement import HostAgreement
 
@@ -42,6 +49,8 @@ LATEST = "latest"
 STATE_FILE = "state.pt"
 STEP_NAME = re.compile(r"^step_(\d+)$")
 RNG_KEYS = ("python", "numpy", "torch", "cuda")
+FORMAT, VERSION = "ssl_vit.checkpoint", 2
+SHARED = ("model", "optimizer", "scheduler", "feed", "precision")  # the components in state.pt
 
 
 def checkpoint_name(step: int) -> str:
@@ -132,11 +141,15 @@ def save_checkpoint(
     rank: int,
     agreement: HostAgreement,
     keep_last: int,
-    rank_state: dict[str, Any] | None = None,
+    components: dict[str, dict[str, Any]] | None = None,
+    rank_components: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint `step` on every rank (a collective call); returns its final path.
 
-    `rank_state` (this rank's own, e.g. its loader workers' stream positions) is kept beside its RNG states.
+    `model`, `optimizer` and `scheduler` are the components `load_checkpoint` restores in place; `components`
+    (the others' states, e.g. the feed's and the precision's: rank 0's are written) go into `state.pt` beside
+    them and `meta` (the recipe and the batch arithmetic); `rank_components` (this rank's own, e.g. its loader
+    workers' positions) beside its RNG states in `rng_rank{rank}.pt`.
 
     If any rank fails, nobody publishes it: the temporary directory is removed, `latest` keeps naming the
     previous checkpoint, and every rank raises CheckpointError.
@@ -148,11 +161,11 @@ def save_checkpoint(
     )  # collective under FSDP; the full state lands on rank 0
     error: BaseException | None = None
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        _write({**rng_state(), **(rank_state or {})}, tmp / f"rng_rank{rank}.pt")
+        make_dir(tmp)
+        _write({"rng": rng_state(), **(rank_components or {})}, tmp / f"rng_rank{rank}.pt")
         if rank == 0:
-            state = {"model": model_state, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
-                     "step": step, **meta}
+            state = {"format": FORMAT, "version": VERSION, "step": step, **meta, "model": model_state,
+                     "optimizer": optim_state, "scheduler": scheduler.state_dict(), **(components or {})}
             _write(state, tmp / STATE_FILE)
             if config_yaml is not None:
                 atomic_write(tmp / "config.yaml", config_yaml)
@@ -182,13 +195,7 @@ def save_checkpoint(
 
 def _publish(tmp: Path, final: Path) -> None:
     """Rename the finished directory into place, then point `latest` at it (each step atomic)."""
-    if final.exists():  # the same step saved again (e.g. a signal right at a checkpoint step)
-        old = final.with_name(f".old-{final.name}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    publish_dir(tmp, final)  # the same step saved again (a signal right at a checkpoint step) replaces it
     atomic_write(final.parent / LATEST, final.name + "\n")
 
 
@@ -241,11 +248,52 @@ def intact_choices(root: Path, intact: list[Path]) -> str:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """`state.pt` of a checkpoint, loaded weights-only (no pickled code runs)."""
+    """`state.pt` of a checkpoint, loaded weights-only (no pickled code runs), in today's format whatever its version."""
     file = path / STATE_FILE
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; is {path} a checkpoint directory?")
-    return load_weights_only(file, "Was it written by ssl-vit pretrain?")
+    state = load_weights_only(file, "Was it written by ssl-vit pretrain?")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: not a checkpoint written by ssl-vit pretrain (it holds a {type(state).__name__})")
+    return upgrade_state(state, file)
+
+
+def upgrade_state(state: dict[str, Any], file: Path) -> dict[str, Any]:
+    """A `state.pt` of any format version as version 2 (the module's docstring): v1 kept the feed's segment under
+    `stream`, its ledger under `split_keys` and fp16's scale under `loss_scaler`."""
+    version = state.get("version", 1)
+    if version == VERSION:
+        return state
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{file}: checkpoint format version {version}, newer than this ssl_vit reads "
+                              f"({VERSION}); upgrade ssl_vit to resume or read it")
+    state = dict(state)
+    stream = state.pop("stream", None) or {}
+    feed = {"segment": int(stream.get("segment", state.get("step", 0)))}
+    if "split_keys" in state:
+        feed["split_keys"] = state.pop("split_keys")
+    state.update(format=FORMAT, version=VERSION, feed=feed, precision=state.pop("loss_scaler", None) or {})
+    return state
+
+
+def upgrade_rank_state(state: dict[str, Any]) -> dict[str, Any]:
+    """An `rng_rank{r}.pt` of format version 1 (RNG states and `stream_positions` at the top) as version 2."""
+    if "rng" in state:
+        return state
+    return {"rng": {k: state[k] for k in RNG_KEYS if k in state},
+            "feed": {"positions": list(state.get("stream_positions", [])),
+                     "next_worker": int(state.get("stream_next_worker", 0))}}
+
+
+@dataclass
+class Restored:
+    """What `load_checkpoint` hands back besides the weights it loaded in place."""
+
+    step: int
+    meta: dict[str, Any]  # the recipe (`config`), `world_size`, `accumulation`, `global_batch`, …
+    components: dict[str, dict[str, Any]]  # the shared states not loaded here: `feed`, `precision`
+    rank_components: dict[str, dict[str, Any]]  # this rank's own, without `rng`: `feed` (empty without its file)
+    rng_restored: bool  # False: the checkpoint had no RNG file for this rank
 
 
 def load_checkpoint(
@@ -255,8 +303,8 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rank: int,
-) -> tuple[dict[str, Any], bool]:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns (state without tensors, rng restored).
+) -> Restored:
+    """Restore model, optimizer, scheduler and this rank's RNG in place; the other components come back to the caller.
 
     The optimizer's moments and the schedule's position come from the checkpoint; its hyperparameters (lr,
     weight decay, betas, …) and the schedule's base rates stay those of the optimizer and scheduler given,
@@ -278,21 +326,25 @@ def load_checkpoint(
     scheduler.load_state_dict(state["scheduler"])
     apply_recipe(optimizer, scheduler, recipe)
     rng_file = path / f"rng_rank{rank}.pt"
-    restored = rng_file.is_file()
-    rank_state: dict[str, Any] = {}
-    if restored:
-        rank_state = load_weights_only(rng_file, "Delete the checkpoint's rng_rank*.pt files to resume with fresh random draws.")
+    own: dict[str, Any] = {}
+    if rng_file.is_file():
+        loaded = load_weights_only(rng_file, "Delete the checkpoint's rng_rank*.pt files to resume with fresh random draws.")
         try:
-            set_rng_state(rank_state)
+            own = upgrade_rank_state(loaded)
+            set_rng_state(own["rng"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError) as err:
             raise CheckpointError(
                 f"{rng_file}: not an RNG state written by ssl-vit pretrain ({type(err).__name__}: "
                 f"{' '.join(str(err).split())[:120]}); delete the checkpoint's rng_rank*.pt files to resume with "
                 "fresh random draws (the run then differs from an uninterrupted one), or resume from another checkpoint"
             ) from None
-    meta = {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler")}
-    meta["rank_state"] = {k: v for k, v in rank_state.items() if k not in RNG_KEYS}
-    return meta, restored
+    return Restored(
+        step=int(state["step"]),
+        meta={k: v for k, v in state.items() if k not in SHARED},
+        components={k: state.get(k) or {} for k in SHARED[3:]},
+        rank_components={k: v for k, v in own.items() if k != "rng"},
+        rng_restored=bool(own),
+    )
 
 
 def apply_recipe(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,

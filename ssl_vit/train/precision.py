@@ -10,11 +10,16 @@ A step under fp16: the loss is multiplied by the scale before the backward, the 
 before clipping, and a step whose gradients overflowed (inf/nan although the loss was finite) is skipped and the
 scale halved; after `growth_interval` clean steps it doubles again. Such *overflow* skips are the scaler
 calibrating itself, counted apart from non-finite losses (which stop the run after `train.max_nonfinite`).
+
+The trainer sees one `Precision` whatever the run trains in (a null object, as nanoGPT's
+`GradScaler(enabled=False)` and MAE's `NativeScaler` are): `Precision` does nothing for fp32 and bf16, and
+`LossScaling` scales for fp16. The step calls the same methods either way and has no branch of its own.
 """
 from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from typing import Any, ContextManager
 
 import torch
@@ -52,26 +57,63 @@ def report_launcher_disagreement(recipe: str, precision: str) -> None:
               f"(set train.precision={launcher} to follow the launcher)")
 
 
-class LossScaling:
+class Precision:
+    """fp32 and bf16: nothing to scale (bf16's autocast is Accelerate's). Every method is the identity or a no-op.
+
+    `classify(flags)` splits the step's all-reduced `(non-finite loss, non-finite gradients)` flags into
+    (non-finite, overflow): without scaling every skipped step is a non-finite one.
+    """
+
+    watches_overflow = False  # whether the step must compute the gradient norm even without clipping
+
+    def __init__(self, name: str = "fp32"):
+        self.name = name
+
+    def autocast(self) -> ContextManager:
+        return nullcontext()
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def classify(self, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = flags.max()
+        return skip, torch.zeros_like(skip)
+
+    def update(self) -> None:
+        pass
+
+    def log_extra(self) -> dict[str, float]:
+        """What the metrics record adds (fp16: the loss scale)."""
+        return {}
+
+    def check(self, record: dict, step: int) -> None:
+        """Raise when a logged record shows that training in this precision cannot go on."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Continue from a checkpoint's precision state; returns what to say after the checkpoint's path when it
+        cannot be continued exactly."""
+        return None
+
+
+class LossScaling(Precision):
     """fp16 autocast and dynamic loss scaling for one run (see the module's docstring)."""
 
+    watches_overflow = True  # an overflow shows as a non-finite gradient norm
+
     def __init__(self, device: torch.device, init_scale: float, growth_interval: int = 2000):
+        super().__init__("fp16")
         self.device_type = device.type
+        self.init_scale = init_scale
         self.scaler = torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
         # Overflow skips in a row that would take the scale below fp16's smallest subnormal: by then the
         # gradients are not too large for fp16, they are broken (inf or nan at any scale).
         self.max_overflow_streak = int(math.log2(init_scale / FP16_SMALLEST)) + 1
-
-    @classmethod
-    def for_run(cls, train: TrainConfig, accelerator: Accelerator) -> LossScaling | None:
-        """The run's loss scaling when it trains in fp16 here; None otherwise."""
-        if resolve_precision(train.precision, accelerator.device.type == "cuda") != "fp16":
-            return None
-        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise ConfigError(f"train.precision={train.precision} trains in fp16 here, which ssl_vit supports with one "
-                              f"process or DDP, not {accelerator.distributed_type.value}: use train.precision=bf16 "
-                              "(or fp32)")
-        return cls(accelerator.device, train.fp16_loss_scale)
 
     def autocast(self) -> ContextManager:
         return torch.autocast(self.device_type, dtype=torch.float16)
@@ -83,6 +125,10 @@ class LossScaling:
         """Divide the gradients by the scale in place (before clipping, before the step)."""
         self.scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
 
+    def classify(self, flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients inf/nan with a finite loss: fp16 overflowed, and the scaler halves the scale and goes on."""
+        return flags[0], flags[1] * (1.0 - flags[0])
+
     def update(self) -> None:
         """After the step (taken or skipped): halve the scale if the gradients overflowed, else count towards doubling."""
         self.scaler.update()
@@ -91,13 +137,11 @@ class LossScaling:
         """The current scale (one host sync: read when metrics are logged, which synchronise anyway)."""
         return float(self.scaler.get_scale())
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.scaler.state_dict()
+    def log_extra(self) -> dict[str, float]:
+        return {"loss_scale": self.scale_value()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scaler.load_state_dict(state)
-
-    def check_overflow_streak(self, streak: int, step: int) -> None:
+    def check(self, record: dict, step: int) -> None:
+        streak = record["_overflow_streak"]
         if streak >= self.max_overflow_streak:
             raise UserError(
                 f"fp16: the gradients overflowed {streak} steps in a row (up to step {step}) although the loss was "
@@ -105,3 +149,25 @@ class LossScaling:
                 "Use train.precision=bf16 (or fp32), or lower optim.lr, then --resume from the last checkpoint"
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict()  # the same on every rank: its overflow decision follows all-reduced gradients
+
+    def load_state_dict(self, state: dict[str, Any]) -> str | None:
+        """fp16 continues with the saved loss scale (a resume that restarted at the initial one would skip steps
+        the uninterrupted run took); a checkpoint of another precision has none, and the scale starts afresh."""
+        if not state:
+            return f"was not trained in fp16: the loss scale starts at train.fp16_loss_scale={self.init_scale:g}"
+        self.scaler.load_state_dict(state)
+        return None
+
+
+def precision_for_run(train: TrainConfig, accelerator: Accelerator) -> Precision:
+    """The run's `Precision`: `LossScaling` when it trains in fp16 here, else the null object named after Accelerate's
+    mixed precision (fp32 or bf16)."""
+    if resolve_precision(train.precision, accelerator.device.type == "cuda") != "fp16":
+        return Precision(NAMES[accelerator.mixed_precision])
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"train.precision={train.precision} trains in fp16 here, which ssl_vit supports with one "
+                          f"process or DDP, not {accelerator.distributed_type.value}: use train.precision=bf16 "
+                          "(or fp32)")
+    return LossScaling(accelerator.device, train.fp16_loss_scale)
