@@ -3,13 +3,12 @@ and feed) beside the recipe, with a version. A checkpoint of format version 1 (t
 components had names) resumes exactly: the test writes one the way version 1 did and resumes from it."""
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 from run_records import records
+from trainer_fixtures import sigterm_at_step
 
 from ssl_vit.errors import CheckpointError
 from ssl_vit.train import checkpoint as ckpt
@@ -65,20 +64,11 @@ def test_a_version_1_checkpoint_between_checkpoint_steps_resumes_exactly(pretrai
     """Stopped by SIGTERM at step 3 (between scheduled checkpoints, in fp16 calibration, 2 loader workers), the
     checkpoint rewritten as version 1, then resumed: the stream fast-forwards to the saved positions, the loss scale
     continues, and losses, scales and final weights equal the uninterrupted run's."""
-    from ssl_vit.train import trainer as trainer_module
-
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert pretrain(pretrain_shards, whole, **RUN) == 0
-    original = trainer_module.Trainer._step
-
-    def step(self, number, *args, **kwargs):
-        if number == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler does; the trainer's handler takes it
-        return original(self, number, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_step", step)
+    sigterm_at_step(monkeypatch, 3)
     assert pretrain(pretrain_shards, stopped, **RUN) == 0
-    monkeypatch.setattr(trainer_module.Trainer, "_step", original)
+    monkeypatch.undo()
     path = stopped / "checkpoints" / ckpt.checkpoint_name(3)
     saved = torch.load(path / "state.pt", weights_only=True)
     rank = torch.load(path / "rng_rank0.pt", weights_only=True)

@@ -97,13 +97,10 @@ def test_a_signal_during_an_arm_stops_the_study_instead_of_evaluating_the_unfini
     """SIGTERM in the middle of an arm's pretraining: the pretraining checkpoints and returns 0, and the study must
     stop there (exit 0, one line) — not evaluate the half-trained run as if it were the arm's result. Run again, the
     arm resumes from that checkpoint and finishes."""
-    import os
-    import signal
-
     from ssl_vit.cli import main
-    from ssl_vit.train import trainer as trainer_module
 
     from eval_fixtures import write_dataset
+    from trainer_fixtures import sigterm_at_step
 
     data = write_dataset(tmp_path / "shards", train_per_class=16)
     work = tmp_path / "study"
@@ -112,14 +109,7 @@ def test_a_signal_during_an_arm_stops_the_study_instead_of_evaluating_the_unfini
             "--select-on", "fewshot/1shot_train_holdout", "--recipe", "recipes/pretrain/smoke.yaml",
             "--eval-recipe", "recipes/eval/smoke.yaml", "train.total_steps=4", "train.global_batch=8",
             "data.batch_size=8", "optim.warmup_steps=1", "train.checkpoint_every=4", "train.log_every=1"]
-    original = trainer_module.Trainer._step
-
-    def step(self, number, *args, **kwargs):
-        if number == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler does; the trainer's handler takes it
-        return original(self, number, *args, **kwargs)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_step", step)
+    sigterm_at_step(monkeypatch, 2)
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "stopped: SIGTERM during `ssl-vit pretrain`, which saved a checkpoint; run the same command again" in err
@@ -128,7 +118,7 @@ def test_a_signal_during_an_arm_stops_the_study_instead_of_evaluating_the_unfini
     assert (arm / "pretrain" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
     assert not (work / "arms" / "pixels_r50_s1").exists()
 
-    monkeypatch.setattr(trainer_module.Trainer, "_step", original)
+    monkeypatch.undo()
     assert main(argv) == 0
     out = capsys.readouterr()
     assert f"resumed from {arm / 'pretrain' / 'checkpoints' / 'step_0000002'} at step 2" in out.out + out.err

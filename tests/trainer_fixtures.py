@@ -89,3 +89,20 @@ def tree_digest(root: Path) -> dict[str, str]:
 
     return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*"))}
+
+
+def sigterm_at_step(monkeypatch, step: int) -> None:
+    """SIGTERM to this process as the in-process trainer starts step `step` (what a scheduler does); the trainer's
+    handler takes it and the run checkpoints that step and returns. `monkeypatch.undo()` (or the test's end) restores it."""
+    import signal
+
+    from ssl_vit.train import trainer as trainer_module
+
+    original = trainer_module.Trainer._step
+
+    def signalled(self, number, *args, **kwargs):
+        if number == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, number, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_step", signalled)
