@@ -19,5 +19,6 @@ recipe_packages = ["ssl_vit.recipes"] + sorted(
 setup(
     packages=find_packages(include=["ssl_vit", "ssl_vit.*", "data_tools", "data_tools.*"]) + recipe_packages,
     package_dir={"ssl_vit.recipes": "recipes"},
-    package_data={package: ["*"] for package in recipe_packages},
+    # py.typed: the packages' type hints are part of their interface (PEP 561).
+    package_data={"ssl_vit": ["py.typed"], "data_tools": ["py.typed"], **{package: ["*"] for package in recipe_packages}},
 )

@@ -43,6 +43,8 @@ WHEEL="$(ls "$WORK"/dist/ssl_vit-*.whl)"
 "$PY" -m zipfile -l "$WHEEL" >"$WORK/wheel.txt"
 expect "the wheel ships the recipes" "$WORK/wheel.txt" "^ssl_vit/recipes/pretrain/smoke.yaml "
 expect "the wheel ships the accelerate configs" "$WORK/wheel.txt" "^ssl_vit/recipes/accelerate/gpu_8.yaml "
+expect "the wheel ships its licence" "$WORK/wheel.txt" "^ssl_vit-[^/]+\.dist-info/licenses/LICENSE "
+expect "the wheel says it is typed" "$WORK/wheel.txt" "^ssl_vit/py.typed "
 
 # 2. A fresh venv: torch first (this exact version is a local CPU wheel; any other spec pulls CUDA gigabytes).
 check "fresh venv" "$PY" -m venv "$WORK/venv"
