@@ -106,10 +106,16 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def run(argv: list[str] | None = None) -> int:
+    """The command without `main`'s error printing: a `DataToolsError` reaches the caller, for commands that run a
+    build as one of their stages and say in their own one line what failed (`ssl-vit demo`)."""
+    args = _parser().parse_args(argv)
+    return _build(args) if args.command == "build" else _verify(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
-        return _build(args) if args.command == "build" else _verify(args)
+        return run(argv)
     except DataToolsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

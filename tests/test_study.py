@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert {"fewshot/1shot", "fewshot/2shot"} <= set(record["reference_raw_pixels"])
     # each arm's baseline is its own initial weights: seed 1's differs from seed 0's, and is the same for both targets
     for arm in ("pixels_r50_s1", "mean_color_r50_s1"):
-        source = resolve_backbone(str(work / "arms" / arm / "pretrain"))
+        source = resolve_backbone(str(Path(record["arms"][arm]["folder"]) / "pretrain"))
         assert source.train_seed == 1
     assert record["arms"]["pixels_r50_s1"]["random_init"] == record["arms"]["mean_color_r50_s1"]["random_init"]
     assert record["arms"]["pixels_r50_s0"]["random_init"] != record["arms"]["pixels_r50_s1"]["random_init"]
@@ -90,6 +91,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     rerun = capsys.readouterr()
     assert "arm 4/4" in rerun.err and "training steps" not in rerun.out + rerun.err
+    assert rerun.err.count("reused, finished earlier with the same settings") == 4
 
 
 @pytest.mark.timeout(600)
@@ -113,10 +115,10 @@ def test_a_signal_during_an_arm_stops_the_study_instead_of_evaluating_the_unfini
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "stopped: SIGTERM during `ssl-vit pretrain`, which saved a checkpoint; run the same command again" in err
-    arm = work / "arms" / "pixels_r50_s0"
+    (arm,) = (work / "arms").glob("pixels_r50_s0-*")  # the arm's folder, named by its settings' key
     assert not (arm / "metrics.json").exists() and not (arm / "eval").exists()  # nothing was evaluated
     assert (arm / "pretrain" / "checkpoints" / "latest").read_text().strip() == "step_0000002"
-    assert not (work / "arms" / "pixels_r50_s1").exists()
+    assert not list((work / "arms").glob("pixels_r50_s1-*"))
 
     monkeypatch.undo()
     assert main(argv) == 0

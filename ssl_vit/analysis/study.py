@@ -15,7 +15,9 @@ small data is as large as the differences between targets. Over seeds the report
 - comparisons between configurations, paired by seed (same init, same draws): the paper's questions.
 
 The configuration is *selected* on `fewshot/{k}shot_train_holdout`: few-shot accuracy on a held-out part of the
-training split (`fewshot.train_holdout`), never on test. Every stage resumes: a rerun reuses finished arms.
+training split (`fewshot.train_holdout`), never on test. Every stage resumes: a rerun reuses the arms it finished
+with the same settings — recipe, data by content, code (`settings.py`) — and nothing else; the report shows this
+command's arms only.
 """
 from __future__ import annotations
 
@@ -100,26 +102,82 @@ def paired_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95)
 
 
 # ----------------------------------------------------------------------------------------------- running
-def run_arm(arm: Arm, work: Path, *, train: str, test: str, recipe: str, eval_recipe: str,
+@dataclass(frozen=True)
+class ArmPlan:
+    """An arm of this command, with the settings it computes under (`settings.arm_settings`) and their key.
+
+    The arm's folder is named by the key (`arms/pixels_r50_s0-3f9a1c2b7d`): a rerun with another length, target,
+    rate, seed, data or code computes into another folder and never reads a result of other settings; the same
+    settings find their finished (or interrupted) arm again."""
+
+    arm: Arm
+    key: str
+    settings: dict
+
+    def dir(self, work: Path) -> Path:
+        return work / "arms" / f"{self.arm.name}-{self.key[:KEY_IN_NAME]}"
+
+
+KEY_IN_NAME = 10
+
+
+def plan_arm(arm: Arm, work: Path, *, train: str, test: str, recipe: str, eval_recipe: str,
+             overrides: Sequence[str] = (), eval_overrides: Sequence[str] = ()) -> ArmPlan:
+    """The arm's settings and key; a bad recipe or override fails here, in one line, before anything runs."""
+    from ..data.identity import content_key
+    from .settings import arm_settings
+
+    settings = arm_settings(recipe=recipe, overrides=[*overrides, *arm.overrides()], eval_recipe=eval_recipe,
+                            eval_overrides=eval_overrides, train=train, test=test, output_dir=str(work))
+    return ArmPlan(arm, content_key(settings), settings)
+
+
+def finished(plan: ArmPlan, work: Path) -> tuple[dict, dict] | None:
+    """The arm's (pretrained, random-init) metrics when an earlier command finished it with these very settings;
+    None when it is not finished. A record of other settings in its folder (copied or edited by hand) refuses."""
+    from .settings import changed
+
+    done = plan.dir(work) / "metrics.json"
+    if not done.is_file():
+        return None
+    try:
+        record = json.loads(done.read_text())
+        same = record["key"] == plan.key and record["settings"] == plan.settings
+        metrics = record["pretrained"], record["random_init"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{done} is not a finished arm's record; delete {done.parent} to run the arm again") from None
+    if not same:
+        raise UserError(f"{done} records other settings than its folder's name says "
+                        f"({changed(record.get('settings') or {}, plan.settings)}); delete "
+                        f"{done.parent} to run the arm again")
+    return metrics
+
+
+def run_arm(plan: ArmPlan, work: Path, *, train: str, test: str, recipe: str, eval_recipe: str,
             overrides: Sequence[str] = (), eval_overrides: Sequence[str] = (),
             call: Callable[[list[str]], None]) -> tuple[dict, dict]:
-    """Pretrain and evaluate one arm (resuming either stage); returns (pretrained, random-init) metrics."""
-    arm_dir = work / "arms" / arm.name
+    """Pretrain and evaluate one arm in its keyed folder (resuming either stage); returns (pretrained, random-init)
+    metrics and records them with the settings they were computed under."""
+    arm_dir = plan.dir(work)
     pretrain_dir, eval_dir = arm_dir / "pretrain", arm_dir / "eval"
-    done = arm_dir / "metrics.json"
-    if done.is_file():
-        record = json.loads(done.read_text())
-        return record["pretrained"], record["random_init"]
-    call(["pretrain", "--config", recipe, "--resume", "auto", f"data.train={train}", f"output_dir={pretrain_dir}",
-          *overrides, *arm.overrides()])
+    call(["pretrain", "--config", recipe, "--resume", "auto", f"data.train={train}", *overrides,
+          *plan.arm.overrides(), f"output_dir={pretrain_dir}"])
     call(["eval", "fewshot", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
           "--test", test, "--config", eval_recipe, "--out", str(eval_dir), "--cache-dir", str(work / "cache"),
-          *eval_overrides])  # one cache: an init's features are extracted once for every arm of its seed
+          *eval_overrides])  # one cache, keyed by content: an init's features are extracted once for all its arms
     from ..eval.results import read_pair
 
     pretrained, random_init = read_pair(eval_dir)
-    atomic_write(done, json.dumps({"arm": arm.__dict__, "pretrained": pretrained, "random_init": random_init}, indent=1))
+    atomic_write(arm_dir / "metrics.json", json.dumps({"arm": plan.arm.__dict__, "key": plan.key, "settings": plan.settings,
+                                                       "pretrained": pretrained, "random_init": random_init}, indent=1))
     return pretrained, random_init
+
+
+def other_arms(work: Path, plans: Sequence[ArmPlan]) -> list[Path]:
+    """Arm folders under `work/arms` that are not this command's (other settings, data or code): never read."""
+    ours = {plan.dir(work).name for plan in plans}
+    root = work / "arms"
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in ours) if root.is_dir() else []
 
 
 def pixel_reference(train: str, test: str, eval_recipe: str, eval_overrides: Sequence[str] = ()) -> dict[str, float]:
@@ -248,15 +306,20 @@ def table_rows(summary: Mapping[str, dict], reference: Mapping[str, float] | Non
 
 
 def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], reference: Mapping[str, float] | None,
-                       *, shots: Sequence[int] = SHOTS, select_on: str = SELECT_ON, note: str = "") -> Path:
-    """study.json (every figure, per seed) and study.md (tables, the few-shot curves, the selection)."""
+                       *, shots: Sequence[int] = SHOTS, select_on: str = SELECT_ON, note: str = "",
+                       folders: Mapping[Arm, Path] | None = None) -> Path:
+    """study.json (every figure, per seed) and study.md (tables, the few-shot curves, the selection), from `results`
+    alone: the caller passes this command's arms, so no figure of another command's settings reaches them.
+    `folders` names each arm's folder in study.json."""
     from .plots import plot_fewshot
     from .report import write_report
 
     summary = summarise(results, shots)
     chosen = select(summary, select_on)
     record = {"summary": summary, "selected": chosen, "select_on": select_on, "reference_raw_pixels": reference,
-              "arms": {a.name: {"pretrained": m[0], "random_init": m[1]} for a, m in results.items()}}
+              "arms": {a.name: {"pretrained": m[0], "random_init": m[1],
+                                **({"folder": str(folders[a])} if folders and a in folders else {})}
+                       for a, m in results.items()}}
     atomic_write(work / "study.json", json.dumps(record, indent=1) + "\n")
     curves = {c: {f"fewshot/{k}shot": v["pretrained"][0] for k, v in e["shots"].items()} for c, e in summary.items()}
     first = next(iter(summary.values()), None)

@@ -14,17 +14,25 @@ Every stage goes through the same entry points users call (`ssl-vit-shards build
 5. analysis: Figure 7 and the masked-prediction picture; then `report.md` and `summary.json`.
 
 Each stage is resumable: running the command again reuses finished shards, continues pretraining from its
-latest checkpoint and reuses cached features.
+latest checkpoint and reuses cached features — only with the same settings (`ssl_vit/demo/workdir.py`): a
+rerun with another length, target, recipe, data or code is refused in one line naming --workdir and what
+changed, or replaces the work with --overwrite. A stage that fails says so in one line (a full disk: the file,
+the disk, and that finished stages are kept for the same command to reuse).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from data_tools.errors import DataToolsError
+
 from ..demo.report import write_demo_report
-from ..errors import ConfigError, Stopped, UserError
+from ..errors import ConfigError, StorageError, Stopped, UserError
 from ..eval.results import read_pair
 from ..files import atomic_write, make_dir
 
@@ -43,39 +51,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="demo/digits", help="the pretraining recipe (a file or a shipped name)")
     parser.add_argument("--eval-recipe", default="demo/eval", help="the evaluation recipe (a file or a shipped name)")
     parser.add_argument("--quick", action="store_true", help="a few steps only (for tests): artefacts, not results")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the work of other settings in --workdir (its pretraining starts afresh) "
+                             "instead of refusing")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="pretraining recipe overrides, e.g. train.total_steps=600 objective.kwargs.target=mean_color")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.settings import arm_settings, check_overrides
+    from ..demo.workdir import claim, started_afresh
+
     if (args.train is None) != (args.test is None):
         raise ConfigError("give both --train and --test (your own shards), or neither (the digits demo)")
+    check_overrides(args.overrides, "demo")
     work = Path(args.workdir)
-    make_dir(work, "--workdir")
+    with in_workdir(work, "the demo"):
+        make_dir(work, "--workdir")
     if args.train is None:
         train, test = digit_shards(work)
     else:
         train, test = args.train, args.test
-
+    pretrain_overrides = [*(QUICK_PRETRAIN if args.quick else []), *args.overrides]
+    eval_overrides = QUICK_EVAL if args.quick else []
     pretrain_dir = work / "pretrain"
+    settings = arm_settings(recipe=args.recipe, overrides=pretrain_overrides, eval_recipe=args.eval_recipe,
+                            eval_overrides=eval_overrides, train=train, test=test, output_dir=str(pretrain_dir))
+    with in_workdir(work, "the demo"):
+        afresh = claim(work, settings, overwrite=args.overwrite)
+
     _stage("pretraining (masked patch prediction, labels unused)")
-    call_command(["pretrain", "--config", args.recipe, "--resume", "auto", f"data.train={train}",
-           f"output_dir={pretrain_dir}", *(QUICK_PRETRAIN if args.quick else []), *args.overrides])
+    try:
+        call_command(["pretrain", "--config", args.recipe, *(["--overwrite"] if afresh else ["--resume", "auto"]),
+                      f"data.train={train}", *pretrain_overrides, f"output_dir={pretrain_dir}"], workdir=work)
+    except Stopped:
+        started_afresh(work)  # it stopped after a checkpoint of the new settings: the next run resumes that
+        raise
+    started_afresh(work)
 
     eval_dir = work / "eval"
     _stage("evaluation: pretrained vs the same architecture at random initialisation")
     call_command(["eval", "all", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
-           "--test", test, "--config", args.eval_recipe, "--out", str(eval_dir), *(QUICK_EVAL if args.quick else [])])
+                  "--test", test, "--config", args.eval_recipe, "--out", str(eval_dir), *eval_overrides], workdir=work)
     pretrained, random_init = read_pair(eval_dir)
 
     analysis_dir = work / "analysis"
     _stage("analysis: Figure 7 and the masked-prediction picture")
-    call_command(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"])
+    call_command(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"],
+                 workdir=work)
 
     summary = {"pretrained": _summary(pretrained), "random_init": _summary(random_init)}
-    atomic_write(work / "summary.json", json.dumps(summary, indent=2) + "\n")
-    report = write_demo_report(work, pretrained=pretrained, random_init=random_init, summary=summary,
-                               pretrain_dir=pretrain_dir, analysis_dir=analysis_dir, quick=args.quick)
+    with in_workdir(work, "the demo's report"):
+        atomic_write(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+        report = write_demo_report(work, pretrained=pretrained, random_init=random_init, summary=summary,
+                                   pretrain_dir=pretrain_dir, analysis_dir=analysis_dir, quick=args.quick)
     print(f"\nreport: {report}\nsummary: {work / 'summary.json'}")
     return 0
 
@@ -84,41 +113,73 @@ def _stage(text: str) -> None:
     print(f"\n== {text}", file=sys.stderr, flush=True)
 
 
-def call_command(argv: list[str]) -> None:
-    """Run one `ssl-vit` subcommand in this process; its own one-line error has already been printed.
+def call_command(argv: list[str], workdir: Path | None = None) -> None:
+    """Run one `ssl-vit` subcommand in this process, as one stage of a composed command (the demo, the study).
 
-    A pretraining stopped by a signal also exits 0, after its checkpoint: then this stops too (`Stopped`, exit 0),
-    instead of going on to evaluate a run that did not finish."""
-    from ..cli import main
+    The stage's error is the command's one line: the subcommand does not print it (it is raised here, not through
+    `cli.main`), and a full disk is worded for the composed command (`in_workdir`). A pretraining stopped by a
+    signal also exits 0, after its checkpoint: then this stops too (`Stopped`, exit 0), instead of going on to
+    evaluate a run that did not finish."""
+    from ..cli import COMMANDS, build_parser
     from ..train.signals import stops_received
 
+    command = argv[0]
     before = len(stops_received())
-    code = main(argv)
-    if code != 0:
-        raise UserError(f"the demo stopped: `ssl-vit {' '.join(argv[:2])} …` exited with {code} (see above)")
+    with in_workdir(workdir, f"`ssl-vit {command}`"):
+        code = importlib.import_module(COMMANDS[command][0]).run(build_parser(command).parse_args(argv))
+    if code:
+        raise UserError(f"stopped: `ssl-vit {' '.join(argv[:2])} …` exited with {code} (see above)")
     stops = stops_received()[before:]
     if stops:
-        raise Stopped(f"{stops[-1]} during `ssl-vit {argv[0]}`, which saved a checkpoint; run the same command again "
+        raise Stopped(f"{stops[-1]} during `ssl-vit {command}`, which saved a checkpoint; run the same command again "
                       "to continue (finished stages are reused, the interrupted one resumes)")
+
+
+# "no space left on /mnt while writing F", "… No space left on device", "disk quota exceeded on …"
+_FULL = re.compile(r"no space left|disk quota exceeded", re.IGNORECASE)
+
+
+@contextmanager
+def in_workdir(workdir: Path | None, stage: str):
+    """A stage's failure as the composed command's one line: a full disk (or quota) names the file, the disk and
+    `--workdir`, and says that the same command continues (finished stages are kept and reused); the stage's
+    own remedy ("another output directory", "resume") is the subcommand's, not the user's, and is left out.
+    Other errors pass unchanged (a shard build's as a `UserError`)."""
+    try:
+        yield
+    except (UserError, DataToolsError) as err:
+        if isinstance(err, Stopped):
+            raise
+        text = " ".join(str(err).split())
+        if workdir is not None and _FULL.search(text):
+            what = re.split(r"; | — |\. ", text, maxsplit=1)[0]
+            raise StorageError(f"{what} (during {stage}); free space there, or choose another --workdir, and run the "
+                               f"same command again: the finished stages in --workdir {workdir} are kept and "
+                               "reused") from err
+        if isinstance(err, DataToolsError):
+            raise UserError(text) from err
+        raise
 
 
 def digit_shards(work: Path) -> tuple[str, str]:
     """The digits as an image folder, then as verified shards (`ssl-vit-shards build` + `verify`)."""
-    from data_tools.cli import main as shards_main
+    from data_tools.cli import run as shards_run
 
     from ..demo.digits import write_digit_folders
 
     _stage("images: scikit-learn's handwritten digits as a <class>/ folder of 32×32 PNGs")
-    counts = write_digit_folders(work / "images")
+    with in_workdir(work, "the digits' images"):
+        counts = write_digit_folders(work / "images")
     print(f"train {counts['train']} images, test {counts['test']} images under {work / 'images'}", file=sys.stderr)
     shards = work / "shards"
     _stage("shards: ssl-vit-shards build + verify")
     for split in ("train", "test"):
         argv = ["build", str(work / "images" / split), str(shards), "--split", split, "--max-count", "500"]
-        if shards_main(argv) != 0:
-            raise UserError(f"the demo stopped: `ssl-vit-shards {' '.join(argv)}` failed (see above)")
-    if shards_main(["verify", str(shards)]) != 0:
-        raise UserError(f"{shards}: the demo's shards failed verification (see above)")
+        with in_workdir(work, "`ssl-vit-shards build`"):
+            shards_run(argv)
+    with in_workdir(work, "`ssl-vit-shards verify`"):
+        if shards_run(["verify", str(shards)]) != 0:
+            raise UserError(f"{shards}: the demo's shards failed verification (see above)")
     return f"{shards}:train", f"{shards}:test"
 
 

@@ -107,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
             accelerator.print(f"done: step {result.step}, checkpoint {result.checkpoint}; "
                               f"export the backbone with: ssl-vit export {cfg.output_dir} backbone.safetensors")
     except UserError as err:
-        report_now(err)  # before the clean-up below, which can take seconds while loader workers shut down
-        raise
+        if accelerator.num_processes > 1:  # the first rank to exit gets the others killed: each says why first
+            report_now(err)  # before the clean-up below, which can take seconds while loader workers shut down
+        raise  # one process: the caller prints it (the CLI), or words it as its own stage (`ssl-vit demo`)
     finally:
         accelerator.end_training()  # destroys the process group: every rank exits cleanly
         if dist.is_available() and dist.is_initialized():

@@ -5,12 +5,16 @@
     ssl-vit study --train /data/x:train --test /data/x:test --workdir runs/mine      # your own shards
 
 Writes WORKDIR/study.md (tables, few-shot curves, the selected configuration), WORKDIR/study.json (every figure,
-per seed) and one folder per arm under WORKDIR/arms/. The logic is in `ssl_vit/analysis/study.py`. Rerunning
-the command resumes: finished arms are read back, an interrupted one continues from its last checkpoint.
+per seed) and one folder per arm under WORKDIR/arms/, named by the arm and the key of its settings (resolved
+recipes, the data by content, the code's version: `ssl_vit/analysis/settings.py`). The logic is in
+`ssl_vit/analysis/study.py`. Rerunning the command resumes: arms finished with the same settings are read back
+(and said so), an interrupted one continues from its last checkpoint; a rerun with another length, target, rate,
+seed, data or code computes its arms afresh in their own folders, and the report holds this command's arms only.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -42,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import study
+    from ..analysis.settings import check_overrides
     from .demo import call_command, digit_shards
 
     if (args.train is None) != (args.test is None):
@@ -50,22 +55,51 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--draws must be ≥ 1 and --holdout in (0, 1), got {args.draws} and {args.holdout}")
     if not args.select_on.endswith("_train_holdout"):
         raise ConfigError(f"--select-on {args.select_on}: select on a *_train_holdout metric, never on test")
+    check_overrides(args.overrides, "study")
     arms = study.grid(args.targets, args.rates, args.seeds)
     work = Path(args.workdir)
     make_dir(work, "--workdir")
     train, test = (args.train, args.test) if args.train is not None else digit_shards(work)
     eval_overrides = [f"fewshot.shots=[{','.join(map(str, args.shots))}]", f"fewshot.seeds={args.draws}",
                       f"fewshot.train_holdout={args.holdout}"]
+    where = dict(train=train, test=test, recipe=args.recipe, eval_recipe=args.eval_recipe, overrides=args.overrides,
+                 eval_overrides=eval_overrides)
+    plans = [study.plan_arm(arm, work, **where) for arm in arms]  # a bad override fails before anything runs
+    unused = study.other_arms(work, plans)
+    if unused:
+        print(f"{len(unused)} arm folder(s) in {work / 'arms'} hold other settings (length, target, rate, seed, data "
+              "or code) and are not used", file=sys.stderr)
 
     study.progress("reference: the same few-shot protocol on raw pixels")
     reference = study.pixel_reference(train, test, args.eval_recipe, eval_overrides)
-    results = {}
-    for i, arm in enumerate(arms, 1):
-        study.progress(f"arm {i}/{len(arms)}: {arm.name} (target {arm.target}, {arm.rate:.0%} corrupted, seed {arm.seed})")
-        results[arm] = study.run_arm(arm, work, train=train, test=test, recipe=args.recipe, eval_recipe=args.eval_recipe,
-                                     overrides=args.overrides, eval_overrides=eval_overrides, call=call_command)
+    report = _report(work, {}, reference, args, f"**Partial.** 0 of {len(arms)} arms finished.", {})
+    results, folders, reused = {}, {}, 0
+    for i, plan in enumerate(plans, 1):
+        arm, folders[plan.arm] = plan.arm, plan.dir(work)
+        what = f"arm {i}/{len(arms)}: {arm.name} (target {arm.target}, {arm.rate:.0%} corrupted, seed {arm.seed})"
+        done = study.finished(plan, work)
+        if done is not None:
+            study.progress(f"{what}: reused, finished earlier with the same settings ({folders[arm]})")
+            results[arm], reused = done, reused + 1
+        else:
+            study.progress(what)
+            results[arm] = study.run_arm(plan, work, call=lambda argv: call_command(argv, workdir=work), **where)
         # after every arm: a study stopped early still leaves a report of what it finished
-        report = study.write_study_report(work, results, reference, shots=args.shots, select_on=args.select_on,
-                                          note="" if i == len(arms) else f"**Partial.** {i} of {len(arms)} arms finished.")
+        report = _report(work, results, reference, args,
+                         "" if i == len(arms) else f"**Partial.** {i} of {len(arms)} arms finished.", folders, reused)
+    if reused:
+        print(f"\nreused {reused} of {len(arms)} arms finished earlier with the same settings", file=sys.stderr)
     print(f"\nreport: {report}\nfigures: {work / 'study.json'}")
     return 0
+
+
+def _report(work: Path, results: dict, reference: dict, args: argparse.Namespace, note: str, folders: dict,
+            reused: int = 0) -> Path:
+    from ..analysis import study
+
+    notes = [note] if note else []
+    if reused:
+        notes.append(f"**Reused.** {reused} arm(s) finished by an earlier command with the same settings (recipes, "
+                     "data by content, code); every figure here comes from arms of this command's settings.")
+    return study.write_study_report(work, results, reference, shots=args.shots, select_on=args.select_on,
+                                    note=" ".join(notes), folders=folders)

@@ -1,50 +1,38 @@
-"""On-disk feature cache: extract once per (backbone weights, shard contents, preprocessing, pool, layers).
+"""On-disk feature cache: extract once per (backbone weights, shard contents, preprocessing, pool, layers, code).
 
 Feature extraction is the expensive part of every feature-based protocol; the solvers after it take
-seconds. The cache key hashes everything that changes the features — by content, not by name: the shards'
-sha256 sums from `_info.json` (a URL list's local files by size and modification time), the backbone
-weights' hash, and the preprocessing — so shards rebuilt under the same names, or weights rewritten in place,
-are a miss, never a stale hit. The files are plain `torch.save` dicts of tensors and strings (loadable with
-`weights_only=True`).
+seconds. The cache key hashes everything that changes the features — by content, not by name
+(`ssl_vit/data/identity.py`): the shards' sha256 sums from `_info.json` (a URL list's local files by their
+bytes), the backbone weights' hash, the preprocessing, and the code's version — so shards rebuilt under the
+same names, weights rewritten in place, or another release of the extraction are a miss, never a stale hit.
+The files are plain `torch.save` dicts of tensors and strings (loadable with `weights_only=True`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from ssl_vit.data.identity import code_version, content_key, shard_identity
 from ssl_vit.errors import DataError
 from ssl_vit.files import atomic_write, make_dir
 from ssl_vit.safe_load import load_weights_only
 
 from .features import Features
 
-CACHE_VERSION = 2  # bump when the extraction itself changes meaning (2: keys by shard and weight contents)
+CACHE_VERSION = 3  # bump when the extraction itself changes meaning (3: the code's version and a URL list's bytes)
 
 
 def cache_key(**fields) -> str:
-    """A short stable hash of the JSON-serialisable fields that determine the features."""
-    blob = json.dumps({"version": CACHE_VERSION, **fields}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    """A short stable hash of the JSON-serialisable fields that determine the features, with the code's version."""
+    return content_key({"version": CACHE_VERSION, "code": code_version(), **fields})
 
 
 def shard_contents(shards) -> list[str]:
-    """What each shard holds, as far as can be known without reading it: its sha256 from `_info.json`, else a
-    local file's size and modification time, else (a remote URL, whose content cannot be known) the URL."""
-    if shards.sha256 is not None:
-        return [f"sha256:{s}" for s in shards.sha256]
-    out = []
-    for url in shards.urls:
-        path = Path(url.removeprefix("file://").removeprefix("file:"))
-        try:
-            stat = path.stat()
-        except OSError:
-            out.append(f"url:{url}")
-        else:
-            out.append(f"stat:{stat.st_size}:{stat.st_mtime_ns}")
-    return out
+    """What each shard holds: its sha256 from `_info.json`, else a local file's bytes hashed, else (a remote URL,
+    whose content cannot be known without reading it) the URL (`ssl_vit.data.identity.shard_identity`)."""
+    return shard_identity(shards)
 
 
 def cache_path(cache_dir: str | Path, key: str) -> Path:
