@@ -75,3 +75,36 @@ def test_a_batch_that_does_not_divide_fails_as_the_launch_would(shards, capsys):
     assert rc == 2
     assert err.strip().endswith("train.global_batch 16 is not a multiple of data.batch_size 16 × 3 processes = 48; "
                                 "set train.global_batch to 48")
+
+
+@pytest.mark.timeout(180)
+def test_a_run_another_process_is_training_in_says_so(shards, tmp_path, capsys):
+    """Another process holds the run's lock (as a training run does): the plan says the run would stop and names
+    it, as the run itself would; once that process is gone, the plan says its lock would be taken over."""
+    import json
+    import subprocess
+    import sys
+    from socket import gethostname
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    code = ("import sys\nfrom ssl_vit.train.run_lock import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+            "print('held', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    argv = ["--config", "pretrain/smoke", f"data.train={shards}", f"output_dir={run_dir}", *PLAN]
+    try:
+        assert holder.stdout.readline() == "held\n"
+        rc, rows, err = _dry_run(capsys, *argv)
+        assert rc == 0, err
+        assert rows["run dir"].startswith(f"{run_dir}: the run would stop: {run_dir} is in use by pid {holder.pid} "
+                                          f"on {gethostname()}")
+        assert "(it holds the file's lock)" in rows["run dir"]
+        lock = (run_dir / "run.lock").read_bytes()
+    finally:
+        holder.kill()  # as kill -9: the lock file stays
+        holder.wait()
+    assert (run_dir / "run.lock").read_bytes() == lock  # the dry run changed nothing
+    rc, rows, err = _dry_run(capsys, *argv)
+    assert rows["run dir"] == (f"{run_dir}: a new run; would take over the lock of pid {holder.pid} on {gethostname()} "
+                               f"(started {json.loads(lock)['started']}, command: -c {run_dir}), no longer running")

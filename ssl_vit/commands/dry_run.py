@@ -94,18 +94,22 @@ def _length_line(cfg: PretrainConfig, shards: ShardSet, steps: int) -> str:
 
 
 def _run_dir_line(run_dir: Path, resume: str | None, overwrite: bool) -> str:
-    """What the trainer would do with this run directory, `--resume` and `--overwrite`: the run's own decision
-    (`plan_start`, which reads only). The recipe is compared with the checkpoint's when the run starts."""
+    """What the trainer would do with this run directory, `--resume` and `--overwrite`: first its lock (a run
+    another process is training in stops the run, named as the run would name it; a dead holder's lock would be
+    taken over), then the run's own decision (`plan_start`). Both only read. The recipe is compared with the
+    checkpoint's when the run starts."""
     from ..errors import UserError
     from ..train.run_dir import plan_start
+    from ..train.run_lock import preview
 
     try:
+        lock = preview(run_dir)
         start = plan_start(run_dir, resume, overwrite, None)
     except UserError as err:
         return f"{run_dir}: the run would stop: {err}"
-    replaced = f"; {start.note}" if start.replaces else ""
+    notes = "".join(f"; {note}" for note in (lock, start.note if start.replaces else None) if note)
     if start.checkpoint is None:
-        return f"{run_dir}: a new run" + (" (--resume auto: no checkpoint there yet)" if resume == "auto" else "") + replaced
+        return f"{run_dir}: a new run" + (" (--resume auto: no checkpoint there yet)" if resume == "auto" else "") + notes
     step = ckpt.checkpoint_step(start.checkpoint)
     at = f" at step {step:,}" if step is not None else ""
-    return f"{run_dir}: resumes from {start.checkpoint}{at}{replaced}"
+    return f"{run_dir}: resumes from {start.checkpoint}{at}{notes}"
