@@ -9,17 +9,26 @@ A recipe's name is its path below that folder without the suffix: `pretrain/smok
 any subfolder included. `--config` takes, in this order: an existing file; a name (`pretrain/smoke`); a bare
 name when one folder has it, or the command's own folder has it (`smoke` under `ssl-vit pretrain` is
 `pretrain/smoke`); a checkout-relative path (`recipes/pretrain/smoke.yaml`, as the docs write it) when run
-outside the checkout. Anything else fails with the closest names.
+outside the checkout; `shipped:NAME`, a shipped recipe whatever files lie around. Anything else fails with the
+closest names. A local folder named like a recipe (a run directory called `smoke/`) never hides it.
+
+`portable_copy` is what `ssl-vit recipes show` prints: the recipe with each relative `base:` rewritten as
+`base: shipped:NAME`, so a copy saved anywhere still builds on the shipped recipe it names (a recipe's own
+`base: FILE` must be a file beside it: `config/loader.py`).
 """
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 from .errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parent
 _SKIPPED_SUFFIXES = {".md", ".pyc", ".py"}
+SHIPPED = "shipped:"  # `--config shipped:NAME`, `base: shipped:NAME`: a shipped recipe by name, never a local file
+_BASE_LINE = re.compile(r"^(?P<key>base|include):(?P<space>\s*)(?P<quote>['\"]?)(?P<value>[^'\"#\s]+)(?P=quote)"
+                        r"(?P<rest>\s*(#.*)?)$")
 
 
 def recipes_dir() -> Path:
@@ -52,12 +61,18 @@ def resolve_recipe(text: str | Path, kind: str | None = None) -> Path:
     `kind` is the recipe folder the command reads (`pretrain`, `eval`, `finetune`, `demo`): a bare name is
     looked up there first, and an unknown name is compared against that folder's names first.
     """
+    if str(text).startswith(SHIPPED):
+        return shipped_recipe(str(text)[len(SHIPPED):], kind)
     path = Path(text)
     if path.is_file():
         return path
-    if path.is_dir():
-        raise ConfigError(f"{text}: is a directory; --config takes a recipe file or name (see `ssl-vit recipes`)")
-    return shipped_recipe(text, kind)
+    try:
+        return shipped_recipe(text, kind)
+    except ConfigError:
+        if path.is_dir():  # a folder named like a recipe never hides one; a folder and no recipe is this line
+            raise ConfigError(f"{text}: is a directory; --config takes a recipe file or name (see `ssl-vit recipes`)"
+                              ) from None
+        raise
 
 
 def shipped_recipe(text: str | Path, kind: str | None = None) -> Path:
@@ -90,3 +105,20 @@ def _closest(name: str, names: dict[str, Path], kind: str | None) -> str:
     close += [stems[s] for s in difflib.get_close_matches(name, list(stems), n=3, cutoff=0.5)]
     unique = list(dict.fromkeys(close))[:3]
     return f"; closest: {', '.join(unique)}" if unique else ""
+
+
+def portable_copy(file: Path) -> tuple[str, list[str]]:
+    """(the text of shipped recipe `file` as a copy that works from anywhere, notes on what changed): a relative
+    `base:` / `include:` line naming another shipped recipe becomes `shipped:NAME`; comments stay as they are."""
+    names = {p.resolve(): n for n, p in recipe_names().items()}
+    lines, notes = [], []
+    for line in file.read_text(encoding="utf-8").splitlines(keepends=True):
+        match = _BASE_LINE.match(line.rstrip("\r\n"))
+        name = names.get((file.parent / match["value"]).resolve()) if match and SHIPPED not in match["value"] else None
+        if name is not None:
+            ending = line[len(line.rstrip("\r\n")):]
+            line = f"{match['key']}:{match['space']}{SHIPPED}{name}{match['rest']}{ending}"
+            notes.append(f"{match['key']}: {match['value']} is written as {match['key']}: {SHIPPED}{name}, so the "
+                         "copy builds on the shipped recipe wherever you save it")
+        lines.append(line)
+    return "".join(lines), notes

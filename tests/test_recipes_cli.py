@@ -76,8 +76,10 @@ def test_a_copy_of_a_shipped_recipe_finds_its_base_by_name(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert cli.main(["recipes", "show", "pretrain/vit_s16_mean_color"]) == 0
     copy = tmp_path / "my_vit_s16.yaml"
-    copy.write_text(capsys.readouterr().out)
-    assert "base: vit_b16_mean_color.yaml" in copy.read_text()  # relative to the shipped folder, not to the copy
+    shown = capsys.readouterr()
+    copy.write_text(shown.out)
+    assert "base: shipped:pretrain/vit_b16_mean_color\n" in copy.read_text()  # the shipped one, from anywhere
+    assert "note: base: vit_b16_mean_color.yaml is written as base: shipped:pretrain/vit_b16_mean_color" in shown.err
     cfg = load_config(copy, ["data.train=x"])
     assert cfg.model.name == "vit_small_patch16" and cfg.optim.lr == 2e-4 and cfg.train.global_batch == 4096
     copy.write_text("base: no_such_base.yaml\n")

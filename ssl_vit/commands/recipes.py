@@ -1,7 +1,7 @@
 """`ssl-vit recipes [list [FOLDER]] | show NAME | path NAME`: the recipes that ship with the package.
 
     ssl-vit recipes                                   # every recipe by name, with its first line
-    ssl-vit recipes show pretrain/vit_b16_mean_color > my.yaml      # a copy to edit (`base:` works from it too)
+    ssl-vit recipes show pretrain/vit_s16_mean_color > my.yaml      # a copy to edit (`base: shipped:…` works from it)
     accelerate launch --config_file "$(ssl-vit recipes path accelerate/gpu_8)" -m ssl_vit pretrain --config ...
 
 Any recipe's name works where a command takes `--config` (see ssl_vit/recipe_files.py for the lookup rules).
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..errors import ConfigError
-from ..recipe_files import recipe_names, recipes_dir, shipped_recipe, summary
+from ..recipe_files import portable_copy, recipe_names, recipes_dir, shipped_recipe, summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     if action == "path":
         print(file)
     else:
-        sys.stdout.write(file.read_text(encoding="utf-8"))
+        text, notes = portable_copy(file)
+        sys.stdout.write(text)
+        for note in notes:  # stdout is the copy: the note goes beside it
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

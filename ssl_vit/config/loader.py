@@ -10,8 +10,10 @@ and the fix, in the same words for every recipe kind:
     recipes/pretrain/x.yaml: unknown key 'optim.warmup' (did you mean 'optim.warmup_steps'?)
     command line: train.global_batch: expected an integer, got 'lots' (str)
 
-`base:` (or `include:`) names another recipe, relative to this one, whose values this one overrides. Overrides
-are dotted keys whose values parse as YAML: `optim.lr=1e-3 data.train=/data/in1k optim.betas=[0.9,0.95]`.
+`base:` (or `include:`) names another recipe whose values this one overrides: a file, relative to this one (it
+must exist: a missing one is an error naming it, never a silent stand-in), or `shipped:NAME`, a shipped recipe by
+name (`base: shipped:pretrain/vit_b16_mean_color`, what `ssl-vit recipes show` writes into a copy). Overrides are
+dotted keys whose values parse as YAML: `optim.lr=1e-3 data.train=/data/in1k optim.betas=[0.9,0.95]`.
 
 A schema may define three hooks: `expand_key(key)` (shorthands for overrides, e.g. the eval recipe's
 `batch_size=64` for `data.batch_size=64`), `prepare(raw, where)` (normalise the file's mapping before the
@@ -67,18 +69,38 @@ def read_recipe(path: Path, what: str = "recipe", sections: str = "model:, data:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expects a recipe path, got {base!r}")
-    base_path = path.parent / base
-    if not base_path.is_file() and not Path(base).is_absolute():
-        from ..recipe_files import shipped_recipe  # a copy of a shipped recipe names its base by file name
-
-        try:
-            base_path = shipped_recipe(base, kind=path.parent.name)
-        except ConfigError:
-            raise ConfigError(f"{path.parent / base}: recipe not found (included from {path}; "
-                              "neither a file there nor a shipped recipe)") from None
-    merged = read_recipe(base_path, what, sections, seen + (path.resolve(),))
+    merged = read_recipe(_base_file(path, base), what, sections, seen + (path.resolve(),))
     _deep_merge(merged, data)
     return merged
+
+
+def _base_file(path: Path, base: str) -> Path:
+    """The file `base:` names in recipe `path`: `shipped:NAME` a shipped recipe, anything else a file relative to
+    `path`. A file that is not there is an error, even when a shipped recipe has its name: the recipe meant its
+    own (renamed, deleted, not copied along), and building on another would train something else without a word."""
+    from ..recipe_files import SHIPPED, shipped_recipe
+
+    if base.startswith(SHIPPED):
+        try:
+            return shipped_recipe(base[len(SHIPPED):])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: base: {base}: {err}") from None
+    file = path.parent / base
+    if file.is_file():
+        return file
+    try:
+        name = shipped_recipe(base, kind=path.parent.name)
+        hint = f"; to build on the shipped recipe of that name, write base: {SHIPPED}{_shipped_name(name)}"
+    except ConfigError:
+        hint = ""
+    state = "is a directory, not a recipe" if file.is_dir() else "recipe not found"
+    raise ConfigError(f"{file}: {state} (included from {path}){hint}")
+
+
+def _shipped_name(file: Path) -> str:
+    from ..recipe_files import recipe_names
+
+    return next(name for name, p in recipe_names().items() if p == file)
 
 
 def _deep_merge(into: dict, update: dict) -> None:
