@@ -216,3 +216,29 @@ def test_fine_tuning_recipe_takes_init_from(tmp_path, ssl_vit):
     import json
 
     assert json.loads((out / "results.json").read_text())["checkpoint"] == str(path)
+
+
+def test_pretraining_init_from_takes_a_run_directory(tmp_path, pretrain, pretrain_shards_32, ssl_vit, capsys):
+    """`model.init_from=RUN_DIR` starts from that run's latest checkpoint, as `eval --checkpoint` and `export` read
+    a run (it once failed: "is a directory; pass one weights file inside it"); a run whose `latest` is lost names
+    its intact checkpoints."""
+    from conftest import SMOKE
+
+    tiny = {"optim.lr": 1e-12, "optim.min_lr": 0.0, "optim.warmup_steps": 1, "train.checkpoint_every": 1}
+    first = tmp_path / "first"
+    assert pretrain(pretrain_shards_32, first, **{"train.total_steps": 2, **tiny, "optim.lr": 1e-3}) == 0
+    capsys.readouterr()
+    latest = first / "checkpoints" / "step_0000002"
+    second = tmp_path / "second"
+    assert pretrain(pretrain_shards_32, second, **{"model.init_from": str(first), "train.total_steps": 1, **tiny,
+                                                   "optim.warmup_steps": 0}) == 0
+    assert f"init_from {latest / 'state.pt'}: loaded 30 tensors; " in capsys.readouterr().out
+    started = torch.load(second / "checkpoints" / "step_0000001" / "state.pt", weights_only=True)["model"]
+    source = torch.load(latest / "state.pt", weights_only=True)["model"]
+    assert all(torch.allclose(started[k], v, atol=1e-9) for k, v in source.items() if k.startswith("backbone."))
+
+    (first / "checkpoints" / "latest").unlink()
+    rc, err = ssl_vit("pretrain", "--config", str(SMOKE), f"data.train={pretrain_shards_32}",
+                      f"output_dir={tmp_path / 'third'}", f"model.init_from={first}")
+    assert rc == 2 and err.count("\n") == 1 and f"model.init_from {first}: " in err
+    assert "intact checkpoints: step_0000001, step_0000002" in err

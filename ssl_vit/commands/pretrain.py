@@ -59,6 +59,21 @@ def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) 
     return Validation(cfg.eval.every, lambda step: evaluate_during_pretraining(objective.backbone, cfg, accelerator, step))
 
 
+def init_source(init_from: str) -> Path:
+    """The weights `model.init_from` names. A run directory, its `checkpoints/` or one checkpoint stands for that
+    checkpoint's `state.pt` (a run's latest, as `eval --checkpoint` and `export` read it: `locate_checkpoint`);
+    anything else is read as weights by `models.init_from`, which cannot know the trainer's layout."""
+    from ..train.checkpoint import STATE_FILE
+    from ..train.restore import locate_checkpoint
+
+    path = Path(init_from)
+    if not path.exists():
+        raise ConfigError(f"model.init_from {init_from}: no such file or directory; give a run directory or checkpoint, "
+                          "an ssl-vit export, a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
+    found = locate_checkpoint(path, "model.init_from")
+    return found / STATE_FILE if found is not None else path
+
+
 def run(args: argparse.Namespace) -> int:
     args.config = resolve_recipe(args.config, "pretrain")
     cfg = load_config(args.config, args.overrides)
@@ -68,9 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.train:
         raise ConfigError(f"{args.config}: data.train is not set; pass data.train=/path/to/shards (a directory with "
                           "_info.json) or a URL list such as data.train='/data/train-{000000..000099}.tar'")
-    if cfg.model.init_from and not Path(cfg.model.init_from).exists():
-        raise ConfigError(f"model.init_from {cfg.model.init_from}: no such file or directory; give an ssl-vit export, "
-                          "a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
+    init_weights = init_source(cfg.model.init_from) if cfg.model.init_from else None
     from ..data import resolve_spec
     from ..train import DataFeed, RunFiles, Trainer, make_accelerator
     from ..train.checkpoint import latest_checkpoint
@@ -88,10 +101,10 @@ def run(args: argparse.Namespace) -> int:
         objective = build_objective(cfg)
         resuming = args.resume is not None and (
             args.resume != "auto" or latest_checkpoint(Path(cfg.output_dir) / "checkpoints") is not None)
-        if cfg.model.init_from and not resuming:
+        if init_weights is not None and not resuming:
             from ..models.init_from import init_from  # a resumed run has its own weights: nothing to initialise
 
-            accelerator.print(init_from(cfg.model.init_from, objective.backbone, objective))
+            accelerator.print(init_from(init_weights, objective.backbone, objective))
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
         make_stream = train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
                                            world_size=accelerator.num_processes,

@@ -5,7 +5,10 @@
     #   dropped 104 (decoder_blocks.* ×96, decoder_embed.* ×2, decoder_norm.* ×2, decoder_pos_embed, decoder_pred.* ×2, mask_token)
 
 Any source `load_backbone` reads: an ssl_vit export (file or hf / timm folder), a timm file (.safetensors,
-.pth, a training checkpoint holding `state_dict`), a Hugging Face ViT folder, an MAE `checkpoint-*.pth`. The
+.pth, a training checkpoint holding `state_dict`), a Hugging Face ViT folder, an MAE `checkpoint-*.pth`, a
+trainer checkpoint's `state.pt`. A run directory or checkpoint directory is resolved to that `state.pt` by the
+command (`commands/pretrain.py: init_source`), as `eval --checkpoint` and `export` resolve it: models/ does not
+know the trainer's layout. The
 recipe decides the architecture; the weights must fit it: `pos_embed` is resampled when the patch grid differs,
 and a different width, depth or patch size fails with one line naming the key and the model that fits.
 """
