@@ -4,20 +4,23 @@ The output is a pure function of the input files and the options: the walk is so
 seeded shuffle, each sample's bytes are decided on their own (pass-through or deterministic
 re-encoding), and the packer closes a shard exactly when the next sample would push it past
 `shard_size` or `max_count`. So `--workers` cannot change a byte, a rebuild is byte-identical, and an
-interrupted build resumes from its last finished shard to the same result (see progress.py).
+interrupted build resumes from its last finished shard to the same result (see progress.py). A table SRC
+(parquet, a `datasets` save_to_disk folder: table_source.py) lists its rows instead of files, is ordered by a
+seeded shuffle of blocks and windows (table_rows.py: a table is read by blocks, never whole) and hands each row
+to the workers with its image bytes; the rest is the same.
 """
 from __future__ import annotations
 
 import functools
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
-
-from .progress_bar import progress_bar
 
 from .errors import DataToolsError
 from .files import make_dir
@@ -26,9 +29,14 @@ from .layout import clear_split, remove_stale, shard_name, skipped_path, split_f
 from .options import BuildOptions, describe_differences, parse_size
 from .parallel import batched, ordered_map
 from .progress import Progress, ShardRecord, intact_prefix, load_progress, progress_path, save_progress
+from .progress_bar import progress_bar
 from .samples import Sample, Skipped, make_samples
-from .sources import Inputs, Source, collect, is_list_file, shuffled
+from .sources import Inputs, collect, is_list_file, shuffled
+from .table_files import TABLE_KINDS, table_kind
 from .tarwriter import ShardWriter, archive_size, sample_size
+
+if TYPE_CHECKING:
+    from .table_source import TableLayout
 
 BATCH = 32  # files per worker task: amortises the inter-process round trip over many small files
 
@@ -77,14 +85,18 @@ def build_split(
     follow_symlinks: bool = False,
     check: str = "header",
     max_pixels: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
     progress: bool = True,
 ) -> BuildSummary:
-    """Write `out/<split>-NNNNNN.tar` shards and the split's `_info.json` entry from a folder or file list.
+    """Write `out/<split>-NNNNNN.tar` shards and the split's `_info.json` entry from a folder, list or table.
 
-    `src` is an image folder (`labels="folder"`: `src/<class>/.../<image>`; `"none"`: any tree, cls -1)
-    or a .csv/.tsv list with `path` and `label` columns; `list_file` is the other way to give the list
-    (then `src` is None). `max_pixels` caps width × height of any image (None: Pillow's bomb limit); larger
-    ones are skipped before they are decoded. Raises `DataToolsError` for anything the user must fix.
+    `src` is an image folder (`labels="folder"`: `src/<class>/.../<image>`; `"none"`: any tree, cls -1),
+    a .csv/.tsv list with `path` and `label` columns, or a table (table_files.py: a parquet file, a folder of
+    them, a `datasets` save_to_disk folder; one sample per row, `image_column` / `label_column` when they cannot
+    be found; needs pyarrow); `list_file` is the other way to give the list (then `src` is None). `max_pixels`
+    caps width × height of any image (None: Pillow's bomb limit); larger ones are skipped before they are
+    decoded. Raises `DataToolsError` for anything the user must fix.
 
     `workers > 1` starts processes with the "spawn" method, which re-imports the calling script: call
     this from under `if __name__ == "__main__":` in scripts.
@@ -92,10 +104,12 @@ def build_split(
     started = time.perf_counter()
     src = _source_path(src, list_file)
     out = Path(out)
+    kind = table_kind(src) if list_file is None else None
     opts = BuildOptions(
-        split=split, source="list" if src.is_file() else "folder", labels=labels, seed=seed,
+        split=split, source=kind or ("list" if src.is_file() else "folder"), labels=labels, seed=seed,
         shard_size=parse_size(shard_size), max_count=max_count, resize_shorter=resize_shorter,
-        quality=quality, check=check, follow_symlinks=follow_symlinks, max_pixels=max_pixels)
+        quality=quality, check=check, follow_symlinks=follow_symlinks, max_pixels=max_pixels,
+        image_column=image_column, label_column=label_column)
     opts.validate()
     if workers < 1:
         raise DataToolsError(f"--workers must be at least 1, got {workers}")
@@ -103,7 +117,7 @@ def build_split(
         raise DataToolsError(f"OUT {out} exists and is not a folder; give a folder for the shards")
     if opts.source == "folder" and out.resolve().is_relative_to(src.resolve()):
         raise DataToolsError(f"OUT {out} is inside SRC {src}; the shards would become inputs. Choose another OUT")
-    inputs = collect(src, labels=labels, follow_symlinks=follow_symlinks)
+    inputs, table = _collect(src, opts)
     make_dir(out)
     if overwrite:
         clear_split(out, split)
@@ -121,18 +135,31 @@ def build_split(
         tqdm.write(f"{split}: resuming after {kept} finished shards "
                    f"({sum(s.count for s in record.shards)} samples)", file=sys.stderr)
 
-    reencoded = _write_shards(out, opts, record, shuffled(inputs.sources, seed), workers, progress)
+    order = shuffled(inputs.sources, seed) if table is None else table.order(inputs.sources, seed)
+    reencoded = _write_shards(out, opts, record, order, workers, progress,
+                              load=(lambda rows: rows) if table is None else table.load)
     write_skipped(out, split, inputs.skipped + [(rel, reason) for _, rel, reason in record.skipped])
     if not record.shards:
         progress_path(out, split).unlink(missing_ok=True)
-        raise DataToolsError(f"no usable image in {src}: all {len(inputs.skipped) + len(record.skipped)} files "
-                             f"were skipped; the reasons are in {skipped_path(out, split)}")
+        raise DataToolsError(f"no usable image in {src}: all {len(inputs.skipped) + len(record.skipped)} "
+                             f"{'rows' if table is not None else 'files'} were skipped; the reasons are in "
+                             f"{skipped_path(out, split)}")
     set_split(out, _entry(opts, record, inputs))
     record.complete = True
     save_progress(out, split, record)
     summary = _summary(opts, out, record, inputs, started, up_to_date=False)
     summary.resumed_shards, summary.reencoded = kept, reencoded
     return summary
+
+
+def _collect(src: Path, opts: BuildOptions) -> tuple[Inputs, TableLayout | None]:
+    """The inputs, and for a table where its rows' images are (pyarrow is imported only for tables)."""
+    if opts.source in TABLE_KINDS:
+        from .table_source import collect_table
+
+        return collect_table(src, opts.source, split=opts.split, labels=opts.labels, image_column=opts.image_column,
+                             label_column=opts.label_column)
+    return collect(src, labels=opts.labels, follow_symlinks=opts.follow_symlinks), None
 
 
 def _source_path(src: str | Path | None, list_file: str | Path | None) -> Path:
@@ -144,7 +171,8 @@ def _source_path(src: str | Path | None, list_file: str | Path | None) -> Path:
             raise DataToolsError(f"--list {list_file} is not an existing .csv or .tsv file")
         return list_file
     if src is None:
-        raise DataToolsError("no input: give SRC (an image folder or a .csv/.tsv list) or --list FILE")
+        raise DataToolsError("no input: give SRC (an image folder, a .csv/.tsv list, parquet files or a datasets "
+                             "save_to_disk folder) or --list FILE")
     return Path(src)
 
 
@@ -219,17 +247,18 @@ def _resume_record(out: Path, src: Path, opts: BuildOptions, inputs: Inputs) -> 
     return record
 
 
-def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list[Source], workers: int,
-                  progress: bool) -> int:
-    """Pack the inputs after the record's last shard into new shards; returns how many were re-encoded."""
+def _write_shards(out: Path, opts: BuildOptions, record: Progress, order: list, workers: int, progress: bool,
+                  load: Callable[[list], Iterable]) -> int:
+    """Pack the inputs after the record's last shard into new shards; returns how many were re-encoded.
+    `load` turns the inputs left into what `make_samples` takes: files as they are, table rows with their bytes."""
     start = record.shards[-1].next_input if record.shards else 0
     reencoded = read_bytes = 0
     clock = time.perf_counter()
     writer: ShardWriter | None = None
-    bar = progress_bar(total=len(order), initial=start, unit="file", desc=opts.split, disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=len(order), initial=start, unit="row" if opts.source in TABLE_KINDS else "file",
+                       desc=opts.split, disable=not progress, dynamic_ncols=True, smoothing=0.1)
     work = functools.partial(make_samples, opts=opts)
-    results = ordered_map(work, batched(order[start:], BATCH), workers)
+    results = ordered_map(work, batched(load(order[start:]), BATCH), workers)
     try:
         for index, result in enumerate(results, start):
             read_bytes += result.read_bytes

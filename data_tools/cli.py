@@ -39,18 +39,22 @@ def _size(text: str) -> int:
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="ssl-vit-shards", description="Image folders and file lists → WebDataset tar shards.")
+    parser = _Parser(prog="ssl-vit-shards",
+                     description="Image folders, file lists and parquet / datasets tables → WebDataset tar shards.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("build", help="pack an image folder or CSV/TSV file list into OUT/NAME-000000.tar, ...",
+    b = sub.add_parser("build", help="pack an image folder, CSV/TSV file list or parquet / datasets table into "
+                                     "OUT/NAME-000000.tar, ...",
                        description="Pack images into deterministic, resumable WebDataset shards plus "
                                    "OUT/_info.json. Rerun the same command after an interruption to resume.")
     b.add_argument("src", nargs="?", metavar="SRC",
-                   help="image folder (SRC/<class>/.../<image>) or .csv/.tsv file list; leave out with --list")
+                   help="image folder (SRC/<class>/.../<image>), .csv/.tsv file list, .parquet file, folder of "
+                        ".parquet files, or a folder written by datasets' save_to_disk; leave out with --list")
     b.add_argument("out", metavar="OUT", help="folder for the shards and _info.json (shared by splits)")
     b.add_argument("--split", required=True, help="split name, e.g. train: shards are OUT/NAME-000000.tar, ...")
     b.add_argument("--labels", choices=LABEL_MODES, default="folder",
-                   help="folder: class = top-level folder (or the list's label column); none: unlabelled (cls -1)")
+                   help="folder: class = top-level folder (or the list's / table's label column); none: unlabelled "
+                        "(cls -1)")
     b.add_argument("--list", dest="list_file", metavar="FILE",
                    help="CSV/TSV with a header naming 'path' and 'label'; relative paths are relative to FILE")
     b.add_argument("--seed", type=int, default=0, help="shuffle seed of the input order (default 0)")
@@ -67,6 +71,9 @@ def _parser() -> _Parser:
     b.add_argument("--max-pixels", type=_positive_int, metavar="N",
                    help="skip images with more than N pixels (width x height) before decoding them "
                         "(default: Pillow's decompression-bomb limit, 89,478,485)")
+    b.add_argument("--image-column", metavar="NAME",
+                   help="a table's column of encoded images (binary, or a struct with 'bytes'), when it is not found")
+    b.add_argument("--label-column", metavar="NAME", help="a table's column of labels, when it is not found")
     b.add_argument("--workers", type=_positive_int, default=1, help="decoding processes (output is identical)")
     b.add_argument("--overwrite", action="store_true", help="delete this split's shards and rebuild from scratch")
     b.add_argument("--follow-symlinks", action="store_true", help="also follow symlinks that leave SRC (folders once per class; files "
@@ -92,7 +99,7 @@ def _build(args: argparse.Namespace) -> int:
         shard_size=args.shard_size, max_count=args.max_count, resize_shorter=args.resize_shorter,
         quality=args.quality, workers=args.workers, overwrite=args.overwrite,
         follow_symlinks=args.follow_symlinks, check=args.check, max_pixels=args.max_pixels,
-        progress=not args.no_progress)
+        image_column=args.image_column, label_column=args.label_column, progress=not args.no_progress)
     print(summary.line())
     return 0
 

@@ -36,7 +36,7 @@ class BuildOptions:
     """What a build writes is a pure function of these fields and the input files."""
 
     split: str
-    source: str = "folder"  # "folder" (a walked tree) or "list" (a CSV/TSV file list)
+    source: str = "folder"  # "folder" (a walked tree), "list" (a CSV/TSV file list), "parquet" or "datasets"
     labels: str = "folder"
     seed: int = 0
     shard_size: int = 256_000_000
@@ -46,6 +46,8 @@ class BuildOptions:
     check: str = "header"
     follow_symlinks: bool = False
     max_pixels: int | None = None  # width × height cap; None: Pillow's decompression-bomb limit
+    image_column: str | None = None  # a table's image / label column as named by the user (None: found)
+    label_column: str | None = None
 
     def validate(self) -> None:
         if not _SPLIT_RE.fullmatch(self.split):
@@ -61,6 +63,11 @@ class BuildOptions:
             raise DataToolsError(f"--max-count must be a positive number of samples, got {self.max_count}")
         if self.resize_shorter is not None and self.resize_shorter <= 0:
             raise DataToolsError(f"--resize-shorter must be a positive number of pixels, got {self.resize_shorter}")
+        if (self.image_column is not None or self.label_column is not None) and self.source in ("folder", "list"):
+            raise DataToolsError("--image-column and --label-column name the columns of a table (parquet, or a "
+                                 f"datasets save_to_disk folder); SRC is {'an image folder' if self.source == 'folder' else 'a file list'}")
+        if self.label_column is not None and self.labels == "none":
+            raise DataToolsError("--label-column names the labels to use, --labels none says to use none: drop one")
         if self.max_pixels is not None and self.max_pixels <= 0:
             raise DataToolsError(f"--max-pixels must be a positive number of pixels, got {self.max_pixels}")
         if not 1 <= self.quality <= 100:
@@ -70,8 +77,9 @@ class BuildOptions:
         """The JSON-able form stored in the progress record and compared on resume. A newer option left at
         its default is left out, so a build started by an earlier version still resumes."""
         record = dataclasses.asdict(self)
-        if record["max_pixels"] is None:
-            del record["max_pixels"]
+        for newer in ("max_pixels", "image_column", "label_column"):
+            if record[newer] is None:
+                del record[newer]
         return record
 
 

@@ -33,9 +33,11 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def batched(items: list[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items (the last shorter), taken lazily: a table's rows are read as their batch comes up."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
 
 
 def ordered_map(fn: Callable[[list[T]], list[R]], batches: Iterable[list[T]], workers: int) -> Iterator[R]:

@@ -1,7 +1,7 @@
-"""One input file → one WebDataset sample (`__key__`, image, `cls`, `json`), or the reason it is skipped.
+"""One input file or table row → one WebDataset sample (`__key__`, image, `cls`, `json`), or why it is skipped.
 
-This is the unit of work the worker processes run; it reads the file itself so only the finished bytes
-cross the process boundary.
+This is the unit of work the worker processes run; it reads a file itself so only the finished bytes
+cross the process boundary (a table row arrives with its bytes: tables are read by blocks, in the main process).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .decoding import max_file_bytes
 from .images import BadImage, prepare_image
 from .options import BuildOptions
 from .sources import Source
+from .table_rows import LoadedRow
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,13 @@ def sample_key(rel: str) -> str:
     return hashlib.blake2b(rel.encode("utf-8", "surrogateescape"), digest_size=10).hexdigest()
 
 
-def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
+def make_sample(source: Source | LoadedRow, opts: BuildOptions) -> Sample | Skipped:
+    """A file (`Source`, read here) or a table row (`LoadedRow`, whose bytes the reader sent along)."""
     try:
-        data = read_regular_file(source.path, max_file_bytes(opts.max_pixels))
+        if isinstance(source, LoadedRow):
+            data = _row_bytes(source, max_file_bytes(opts.max_pixels))
+        else:
+            data = read_regular_file(source.path, max_file_bytes(opts.max_pixels))
     except OSError as err:
         return Skipped(source.rel, f"cannot read: {err.strerror or err}", 0)
     except BadImage as err:
@@ -59,6 +64,15 @@ def make_sample(source: Source, opts: BuildOptions) -> Sample | Skipped:
         ("json", json.dumps(meta).encode("utf-8")),
     )
     return Sample(sample_key(source.rel), members, len(data), image.reencoded)
+
+
+def _row_bytes(row: LoadedRow, limit: int) -> bytes:
+    """The same bounds as for a file: no bytes, or more than any image within the pixel cap, is a skip."""
+    if row.data is None:
+        raise BadImage(row.missing)
+    if len(row.data) > limit:
+        raise BadImage(f"{len(row.data):,} bytes: larger than any image within the pixel cap ({limit:,} bytes)")
+    return row.data
 
 
 def read_regular_file(path: str, limit: int) -> bytes:
@@ -86,6 +100,6 @@ def read_regular_file(path: str, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def make_samples(sources: list[Source], opts: BuildOptions) -> list[Sample | Skipped]:
+def make_samples(sources: list[Source | LoadedRow], opts: BuildOptions) -> list[Sample | Skipped]:
     """A batch, so that one inter-process round trip carries many small files."""
     return [make_sample(s, opts) for s in sources]

@@ -63,10 +63,12 @@ def is_list_file(path: Path) -> bool:
 def collect(src: Path, *, labels: str, follow_symlinks: bool) -> Inputs:
     """Inputs from a folder (`labels="folder"`: SRC/<class>/...; `"none"`: any tree) or a CSV/TSV list."""
     if not src.exists():
-        raise DataToolsError(f"{src} does not exist; give an image folder or a .csv/.tsv file list")
+        raise DataToolsError(f"{src} does not exist; give an image folder, a .csv/.tsv file list, parquet files or "
+                             "a datasets save_to_disk folder")
     if src.is_file():
         if src.suffix.lower() not in LIST_SUFFIXES:
-            raise DataToolsError(f"{src} is a file but not a .csv/.tsv list; give an image folder or a file list")
+            raise DataToolsError(f"{src} is a file but not a .csv/.tsv list or a .parquet file; give an image folder, "
+                                 "a file list or parquet files")
         inputs = _collect_list(src, labels)
     else:
         inputs = _collect_folder(src, labels, follow_symlinks)
