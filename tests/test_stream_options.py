@@ -11,7 +11,7 @@ import pytest
 from shardgen import Sample, unique_samples, write_shards
 
 from ssl_vit.config import DataConfig, FinetuneData, load_config, load_finetune_config
-from ssl_vit.data import StreamOptionError, TrainStreamOptions, build_train_stream
+from ssl_vit.data import StreamOptionError, TrainStreamOptions, build_train_stream, remote
 from ssl_vit.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,11 @@ OUT_OF_RANGE = [
     ("max_pixels", 0, "data.max_pixels", "a positive number of pixels or null"),
     ("shard_errors", "sometimes", "data.shard_errors", "'stop' or 'skip'"),
     ("check_unique_keys", 1, "data.check_unique_keys", "true or false"),
+    ("remote_min_rate", -1, "data.remote_min_rate", "a number of bytes/s ≥ 0"),
+    ("remote_min_rate", "fast", "data.remote_min_rate", "a number of bytes/s ≥ 0"),
+    ("remote_rate_window_s", 0, "data.remote_rate_window_s", "a number of seconds > 0"),
+    ("remote_shard_deadline_s", 0, "data.remote_shard_deadline_s", "a number of seconds > 0 or null"),
+    ("remote_shard_deadline_s", float("inf"), "data.remote_shard_deadline_s", "a number of seconds > 0 or null"),
     ("min_samples_for_bad_fraction", 0, "min_samples_for_bad_fraction", "an integer ≥ 1"),
     ("pin_memory", None, "pin_memory", "true or false"),
 ]
@@ -64,6 +69,8 @@ def test_every_option_is_checked():
     ("max_bad_fraction", 0.0), ("max_bad_fraction", 0), ("max_bad_fraction", 0.999),
     ("max_pixels", 1), ("max_pixels", None), ("min_samples_for_bad_fraction", 1),
     ("shard_errors", "stop"), ("shard_errors", "skip"),
+    ("remote_min_rate", 0), ("remote_rate_window_s", 0.001), ("remote_shard_deadline_s", None),
+    ("remote_shard_deadline_s", 0.5),
 ])
 def test_the_edges_inside_each_range_are_accepted(option, value):
     assert getattr(TrainStreamOptions(**{option: value}), option) == value
@@ -82,7 +89,7 @@ def test_the_recipe_defaults_are_the_options_defaults():
     defaults = TrainStreamOptions()
     for data in (DataConfig(), FinetuneData()):
         shared = [f.name for f in dataclasses.fields(TrainStreamOptions) if hasattr(data, f.name)]
-        assert len(shared) == 11  # all but pin_memory (the device's choice) and min_samples_for_bad_fraction
+        assert len(shared) == 14  # all but pin_memory (the device's choice) and min_samples_for_bad_fraction
         assert all(getattr(data, name) == getattr(defaults, name) for name in shared)
         assert data.stream_options() == defaults
     assert DataConfig().stream_options(pin_memory=True).pin_memory is True
@@ -102,6 +109,8 @@ def _message(**options) -> str:
     ("data.crop_scale=[0.5, 0.2]", {"crop_scale": (0.5, 0.2)}),
     ("data.crop_ratio=[0, 1]", {"crop_ratio": (0.0, 1.0)}),  # the loader reads a float pair
     ("data.max_pixels=0", {"max_pixels": 0}),
+    ("data.remote_min_rate=-5", {"remote_min_rate": -5.0}),
+    ("data.remote_shard_deadline_s=0", {"remote_shard_deadline_s": 0.0}),
 ])
 def test_a_bad_recipe_value_fails_at_load_with_the_streams_message(override, options):
     expected = f"command line: {_message(**options)}"
@@ -109,6 +118,17 @@ def test_a_bad_recipe_value_fails_at_load_with_the_streams_message(override, opt
         with pytest.raises(ConfigError) as info:
             load(recipe, [override])
         assert str(info.value) == expected
+
+
+def test_the_remote_limits_of_a_recipe_reach_the_streams_retry_policy(monkeypatch):
+    """The recipe sets the rate and the deadline; attempts and back-offs stay `remote.RETRY`'s, read when a reader
+    starts (so a test's faster retries apply)."""
+    cfg = load_config(SMOKE, ["data.remote_min_rate=500", "data.remote_rate_window_s=5",
+                              "data.remote_shard_deadline_s=7200"])
+    monkeypatch.setattr(remote, "RETRY", remote.RetryPolicy(attempts=2))
+    policy = cfg.data.stream_options().remote_policy()
+    assert (policy.min_rate, policy.rate_window, policy.deadline, policy.attempts) == (500.0, 5.0, 7200.0, 2)
+    assert TrainStreamOptions().remote_policy() == remote.RetryPolicy(attempts=2)  # the defaults are RETRY's
 
 
 def test_a_bad_value_in_a_recipe_file_names_the_file(tmp_path: Path):

@@ -73,6 +73,9 @@ class DataConfig:
     max_pixels: int | None = _STREAM.max_pixels  # width × height cap per image, before decoding (None: Pillow's bomb limit)
     shard_errors: Literal["stop", "skip"] = _STREAM.shard_errors  # a shard unreadable after retries: stop, or skip it this epoch
     check_unique_keys: bool = _STREAM.check_unique_keys  # stop when a key occurs twice in the split (16 B/sample, main process)
+    remote_min_rate: float = _STREAM.remote_min_rate  # http(s) shards: bytes/s an attempt must average over remote_rate_window_s of waiting (0: no minimum), or it is retried
+    remote_rate_window_s: float = _STREAM.remote_rate_window_s  # seconds of waiting the minimum rate is averaged over
+    remote_shard_deadline_s: float | None = _STREAM.remote_shard_deadline_s  # seconds of waiting an http(s) shard may take over all its attempts (null: 15 min more than its bytes take at the minimum rate)
 
     def stream_options(self, pin_memory: bool = False) -> TrainStreamOptions:
         """The train stream's options from this section (same names; `pin_memory` is the device's choice). Raises

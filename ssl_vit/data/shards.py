@@ -8,7 +8,8 @@ rebuilding or re-downloading it, not trained around. Single bad *samples* are a 
 skipped and counted downstream (`stages.BadSampleTally`).
 
 Shards may be gzip-compressed (`.tar.gz`, recognised by their first bytes); remote http(s) shards are read
-through `remote.HTTPStream`, which retries transient errors and resumes. Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
+through `remote.HTTPStream`, which retries transient errors, resumes from the same object only, and checks the
+shard's sha256 from `_info.json` at its end (a mismatch is a broken promise, never skipped). Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
 sample's key and extension. A key is an opaque string, kept as the archive spells it (a member
 `../../x.jpg` is sample `../../x`), and nothing in ssl_vit uses a key as a file name.
 """
@@ -24,17 +25,18 @@ from webdataset.gopen import gopen
 
 from ssl_vit.errors import DataError
 
-from .remote import HTTPStream, is_http
+from .remote import ChecksumMismatch, HTTPStream, ReadInterrupted, RetryPolicy, is_http
 from .tarstream import iter_members
 
 REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from the data spec"
 
 
-def open_url(url: str) -> Any:
-    """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` (retries, resumes), s3
-    through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest through webdataset's openers."""
+def open_url(url: str, *, sha256: str | None = None, policy: RetryPolicy | None = None) -> Any:
+    """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` (retries and limits from
+    `policy`, resumes, checks `sha256`), s3 through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest
+    through webdataset's openers."""
     if is_http(url):
-        return HTTPStream(url)
+        return HTTPStream(url, policy, sha256=sha256)
     if url.startswith("s3://"):
         url = f"pipe:aws s3 cp {shlex.quote(url)} -"
     return gopen(url)
@@ -70,15 +72,19 @@ class _Prefixed:
 
 def read_shard(
     url: str, *, stride: int = 1, offset: int = 0, expected: int | None = None, max_member: int | None = None,
+    sha256: str | None = None, policy: RetryPolicy | None = None,
 ) -> Iterator[dict]:
     """Samples (`__key__`, `__url__`, one entry per file extension) of `url` whose index % stride == offset.
 
     `expected` is the shard's length from `_info.json`: a tar that ends early at a file boundary reads as a
     valid shorter tar, and only the count reveals it. A file above `max_member` bytes is not read into memory:
-    its entry is a `tarstream.OversizeMember` (the streams skip and count the sample).
+    its entry is a `tarstream.OversizeMember` (the streams skip and count the sample). `sha256` (from
+    `_info.json`) and `policy` (retries and rate limits) apply to http(s) shards.
     """
     try:
-        stream = open_url(url)
+        stream = open_url(url, sha256=sha256, policy=policy)
+    except ReadInterrupted:
+        raise
     except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
         raise ShardUnreadable(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
     count = 0
@@ -91,16 +97,19 @@ def read_shard(
             if count % stride == offset:
                 yield sample
             count += 1
+        if isinstance(stream, HTTPStream):
+            stream.finish()  # to the object's end: its sha256
         closed = True
         stream.close()  # a pipe: URL reports its command's exit status here
-    except _Broken:
+    except (_Broken, ChecksumMismatch, ReadInterrupted):
         raise
     except Exception as exc:  # noqa: BLE001 - tar, IO and pipe errors all mean a broken shard
         # A failed command or download (curl's 404) explains its missing or bad bytes better than the tar does.
         cause = exc if closed else _close_error(stream) or exc
         closed = True
+        advice = getattr(cause, "advice", None) or REBUILD  # a remote error may know better (a slow link)
         raise ShardUnreadable(f"shard {url} is unreadable after {count} samples ({type(cause).__name__}: {cause}); "
-                              f"{REBUILD}") from None
+                              f"{advice}") from None
     finally:
         if not closed:
             _close_error(stream)  # abandoned mid-shard: a pipe's command then dies of SIGPIPE, which is no error

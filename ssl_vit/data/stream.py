@@ -53,6 +53,7 @@ from data_tools.decoding import max_file_bytes
 from ssl_vit.errors import ConfigError, DataError
 
 from .promises import SamplePromises
+from .remote import RetryPolicy
 from .split_keys import part_record
 from .shards import ShardUnreadable, read_shard
 from .spec import ShardSet, resolve_spec
@@ -237,13 +238,16 @@ def _worker() -> tuple[int, int]:
 
 
 def _read(shards: ShardSet, part: ShardPart, promises: SamplePromises, max_pixels: int | None,
-          hashes: list[int] | None = None) -> Iterator[dict]:
-    """The samples of one shard part, each checked against what `_info.json` promises (promises.py); their key
-    hashes are appended to `hashes` when given. A file too large for any image within `max_pixels` is read
-    past, not into memory (as the build skips it: `max_file_bytes`)."""
+          hashes: list[int] | None = None, remote: RetryPolicy | None = None) -> Iterator[dict]:
+    """The samples of one shard part, each checked against what `_info.json` promises (promises.py; a remote
+    shard's sha256 too); their key hashes are appended to `hashes` when given. A file too large for any image
+    within `max_pixels` is read past, not into memory (as the build skips it: `max_file_bytes`). `remote`: the
+    retries and rate limits of http(s) shards (None: `remote.RETRY`)."""
     expected = shards.shard_lengths[part.shard] if shards.shard_lengths is not None else None
+    sha256 = shards.sha256[part.shard] if shards.sha256 is not None else None
     return promises.checked(read_shard(shards.urls[part.shard], stride=part.stride, offset=part.offset,
-                                       expected=expected, max_member=max_file_bytes(max_pixels)), hashes)
+                                       expected=expected, max_member=max_file_bytes(max_pixels), sha256=sha256,
+                                       policy=remote), hashes)
 
 
 def _reported(batches: Iterator[dict]) -> Iterator[dict]:
@@ -319,6 +323,7 @@ class _TrainDataset(_ShardReader):
         """Endless: every epoch reads all of this reader's shard parts, in a fresh random order; each part read to
         its end adds its keys' record to `parts_read` (when the stream records keys)."""
         promises = SamplePromises(self.shards.class_names)
+        remote = self.o.remote_policy()
         while True:
             count = 0
             promises.new_epoch()
@@ -326,7 +331,7 @@ class _TrainDataset(_ShardReader):
                 read = 0
                 hashes: list[int] | None = [] if self.o.check_unique_keys else None
                 try:
-                    for sample in _read(self.shards, parts[i], promises, self.o.max_pixels, hashes):
+                    for sample in _read(self.shards, parts[i], promises, self.o.max_pixels, hashes, remote):
                         read += 1
                         if self.place.holdout is None or self.place.holdout.keeps(sample["__key__"]):
                             count += 1

@@ -13,12 +13,17 @@ holdout and resume position — is not an option: `build_train_stream` takes tho
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 from ssl_vit.errors import ConfigError
+
+from . import remote
+
+_REMOTE = remote.RetryPolicy()  # the defaults of the http(s) limits below (their reasons: remote.py)
 
 _NOT_RECIPE_KEYS = frozenset({"pin_memory", "min_samples_for_bad_fraction"})
 
@@ -48,6 +53,11 @@ class TrainStreamOptions:
     max_pixels: int | None = None  # width × height cap per image, ≥ 1, refused before decoding; None: Pillow's
     shard_errors: Literal["stop", "skip"] = "stop"  # a shard unreadable after retries: raise, or skip it this epoch
     check_unique_keys: bool = True  # batches carry their parts' key hashes (`part_keys`) for the split-wide check
+    remote_min_rate: float = _REMOTE.min_rate  # http(s) shards: bytes/s each attempt must average over every
+    # remote_rate_window_s of waiting, ≥ 0 (0: no minimum); slower attempts fail and are retried
+    remote_rate_window_s: float = _REMOTE.rate_window  # seconds of waiting the minimum rate is averaged over, > 0
+    remote_shard_deadline_s: float | None = _REMOTE.deadline  # seconds of waiting one http(s) shard may take
+    # over all its attempts, > 0; null: 15 minutes more than its bytes take at the minimum rate
     min_samples_for_bad_fraction: int = 20  # a reader whose first this-many samples are all bad stops, ≥ 1
     pin_memory: bool = False  # the loader pins batches (for CUDA copies)
 
@@ -73,6 +83,20 @@ class TrainStreamOptions:
             self._refuse("max_pixels", f"must be a positive number of pixels or null, got {self.max_pixels!r}")
         if self.shard_errors not in ("stop", "skip"):
             self._refuse("shard_errors", f"must be 'stop' or 'skip', got {self.shard_errors!r}")
+        if not _is_number(self.remote_min_rate) or self.remote_min_rate < 0:
+            self._refuse("remote_min_rate", f"must be a number of bytes/s ≥ 0, got {self.remote_min_rate!r}")
+        if not _is_number(self.remote_rate_window_s) or self.remote_rate_window_s <= 0:
+            self._refuse("remote_rate_window_s", f"must be a number of seconds > 0, got {self.remote_rate_window_s!r}")
+        deadline = self.remote_shard_deadline_s
+        if deadline is not None and (not _is_number(deadline) or deadline <= 0):
+            self._refuse("remote_shard_deadline_s", f"must be a number of seconds > 0 or null, got {deadline!r}")
+
+    def remote_policy(self) -> remote.RetryPolicy:
+        """The retries of http(s) shards (`remote.RETRY`'s, read now) with this stream's rate and deadline."""
+        return dataclasses.replace(remote.RETRY, min_rate=float(self.remote_min_rate),
+                                   rate_window=float(self.remote_rate_window_s),
+                                   deadline=None if self.remote_shard_deadline_s is None
+                                   else float(self.remote_shard_deadline_s))
 
     def _pair(self, name: str, rule: str, holds) -> tuple[float, float]:
         value = getattr(self, name)

@@ -33,6 +33,8 @@ CHANGEABLE = (
     "train.precision", "train.compile", "train.grad_checkpointing", "data.batch_size", "data.num_workers",
     # how bad data is handled (which samples count as bad, whether a bad shard stops the run)
     "data.max_bad_fraction", "data.max_pixels", "data.shard_errors", "data.check_unique_keys",
+    # how long a remote shard may take (the same bytes arrive, or the read fails)
+    "data.remote_min_rate", "data.remote_rate_window_s", "data.remote_shard_deadline_s",
 )
 FIXED = (
     "model", "objective",  # what is trained
