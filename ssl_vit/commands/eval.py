@@ -238,7 +238,7 @@ def _evaluate(source, run_dir: Path, cache_dir: Path, recipe, evaluators: dict, 
     ctx = EvalContext(
         backbone_factory=factory, data=data, fingerprint=source.fingerprint, pool=pool,
         layers=recipe.layers, out_dir=run_dir, cache_dir=cache_dir if recipe.cache else None,
-        accelerator=accelerator, seed=recipe.seed,
+        accelerator=accelerator, seed=recipe.seed, backbone_name=f"--checkpoint {source.spec}",
     )
     metrics: dict[str, float] = {}
     seconds: dict[str, float] = {}

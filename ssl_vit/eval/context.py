@@ -43,6 +43,7 @@ class EvalContext:
     cache_dir: Path | None = None
     accelerator: "Accelerator | None" = None
     seed: int = 0
+    backbone_name: str | None = None  # the backbone in messages (the --checkpoint value); None: "the backbone"
     _features: dict = field(default_factory=dict, repr=False)
     _backbone: "VisionTransformer | None" = field(default=None, repr=False)
     _shards: dict = field(default_factory=dict, repr=False)
@@ -164,6 +165,7 @@ class EvalContext:
             features = extract_features(
                 self.backbone(), stream, pool=pool, layers=layers, accelerator=self.accelerator,
                 total=shards.num_samples, desc=f"features {split}",
+                source=f"{self.backbone_name or 'the backbone'} on {spec} (split '{name}')",
             )
         if not len(features):
             raise DataError(f"{spec} (split '{name}') yielded no samples; check the spec and split name")

@@ -6,6 +6,11 @@ intermediate blocks (each normalised by the final norm, concatenated in the orde
 Extraction runs each rank over its own share of the eval stream, then gathers so that every rank holds the
 full set, sorted by sample key (each key exactly once, asserted): the result does not depend on the number of processes.
 
+Features must be finite: a backbone whose weights hold NaN (a diverged run's checkpoint) or whose activations
+overflow under reduced precision gives NaN or inf features, which every protocol would turn into a meaningless
+score (or a solver's traceback). Extraction stops at the first such batch with one line naming the backbone,
+the split and what is wrong with it (`check_finite`), on every rank.
+
 Gathering: ranks hold different numbers of samples (shards split unevenly) and collectives need equal shapes,
 so Accelerate's `pad_across_processes` pads each rank's rows to the largest count and the padding is cut off
 after the gather. Rows go in chunks to bound the device memory the collective needs (ImageNet's 1.28M x 768
@@ -22,7 +27,7 @@ from accelerate.utils import gather_object
 from data_tools.progress_bar import progress_bar
 
 from ssl_vit.data.normalize import normalize_uint8
-from ssl_vit.errors import ConfigError, DataError
+from ssl_vit.errors import CheckpointError, ConfigError, DataError
 from ssl_vit.train.agreement import raise_on_every_rank
 
 if TYPE_CHECKING:
@@ -99,12 +104,14 @@ def extract_features(
     accelerator: "Accelerator | None" = None,
     total: int | None = None,
     desc: str = "features",
+    source: str | None = None,
 ) -> Features:
     """Run the frozen backbone over this rank's batches, then gather all ranks' features (see module doc).
 
     `batches` yields `{"image": uint8 (B, 3, S, S), "label": (B,), "key": list[str]}` (the eval stream);
     `total` (samples over all ranks, `_info.json`'s count) sizes the progress bar and is asserted: the
-    gathered set must hold exactly `total` distinct keys.
+    gathered set must hold exactly `total` distinct keys. `source` names the backbone and the data in messages
+    (`--checkpoint X on SPEC (split 'train')`); `desc` stands in for it.
     """
     check_pool(pool, layers)
     device = accelerator.device if accelerator is not None else next(backbone.parameters()).device
@@ -123,6 +130,8 @@ def extract_features(
                     feats = embed_images(backbone, images, pool, layers)
             else:
                 feats = embed_images(backbone, images, pool, layers)
+            check_finite(feats, batch["key"], backbone, source or desc,
+                         accelerator.mixed_precision if accelerator is not None else "no")
             xs.append(feats.cpu())
             labels.append(torch.as_tensor(batch["label"]).long().cpu())
             keys.extend(str(k) for k in batch["key"])
@@ -148,6 +157,29 @@ def extract_features(
         raise DataError(f"evaluation read {len(gathered)} samples but _info.json promises {total}: every sample "
                         "must be read exactly once; run `ssl-vit-shards verify` on the shards")
     return gathered
+
+
+def check_finite(feats: torch.Tensor, keys: Sequence, backbone: "VisionTransformer", source: str,
+                 precision: str = "no") -> None:
+    """One line when a batch's features hold NaN or inf, saying whether the weights are at fault (a broken
+    checkpoint: which tensors) or the activations overflow (the precision)."""
+    bad_rows = ~torch.isfinite(feats).all(dim=1)
+    if not bool(bad_rows.any()):
+        return
+    example = str(keys[int(bad_rows.nonzero()[0])])
+    broken = [(name, int((~torch.isfinite(p)).sum())) for name, p in backbone.named_parameters()
+              if not bool(torch.isfinite(p).all())]
+    if broken:
+        count = sum(n for _, n in broken)
+        why = (f"its weights hold {count:,} NaN or inf values in {len(broken)} tensor{'s' * (len(broken) != 1)} (first {broken[0][0]}): the "
+               "checkpoint is broken (a run that diverged, or a damaged file); evaluate an earlier checkpoint")
+    elif precision in ("fp16", "bf16"):
+        why = (f"its weights are finite, but its activations overflow under {precision}; evaluate with "
+               "precision=fp32")
+    else:
+        why = "its weights are finite, but its activations overflow even in fp32: the checkpoint is unusable"
+    raise CheckpointError(f"{source}: the features are not finite (NaN or inf) for {int(bad_rows.sum())} of the "
+                          f"{len(feats)} images of a batch (e.g. sample {example!r}); {why}")
 
 
 def _feature_dim(backbone: "VisionTransformer", pool: Pool, layers: Sequence[int] | None) -> int:

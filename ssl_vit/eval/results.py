@@ -2,7 +2,8 @@
 
 results.json holds the flat metrics (accuracies in percent) with what produced them (checkpoint, model,
 data, recipe), so `ssl-vit eval compare RUN...` can put any runs next to each other later. results.md is
-the same as a Markdown table; a metric `X` with a companion `X_std` shows as "X ± std".
+the same as a Markdown table; a metric `X` with a companion `X_std` shows as "X ± std". Test classes that no
+training sample carries (`test_only_class/NAME`, `unseen_classes.py`) are named at the top of both.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Iterable, Sequence
 from ssl_vit.errors import UserError
 from ssl_vit.files import atomic_write, make_dir
 
+from .unseen_classes import PREFIX as TEST_ONLY
+
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
@@ -22,6 +25,8 @@ RESULTS_MD = "results.md"
 def format_value(name: str, value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if name.startswith(TEST_ONLY):  # a count of test images
+        return f"{value:.0f}"
     if name.endswith(("weight_decay", "log2_l2", "_lr", "selected_step", "train_loss")):  # not percentages
         return f"{value:.3g}"
     return f"{value:.2f}"
@@ -49,6 +54,9 @@ def write_results(out_dir: Path, label: str, metrics: dict[str, float], meta: di
     make_dir(out_dir, "output directory")
     protocols = fewshot_protocols(metrics)
     record = {"label": label, "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta}
+    unseen = {name[len(TEST_ONLY):]: int(value) for name, value in metrics.items() if name.startswith(TEST_ONLY)}
+    if unseen:
+        record["test_classes_without_training_samples"] = unseen
     if protocols:
         record["fewshot_protocols"] = protocols
     path = out_dir / RESULTS_JSON
@@ -57,6 +65,10 @@ def write_results(out_dir: Path, label: str, metrics: dict[str, float], meta: di
     for key in ("checkpoint", "model", "train", "test", "pool"):
         if meta.get(key) is not None:
             header.append(f"- {key}: `{meta[key]}`")
+    if unseen:
+        listed = ", ".join(f"`{name}` ({count} images)" for name, count in unseen.items())
+        header.append(f"- test classes that no training sample carries: {listed}; no classifier can predict them, "
+                      "so every accuracy below counts those images as wrong")
     header += ["", "Accuracies in percent; few-shot figures are mean ± std over draws (see ssl_vit/eval/*.py)."]
     header += [f"- `{pattern}`: {text}" for pattern, text in protocols.items()]
     atomic_write(out_dir / RESULTS_MD, "\n".join(header) + "\n\n" + metrics_table([(label, metrics)]))
