@@ -13,6 +13,7 @@ the result by several points, so how it is chosen is part of the protocol, and e
   by accuracy on v further labelled training images per class outside the shots.
 
 Each has `…_std`; the chosen strengths are summarised as `…_log2_l2` (mean log2). Test labels never choose L2.
+A test class without training samples adds `test_only_class/NAME` (`unseen_classes.py`).
 
 With `train_holdout: f` > 0, `fewshot/{k}shot_train_holdout` scores the k-labels protocol on a seeded fraction f
 of the *training* split, the shots drawn from the rest: a figure to choose models or recipes by without
@@ -33,6 +34,7 @@ from .context import EvalContext
 from .features import Features, Pool
 from .lstsq import BIAS_CONSTANT, LeastSquares
 from .registry import register
+from .unseen_classes import unseen_test_classes
 
 log = logging.getLogger(__name__)
 PROTOCOLS = {  # metric-name pattern → the protocol it measures (written into every results.md and results.json)
@@ -136,7 +138,8 @@ class FewShot:
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
         train, test, num_classes = ctx.train_test(self.pool, self.layers)
-        out = self._sweep(train, test, num_classes, ctx, "", self.val_per_class)
+        out = unseen_test_classes(ctx, train, test, "fewshot")
+        out.update(self._sweep(train, test, num_classes, ctx, "", self.val_per_class))
         if self.train_holdout > 0:
             from .linear import split_holdout
 

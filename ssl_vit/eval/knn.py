@@ -4,7 +4,8 @@ Features are L2-normalised, so the dot product is the cosine similarity. Each of
 training samples votes for its class with weight exp(sim / T), T = 0.07; the class with the largest
 summed weight wins; classes tied on votes share the credit, and top-5 counts only classes that got a vote
 (`metrics.topk_accuracy`). Test samples go in batches so the (batch, N_train) similarity block stays bounded.
-Metrics (percent): `knn/k{k}_top1`, `knn/k{k}_top5` (top-5 only with more than 5 classes).
+Metrics (percent): `knn/k{k}_top1`, `knn/k{k}_top5` (top-5 only with more than 5 classes); a test class without
+training samples adds `test_only_class/NAME` (`unseen_classes.py`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .context import EvalContext
 from .features import Pool
 from .metrics import topk_accuracy
 from .registry import register
+from .unseen_classes import unseen_test_classes
 
 SIM_BLOCK = 1 << 24  # similarities held at once: 64 MB of float32 on a CPU
 SIM_BLOCK_CUDA = 1 << 28  # 1 GB on a GPU (ImageNet: ~200 test images per block against 1.28M)
@@ -69,11 +71,11 @@ class KNN:
 
     def run(self, ctx: EvalContext) -> dict[str, float]:
         train, test, num_classes = ctx.train_test(self.pool, self.layers)
+        out = unseen_test_classes(ctx, train, test, "knn")
         votes = knn_votes(
             train.x, train.labels, test.x, ks=self.ks, num_classes=num_classes, temperature=self.temperature,
             device=ctx.device,
         )
-        out: dict[str, float] = {}
         for k, v in votes.items():
             out[f"knn/k{k}_top1"] = topk_accuracy(v, test.labels, 1, min_score=0.0)
             if num_classes > 5:

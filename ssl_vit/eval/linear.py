@@ -6,7 +6,8 @@ is chosen from a small grid on a held-out part of the training set (never the te
 probe is refitted on the whole training set and scored on test.
 `protocol: mae` is MAE's probe instead (augmented images through the frozen backbone online,
 BatchNorm without affine + linear head, LARS); see `linear_mae.py`.
-Metrics (percent): `linear/top1`, `linear/top5`, `linear/holdout_top1`, and `linear/weight_decay`.
+Metrics (percent): `linear/top1`, `linear/top5`, `linear/holdout_top1`, and `linear/weight_decay`; a test class
+without training samples adds `test_only_class/NAME` (`unseen_classes.py`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .context import EvalContext
 from .features import Pool
 from .metrics import topk_accuracy
 from .registry import register
+from .unseen_classes import unseen_test_classes
 
 log = logging.getLogger(__name__)
 WD_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -117,6 +119,7 @@ class LinearProbe:
 
             return mae_linear_probe(ctx, pool=self.pool, layers=self.layers, **self.mae_options)
         train, test, num_classes = ctx.train_test(self.pool, self.layers)
+        unseen = unseen_test_classes(ctx, train, test, "linear")
         fit_idx, hold_idx = split_holdout(len(train), self.holdout_fraction, ctx.seed)
         scores = {}
         for wd in progress_bar(self.weight_decays, desc="linear: weight decay", disable=not ctx.is_main, leave=False):
@@ -128,6 +131,7 @@ class LinearProbe:
         probe = fit_logistic(train.x, train.labels, num_classes, wd, self.max_iter, ctx.device)
         logits = probe.logits(test.x).cpu()
         return {
+            **unseen,
             "linear/top1": topk_accuracy(logits, test.labels, 1),
             "linear/top5": topk_accuracy(logits, test.labels, 5),
             "linear/holdout_top1": best,
