@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -230,3 +231,33 @@ def test_processes_that_find_one_stale_lock_together_let_one_win(tmp_path: Path)
     assert sum(line == "took\n" for line in lines) == 1, lines
     refused = [line for line in lines if line != "took\n"]
     assert all(line.startswith(f"refused {tmp_path} is in use by pid ") for line in refused), lines
+
+
+# ------------------------------------------------------------------------------------------- a real start
+@pytest.mark.timeout(300)
+def test_pretrain_on_an_empty_lock_refuses_in_one_line_or_takes_it_over(pretrain, pretrain_shards_32, tmp_path,
+                                                                        monkeypatch, capsys):
+    """`ssl-vit pretrain` into a run directory whose lock a crash left empty: refused with the file and its rm
+    where that cannot be proven abandoned (nothing else written), taken over and trained where it can."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    path = run_dir / LOCK_NAME
+    path.write_bytes(b"")
+    backdate(path, 5)
+    monkeypatch.setattr(run_lock, "_local_file_system", lambda p: False)
+    steps = {"train.total_steps": 1, "optim.warmup_steps": 0, "train.checkpoint_every": 1}
+    assert pretrain(pretrain_shards_32, run_dir, **steps) == 2
+    err = capsys.readouterr().err
+    lines = [re.sub(r"touched \d+ s ago", "touched N s ago", line) for line in err.splitlines() if "error:" in line]
+    assert lines == [f"error: {path} names no holder (it is empty) and cannot be shown abandoned: no process holds "
+                     "its file lock, but on this shared file system that proves nothing, and it was last touched N s "
+                     "ago (untouched for 300 s it counts as abandoned). If no ssl-vit job is writing into "
+                     f"{run_dir}, clear it: rm {path}"], err[-2000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME] and path.read_bytes() == b""
+
+    monkeypatch.setattr(run_lock, "_local_file_system", lambda p: True)
+    assert pretrain(pretrain_shards_32, run_dir, **steps) == 0
+    out = capsys.readouterr().out
+    assert (f"{run_dir}: took over the lock of an unnamed holder (run.lock: it is empty), no process holds its file "
+            "lock, which a holder on this local file system always keeps") in out
+    assert (run_dir / "checkpoints" / "latest").is_file() and not path.exists()
