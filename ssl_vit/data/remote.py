@@ -223,8 +223,9 @@ class HTTPStream(io.RawIOBase):
         total = None if span is None or span.group(2) == "*" else int(span.group(2))
         kind, value = self._validator or ("", "")
         now = response.headers.get(kind) if kind else None
-        if (total is not None and self._size is not None and total != self._size) or (now is not None and now != value):
-            seen = f"{kind} {value} → {now}" if now is not None and now != value else f"{self._size:,} → {total:,} bytes"
+        other_tag = now is not None and now != value
+        if other_tag or (total is not None and self._size is not None and total != self._size):
+            seen = f"{kind} {value} → {now}" if other_tag else f"{self._size:,} → {total:,} bytes"
             raise ShardChanged(f"{self.url} changed on the server while it was read (a retry at byte {self.offset:,} "
                                f"got the rest of another object: {seen}); its rest cannot be joined to what was read",
                                advice=ShardChanged.ADVICE)
