@@ -84,11 +84,16 @@ def rank_error_lines(stderr: str) -> list[str]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under `root` (relative name → sha256 of its bytes; folders as 'dir'): equal iff nothing changed."""
+    """Every file under `root` (relative name → sha256 of its bytes; folders as 'dir', links as '-> target', not
+    followed): equal iff nothing changed."""
     import hashlib
 
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    def digest(p: Path) -> str:
+        if p.is_symlink():
+            return f"-> {os.readlink(p)}"
+        return "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*"))}
 
 
 def sigterm_at_step(monkeypatch, step: int) -> None:

@@ -13,12 +13,20 @@ collision of two different keys' hashes (about 4 in 10^8 for ImageNet's 1.28 M k
 shards rebuilt in place since the checkpoint the ledger came from (their samples elsewhere now) restart the
 ledger with a note instead of raising.
 
+A local shard is known by the file it is, not by its spelling (`os.path.realpath`, as `spec.py` tells a shard
+listed twice): a run resumed with its data spelled otherwise — a relative path, a trailing slash, a symlinked
+mount, `DIR:split` — finds its samples where the ledger has them, and the ledger takes the new spelling. (That
+the data is the same is the resume's own check, `data/same_data.py`, made before training starts. Shards moved
+away from where the checkpoint read them cannot be read back to confirm a match: that stays an error.)
+
 The ledger costs 16 bytes per sample of the split in the main process and in each checkpoint (ImageNet-1k:
 20 MB); `data.check_unique_keys: false` leaves it out, for splits of billions of samples. Records cost 8 bytes
 per sample read, gathered once per checkpoint.
 """
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Sequence
 from itertools import islice
 
@@ -31,6 +39,7 @@ from .promises import REBUILD, key_hash
 from .shards import read_shard
 
 INDEX_BITS = 32  # a sample is (shard number << 32) | its index in the shard
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 def part_record(url: str, offset: int, stride: int, hashes: Sequence[int]) -> dict:
@@ -107,10 +116,13 @@ class SplitKeyLedger:
         """All records' (hashes, samples), concatenated."""
         hashes, samples = [], []
         for record in records:
-            number = self._url_number.get(record["url"])
+            where = _location(record["url"])
+            number = self._url_number.get(where)
             if number is None:
-                number = self._url_number[record["url"]] = len(self.urls)
+                number = self._url_number[where] = len(self.urls)
                 self.urls.append(record["url"])
+            else:
+                self.urls[number] = record["url"]  # the same file, as it is spelled now
             part = np.asarray(record["hashes"], dtype=np.int64)  # (n,)
             index = record["offset"] + record["stride"] * np.arange(len(part), dtype=np.int64)  # (n,) in the shard
             hashes.append(part)
@@ -157,11 +169,23 @@ class SplitKeyLedger:
     def load_state_dict(self, state: dict) -> None:
         self.__init__()
         self.urls = [str(url) for url in state["urls"]]
-        self._url_number = {url: i for i, url in enumerate(self.urls)}
+        self._url_number = {_location(url): i for i, url in enumerate(self.urls)}
         self.hashes = state["hashes"].numpy().astype(np.int64)
         self.samples = state["samples"].numpy().astype(np.int64)
         if len(self.hashes) != len(self.samples) or np.any(self.hashes[1:] <= self.hashes[:-1]):
             raise DataError("the checkpoint's key ledger (split_keys) is damaged; resume from another checkpoint")
+
+
+def _local_path(url: str) -> str | None:
+    if url.startswith("file:"):
+        return re.sub(r"^file://?", "/", url)
+    return None if _SCHEME.match(url) else url
+
+
+def _location(url: str) -> str:
+    """Where a shard lies: a local file's real path (whatever the spelling), a remote URL as written."""
+    path = _local_path(url)
+    return url if path is None else os.path.realpath(path)
 
 
 def _key_at(url: str, index: int) -> str | Exception:

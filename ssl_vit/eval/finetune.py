@@ -30,6 +30,8 @@ from ssl_vit.train.layer_decay import build_finetune_optimizer
 from .context import EvalContext
 from .registry import register
 
+HISTORY = "finetune_history.json"  # every holdout validation, beside the run's own files in OUT/finetune
+
 def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto") -> dict[str, float]:
     """Fine-tune ctx's backbone on the train split; test top-1 at the end (and of the holdout-selected weights)."""
     from ssl_vit.data.stream import steps_per_epoch
@@ -71,7 +73,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     trainer = Trainer(
         objective, DataFeed(make_stream, batch_size=d.batch_size, samples_per_epoch=train_shards.num_samples),
         accelerator=accelerator, train=cfg.train, optim=cfg.optim, total_steps=total,
-        run=RunFiles(run_dir, cfg.to_dict()), validation=Validation(val_every, validate),
+        run=RunFiles(run_dir, cfg.to_dict(), writes=(selected.name, HISTORY)), validation=Validation(val_every, validate),
         optimizer_factory=lambda model: build_finetune_optimizer(model, cfg.optim),
     )
     result = trainer.fit(resume=resume)
@@ -95,7 +97,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     if ctx.is_main:
         rows = [{"step": st, "epoch": st / per_epoch if per_epoch else None, "holdout_top1": history[st]}
                 for st in sorted(history)]
-        atomic_write(run_dir / "finetune_history.json", json.dumps(rows, indent=1) + "\n")
+        atomic_write(run_dir / HISTORY, json.dumps(rows, indent=1) + "\n")
     return out
 
 

@@ -8,6 +8,12 @@ with one line naming the key and both values (start a new run, or fine-tune, ins
 
 Every key of the pretraining and fine-tuning schemas appears below (a test checks it), so a new key is a
 decision, not an accident. A key nobody classified counts as fixed.
+
+The data is compared by identity, not spelling (`data/same_data.py`): when the checkpoint records the shards it
+was trained on and they are the shards the new recipe names, `data.train` and `data.split` may be spelled
+otherwise (a relative path, a trailing slash, a symlinked mount, `DIR:split` for `DIR` + `data.split`); the new
+spelling is recorded like any change. A checkpoint of an earlier version, which records no shards, compares the
+spelling.
 """
 from __future__ import annotations
 
@@ -33,9 +39,11 @@ CHANGEABLE = (
     "train.precision", "train.compile", "train.grad_checkpointing", "data.batch_size", "data.num_workers",
     # how bad data is handled (which samples count as bad, whether a bad shard stops the run)
     "data.max_bad_fraction", "data.max_pixels", "data.shard_errors", "data.check_unique_keys",
+    "data.follow_symlinks",  # whether the same shards may be reached through links out of their folder
     # how long a remote shard may take (the same bytes arrive, or the read fails)
     "data.remote_min_rate", "data.remote_rate_window_s", "data.remote_shard_deadline_s",
 )
+DATA_KEYS = ("data.train", "data.split")  # spellings of the data: free once its identity is proven the same
 FIXED = (
     "model", "objective",  # what is trained
     "data.train", "data.split", "data.image_size", "data.num_classes", "holdout_fraction",  # on which data
@@ -67,13 +75,14 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def recipe_changes(saved: dict, new: dict, checkpoint: str) -> dict[str, tuple[Any, Any]]:
-    """The changeable keys whose values differ, as {key: (old, new)}; a changed fixed key raises ConfigError."""
+def recipe_changes(saved: dict, new: dict, checkpoint: str, *, same_data: bool = False) -> dict[str, tuple[Any, Any]]:
+    """The changeable keys whose values differ, as {key: (old, new)}; a changed fixed key raises ConfigError.
+    `same_data`: the caller proved the data the same by identity, so `DATA_KEYS` may differ in spelling."""
     old_flat, new_flat = flatten(saved), flatten(new)
     changes = {k: (old_flat.get(k), new_flat.get(k)) for k in sorted(old_flat.keys() | new_flat.keys())
                if _normal(old_flat.get(k)) != _normal(new_flat.get(k))}
     for key, (old, value) in changes.items():
-        if rule(key) == "fixed":
+        if rule(key) == "fixed" and not (same_data and key in DATA_KEYS):
             raise ConfigError(
                 f"--resume: {key} is {value!r} but the checkpoint {checkpoint} was trained with {old!r}; a resume "
                 f"may not change the model, objective or data ({key}). Resume with {key}={_yaml(old)}, or start a "

@@ -38,11 +38,13 @@ from .supervisor import report_exit
 @dataclass(frozen=True)
 class RunFiles:
     """Where a run writes and what it records about itself: the recipe as plain data (saved in checkpoints and
-    compared on resume) and as text (`config.yaml` in the run directory and beside each checkpoint)."""
+    compared on resume) and as text (`config.yaml` in the run directory and beside each checkpoint); `writes`
+    names the files the command writes into the run directory besides the trainer's (the run's manifest lists them)."""
 
     dir: Path
     config: dict[str, Any] = field(default_factory=dict)
     config_yaml: str | None = None
+    writes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -113,7 +115,7 @@ class RunSession:
         if self._lock.took_over:
             print(f"{self.run.dir}: took over the lock of {describe_holder(self._lock.took_over)}, "
                   f"{self._lock.took_over['reason']}", flush=True)
-        return plan_start(self.run.dir, resume, overwrite, self.run.config)
+        return plan_start(self.run.dir, resume, overwrite, self.run.config, self.run.writes)
 
     def _start_trackers(self) -> None:
         acc, log_with = self.accelerator, list(self.train.log_with)

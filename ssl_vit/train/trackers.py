@@ -5,6 +5,10 @@ directory); `train.run_name` names the run (default: the run directory's name). 
 kept in `RUN/trackers.json`, and a resumed run (`--resume auto`) hands them back, so the tracker continues the
 same run — one curve across preemptions — instead of opening a new one. W&B runs offline with
 `WANDB_MODE=offline`; MLflow writes wherever `MLFLOW_TRACKING_URI` says (e.g. `file:/shared/mlruns`).
+
+The ids and the folders the trackers write into the run directory (`output_names`) are the run's: the run's
+manifest lists them (`manifest.py`), so `--overwrite` deletes them with the run, and the fresh run after it
+opens fresh W&B and MLflow runs instead of continuing the deleted one.
 """
 from __future__ import annotations
 
@@ -18,12 +22,22 @@ from accelerate import Accelerator
 from ..files import atomic_write
 
 IDS_FILE = "trackers.json"
+# The folder each tracker creates in the run directory (Accelerate's `project_dir`): TensorBoard logs into
+# `project_dir/<train.project>`, W&B into the `dir` `init_kwargs` gives it, Aim keeps its repository in `.aim`.
+# MLflow, Comet, ClearML and DVCLive write nothing there (MLflow's store is MLFLOW_TRACKING_URI's).
+_FOLDERS = {"tensorboard": None, "wandb": "wandb", "aim": ".aim"}  # None: the project's name
 
 
 def saved_ids(run_dir: Path) -> dict[str, str]:
     """The tracker run ids a previous segment of this run kept ({} for a new run)."""
     path = Path(run_dir) / IDS_FILE
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def output_names(log_with: list[str], project: str) -> list[str]:
+    """The names of the folders the trackers `log_with` create in the run directory."""
+    names = [(_FOLDERS[name] or project).split("/")[0] for name in log_with if name in _FOLDERS]
+    return [name for name in names if name not in ("", ".", "..")]
 
 
 def init_kwargs(log_with: list[str], run_dir: Path, run_name: str) -> dict[str, dict[str, Any]]:

@@ -134,6 +134,7 @@ class Trainer:
         """
         with RunSession(self.accelerator, self.run, self.train) as session:
             plan = session.plan(resume, overwrite)
+            self._data = plan.data  # the shards' identity: every checkpoint records it, a resume compares it
             run = self._prepare(session.agreement)
             start = together(session.agreement, lambda: self._restore(plan, run), "loading the checkpoint")
             if start >= self.total_steps:
@@ -279,7 +280,7 @@ class Trainer:
         if note:
             self.accelerator.print(note)
         meta = {"config": self.run.config, "world_size": self.accelerator.num_processes,
-                "accumulation": self.accumulation, "global_batch": self.train.global_batch}
+                "accumulation": self.accumulation, "global_batch": self.train.global_batch, "data": self._data}
         return ckpt.save_checkpoint(
             self.ckpt_root, step, model=run.model, optimizer=_inner(run.optimizer), scheduler=run.scheduler,
             meta=meta, config_yaml=self.run.config_yaml, rank=self.accelerator.process_index,
