@@ -10,6 +10,11 @@ backbone:
 Every export writes a model card (OUT/README.md; OUT.md beside a single file) with the recipe, the data, the
 training length and the `ssl-vit eval` results found for this checkpoint (under the run directory, or `--eval
 DIR`). `--push-to-hub REPO_ID` then uploads the folder with huggingface_hub.
+
+An export never replaces what it did not write (`models/formats/ownership.py`): a destination that holds files
+is refused, naming them, unless `--overwrite`, which replaces only a previous export's files (each export
+records what it wrote, with sizes and sha256) and keeps, and names, anything else. A folder holding files that are
+not the export's is not pushed: they would be uploaded with it.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--push-to-hub", metavar="REPO_ID",
                         help="upload the exported folder to this Hugging Face Hub model repo (needs ssl_vit[hub] and a token)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo as private")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous export at OUT (only the files an export wrote; anything else is kept)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{output}: --format {args.format} writes a folder; pass a directory path")
     if args.push_to_hub and args.format == "safetensors":
         raise UserError("--push-to-hub uploads a folder: add --format hf or --format timm")
+    from ..models.formats.ownership import plan_export
+
+    plan = plan_export(output, args.format, args.overwrite)  # reads only: a refusal leaves OUT as it was
+    if args.push_to_hub and plan.removal is not None and plan.removal.kept:
+        raise UserError(f"--push-to-hub would upload {output} with files that are not this export's "
+                        f"({', '.join(p.name for p in plan.removal.kept)}): move them away, or export into an empty folder")
     path = locate_checkpoint(args.source, "export") or resolve_checkpoint(args.source, "export")  # the latter: why none
     objective, cfg, state = restore_objective(path)  # the recipe and weights as `eval` and `analyze` read them
     step = int(state["step"])
@@ -64,13 +77,16 @@ def run(args: argparse.Namespace) -> int:
         "train_seed": cfg.train.seed,  # rebuilds the initial weights: `ssl-vit eval --baseline random`
         "crop_pct": facts.preprocessing.crop_pct,  # the crop `ssl-vit eval` uses for it by default
     }
-    written = _write(backbone, output, args.format, facts.preprocessing, metadata)
-    card_path = output.with_suffix(".md") if args.format == "safetensors" else output / "README.md"
     from ..models.model_card import render_model_card
 
-    atomic_write(card_path, render_model_card(facts))
+    card = render_model_card(facts)
+    if plan.note():
+        print(plan.note())
+    if plan.removal is not None:
+        plan.removal.run()
+    written = _write(backbone, output, args.format, facts.preprocessing, metadata, card)
     params = sum(p.numel() for p in backbone.parameters())
-    print(f"wrote {', '.join(str(p) for p in [*written, card_path])}: {cfg.model.name} ({params / 1e6:.2f}M parameters) "
+    print(f"wrote {', '.join(str(p) for p in written)}: {cfg.model.name} ({params / 1e6:.2f}M parameters) "
           f"from {path} (step {step}); evaluation tables in the card: {len(facts.eval_tables)}")
     if args.push_to_hub:
         from ..models.hub import push_folder
@@ -81,14 +97,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write(backbone, output: Path, fmt: str, preprocessing, metadata: dict) -> list[Path]:
+def _write(backbone, output: Path, fmt: str, preprocessing, metadata: dict, card: str) -> list[Path]:
+    """The export and its card; the files it wrote are recorded in its own config (`formats/ownership.py`)."""
     if fmt == "safetensors":
         from ..models.weights import save_backbone
+        from ..ownership import text_record
 
-        return [save_backbone(backbone, output, metadata=metadata), output.with_suffix(".json")]
+        card_path = output.with_suffix(".md")
+        metadata = {**metadata, "files": {card_path.name: text_record(card)}}  # the card, written after the JSON
+        return [save_backbone(backbone, output, metadata=metadata), output.with_suffix(".json"),
+                atomic_write(card_path, card)]
     from ..models.formats import write_folder
+    from ..models.formats.ownership import CARD_FILE
 
-    return write_folder(backbone, output, fmt, preprocessing, metadata)
+    return write_folder(backbone, output, fmt, preprocessing, metadata, extra={CARD_FILE: card})
 
 
 def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, backbone):
@@ -119,7 +141,8 @@ def _data_facts(cfg) -> tuple[int | None, list[str] | None]:
     from ..data import resolve_spec
 
     try:
-        shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
+        shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples,
+                              follow_symlinks=cfg.data.follow_symlinks)
     except (UserError, OSError):
         return None, None
     return shards.num_samples, list(shards.class_names) if shards.class_names else None

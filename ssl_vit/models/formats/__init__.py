@@ -31,11 +31,13 @@ __all__ = ["CONFIG_FILE", "FOLDER_FORMATS", "WEIGHTS_FILE", "Preprocessing", "fo
            "write_folder", "write_json", "write_safetensors"]
 
 
-def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing, metadata: dict | None = None) -> list[Path]:
+def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing, metadata: dict | None = None,
+                 extra: dict[str, str] | None = None) -> list[Path]:
     """Write `model` into folder `out` in format `fmt` ('hf' or 'timm'); returns the files written.
 
     `metadata` (plain data: step, objective, train seed…) goes into config.json under `ssl_vit`, a key
-    neither transformers nor timm reads."""
+    neither transformers nor timm reads, with the record of the files written (`ownership.py`); `extra` are
+    more files to write with them ({name: text}: the model card). config.json is written last."""
     writers = {"hf": write_hf, "timm": write_timm}
     if fmt not in writers:
         raise CheckpointError(f"unknown export format {fmt!r}; choose one of hf, timm, safetensors")
@@ -43,4 +45,4 @@ def write_folder(model, out: str | Path, fmt: str, preprocessing: Preprocessing,
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file; --format {fmt} writes a folder: pass a directory path")
     make_dir(out, "export folder")
-    return writers[fmt](model, out, preprocessing, metadata or {})
+    return writers[fmt](model, out, preprocessing, metadata, extra)

@@ -8,6 +8,7 @@ from typing import Literal
 
 from ...errors import CheckpointError
 from ...files import atomic_write
+from ...ownership import file_record
 
 FOLDER_FORMATS = ("hf", "timm")
 WEIGHTS_FILE = "model.safetensors"
@@ -65,3 +66,15 @@ def write_safetensors(tensors: dict, path: Path, metadata: dict[str, str]) -> Pa
 
 def write_json(path: Path, data: dict) -> Path:
     return atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def finish_folder(out: Path, config: dict, written: list[Path], extra: dict[str, str] | None,
+                  record: bool) -> list[Path]:
+    """Write the `extra` files (the model card), then config.json last; with `record`, its `ssl_vit.files` lists
+    every other file the export wrote (size; sha256 but for the weights), so a later export with --overwrite
+    replaces exactly these and keeps whatever else the folder holds (`ownership.py`)."""
+    written = [*written, *(atomic_write(out / name, text) for name, text in (extra or {}).items())]
+    if record:
+        config.setdefault("ssl_vit", {})["files"] = {
+            p.name: file_record(p, digest=p.name != WEIGHTS_FILE) for p in written}
+    return [write_json(out / CONFIG_FILE, config), *written]

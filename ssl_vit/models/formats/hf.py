@@ -17,7 +17,7 @@ from typing import Mapping
 from ...errors import CheckpointError
 from ..hf import to_hf_config, to_hf_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from .common import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
+from .common import WEIGHTS_FILE, Preprocessing, finish_folder, write_json, write_safetensors
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 _PIL_RESAMPLE = {"bilinear": 2, "bicubic": 3}  # PIL.Image.Resampling values, as image processors store them
@@ -59,14 +59,15 @@ def preprocessor_json(preprocessing: Preprocessing, img_size: int) -> dict:
     }
 
 
-def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict) -> list[Path]:
+def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict | None,
+             extra: dict[str, str] | None = None) -> list[Path]:
     config = model.config
     hf_config = hf_config_json(config, metadata)  # refuses a model without [class] token before anything is written
     # transformers refuses safetensors files whose header lacks format "pt".
     weights = write_safetensors(to_hf_state_dict(model, layout="hub"), out / WEIGHTS_FILE,
                                 {"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
-    return [write_json(out / CONFIG_FILE, hf_config), weights,
-            write_json(out / PREPROCESSOR_FILE, preprocessor_json(preprocessing, config.img_size))]
+    processor = write_json(out / PREPROCESSOR_FILE, preprocessor_json(preprocessing, config.img_size))
+    return finish_folder(out, hf_config, [weights, processor], extra, record=metadata is not None)
 
 
 def config_from_hf(info: Mapping, where: str) -> ViTConfig:
