@@ -20,7 +20,7 @@ from typing import Mapping
 from ...errors import CheckpointError
 from ..unwrap import unwrap_state_dict
 from ..vit import ViTConfig, VisionTransformer
-from .common import CONFIG_FILE, WEIGHTS_FILE, Preprocessing, write_json, write_safetensors
+from .common import WEIGHTS_FILE, Preprocessing, finish_folder, write_safetensors
 
 # timm's registered plain ViT entrypoints (timm/models/vision_transformer.py): name -> (width, depth, heads,
 # patch, image size). The closest one is named as the architecture; model_args override its sizes anyway.
@@ -96,16 +96,17 @@ def timm_config_json(config: ViTConfig, preprocessing: Preprocessing) -> dict:
     }
 
 
-def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict) -> list[Path]:
+def write_timm(model: VisionTransformer, out: Path, preprocessing: Preprocessing, metadata: dict | None,
+               extra: dict[str, str] | None = None) -> list[Path]:
     config = model.config
     info = timm_config_json(config, preprocessing)  # refuses what timm cannot build, first
-    if metadata:
-        info["ssl_vit"] = metadata  # timm ignores top-level keys it does not know
+    if metadata is not None:
+        info["ssl_vit"] = dict(metadata)  # timm ignores top-level keys it does not know
     tensors = {k: v for k, v in unwrap_state_dict(model.state_dict()).items()
                if not k.startswith("head.")}  # num_classes 0: timm's head is an Identity
     weights = write_safetensors(tensors, out / WEIGHTS_FILE,
                                 {"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
-    return [write_json(out / CONFIG_FILE, info), weights]
+    return finish_folder(out, info, [weights], extra, record=metadata is not None)
 
 
 def config_from_timm(info: Mapping) -> ViTConfig | None:
