@@ -87,6 +87,9 @@ def _parser() -> _Parser:
     v.add_argument("--workers", type=_positive_int, default=1, help="processes checking shards in parallel")
     v.add_argument("--max-pixels", type=_positive_int, metavar="N",
                    help="report images with more than N pixels (default: Pillow's decompression-bomb limit)")
+    v.add_argument("--follow-symlinks", action="store_true",
+                   help="also read shards that lead out of OUT through symlinks (refused by default: an unpacked "
+                        "archive can link to any file)")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -106,7 +109,7 @@ def _build(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     report = verify_out(args.out, args.split, workers=args.workers, max_pixels=args.max_pixels,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, follow_symlinks=args.follow_symlinks)
     for problem in report.problems:
         print(problem)
     print(report.line())

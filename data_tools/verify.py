@@ -4,8 +4,10 @@ Per split: the entry is self-consistent (list lengths, num_samples, num_classes)
 exists, its size and sha256 match, the tar reads to the end and holds exactly `shard_lengths[i]` samples;
 per sample: see samplecheck.py; across shards: keys are unique. Only files inside OUT are read: a
 `filenames` entry that is absolute, leaves OUT (`..`) or looks like a URL (`pipe:`, `http:`) is a problem, not
-opened. Members are read into memory, never extracted. Problems are reported as
-`shard key: reason` (or `shard: reason`, `_info.json ...: reason`) and never stop the run.
+opened; so is a shard that is not a regular file (a FIFO would block verify for ever, a device never end) or
+that leads out of OUT through a symlink (unless `--follow-symlinks`): `shard_files.py`, the check training and
+evaluation make too. The counts must be whole numbers ≥ 0. Members are read into memory, never extracted.
+Problems are reported as `shard key: reason` (or `shard: reason`, `_info.json ...: reason`) and never stop the run.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .errors import DataToolsError
 from .info import INFO_NAME, read_info
 from .parallel import ordered_map
 from .samplecheck import check_sample
+from .shard_files import MISSING, OUTSIDE, open_shard_file, shard_file_problem
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class ShardExpectation:
     bytes: int | None
     class_names: list[str] | None
     max_pixels: int | None = None  # the decoding cap (None: Pillow's bomb limit)
+    root: Path | None = None  # the folder the shard must not leave through a symlink (None: its own)
+    follow_symlinks: bool = False  # it may
 
 
 @dataclass
@@ -61,7 +66,7 @@ class VerifyReport:
 
 
 def verify_out(out: str | Path, split: str | None = None, *, workers: int = 1, max_pixels: int | None = None,
-               progress: bool = True) -> VerifyReport:
+               progress: bool = True, follow_symlinks: bool = False) -> VerifyReport:
     out = Path(out)
     if not out.is_dir():
         raise DataToolsError(f"{out} is not a folder; give the OUT folder of `ssl-vit-shards build`")
@@ -81,14 +86,15 @@ def verify_out(out: str | Path, split: str | None = None, *, workers: int = 1, m
     if not names:
         report.problems.append(f"{INFO_NAME}: lists no splits")
     for name in names:
-        _verify_split(out, name, splits[name], report, workers, max_pixels, progress)
+        _verify_split(out, name, splits[name], report, workers, max_pixels, progress, follow_symlinks)
     return report
 
 
 def _verify_split(out: Path, name: str, entry: object, report: VerifyReport, workers: int, max_pixels: int | None,
-                  progress: bool) -> None:
+                  progress: bool, follow_symlinks: bool = False) -> None:
     expectations, problems = _expectations(out, name, entry)
-    expectations = [dataclasses.replace(e, max_pixels=max_pixels) for e in expectations]
+    expectations = [dataclasses.replace(e, max_pixels=max_pixels, follow_symlinks=follow_symlinks)
+                    for e in expectations]
     report.problems += problems
     seen: dict[str, str] = {}
     with progress_bar(total=sum(e.count for e in expectations), unit="sample", desc=f"verify {name}",
@@ -112,14 +118,16 @@ def _expectations(out: Path, name: str, entry: object) -> tuple[list[ShardExpect
     filenames, lengths = entry.get("filenames"), entry.get("shard_lengths")
     if not isinstance(filenames, list) or not isinstance(lengths, list) or len(filenames) != len(lengths):
         return [], [f"{where}: needs 'filenames' and 'shard_lengths' lists of equal length"]
-    if not all(isinstance(n, int) and n >= 0 for n in lengths) or not all(isinstance(f, str) for f in filenames):
+    if not all(_is_count(n) for n in lengths) or not all(isinstance(f, str) for f in filenames):
         return [], [f"{where}: 'filenames' must be strings and 'shard_lengths' non-negative integers"]
     outside = [f for f in filenames if not _plain_name(f)]
     if outside:  # never opened: the index may have come with downloaded shards
         return [], [f"{where}: shard {f!r} is not a file name inside {out}; an {INFO_NAME} may only name shard "
                     "files beside it (rebuild it with `ssl-vit-shards build`)" for f in outside]
     problems = []
-    if entry.get("num_samples") != sum(lengths):
+    if not _is_count(entry.get("num_samples")):
+        problems.append(f"{where}: num_samples {entry.get('num_samples')!r} is not a whole number of samples ≥ 0")
+    elif entry.get("num_samples") != sum(lengths):
         problems.append(f"{where}: num_samples {entry.get('num_samples')} != sum of shard_lengths {sum(lengths)}")
     sha, sizes = entry.get("sha256"), entry.get("bytes")
     for key, values in (("sha256", sha), ("bytes", sizes)):
@@ -133,9 +141,14 @@ def _expectations(out: Path, name: str, entry: object) -> tuple[list[ShardExpect
         class_names = None
     if class_names is not None and entry.get("num_classes", len(class_names)) != len(class_names):
         problems.append(f"{where}: num_classes {entry.get('num_classes')} != {len(class_names)} class_names")
-    expectations = [ShardExpectation(out / f, n, s, b, class_names)
+    expectations = [ShardExpectation(out / f, n, s, b, class_names, root=out)
                     for f, n, s, b in zip(filenames, lengths, sha, sizes)]
     return expectations, problems
+
+
+def _is_count(value: object) -> bool:
+    """A whole number of samples ≥ 0, as JSON writes one (true and 12.0 are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _plain_name(name: str) -> bool:
@@ -143,6 +156,15 @@ def _plain_name(name: str) -> bool:
     path = PurePosixPath(name)
     return (bool(name) and "\0" not in name and not path.is_absolute() and ".." not in path.parts
             and re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*:", name) is None)
+
+
+def _file_problem(name: str, path: Path, problem) -> str:
+    """The report line of a shard file that is not read (`shard_files.ShardFileProblem`)."""
+    if problem.kind == MISSING:
+        return f"{name}: missing shard file ({path}{'' if problem.text == 'does not exist' else f': {problem}'})"
+    if problem.kind == OUTSIDE:
+        return f"{name}: {problem}; not read (pass --follow-symlinks if the links are yours)"
+    return f"{name}: {problem}; not read (a FIFO blocks its reader, a device never ends): put the shard file there"
 
 
 def _check_shards(batch: list[ShardExpectation]) -> list[ShardResult]:
@@ -167,10 +189,17 @@ class _HashingReader:
 def check_shard(expect: ShardExpectation) -> ShardResult:
     name = expect.path.name
     result = ShardResult(name)
-    if not expect.path.is_file():
-        result.problems.append(f"{name}: missing shard file ({expect.path})")
+    problem = shard_file_problem(expect.path, expect.path.parent if expect.root is None else expect.root,
+                                 expect.follow_symlinks)
+    if problem is not None:
+        result.problems.append(_file_problem(name, expect.path, problem))
         return result
-    with open(expect.path, "rb") as f:
+    try:
+        f = open_shard_file(expect.path)
+    except OSError as err:  # swapped for a FIFO since the check, or unreadable
+        result.problems.append(f"{name}: cannot be read ({err.strerror or err})")
+        return result
+    with f:
         reader = _HashingReader(f)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:

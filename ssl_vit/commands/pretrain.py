@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..train.checkpoint import latest_checkpoint
     from ..train.wiring import total_steps, train_stream_factory
 
-    shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples)
+    shards = resolve_spec(cfg.data.train, cfg.data.split, num_samples=cfg.data.num_samples,
+                          follow_symlinks=cfg.data.follow_symlinks)
     steps = total_steps(cfg.train, shards.num_samples, cfg.data.train)
     if args.dry_run:
         return _dry_run(args, cfg, shards, steps)

@@ -23,6 +23,7 @@ class EvalData:
     test: str | None = None  # the labelled test data's spec
     train_split: str = "train"  # the split of `train` (a shard directory's)
     test_split: str = "validation"  # the split of `test`
+    follow_symlinks: bool = False  # read local shards that lead out of their folder through symlinks (your own links)
     image_size: int = 224  # side of the centre crops, in pixels
     crop_pct: float = 0.875  # resize the shorter side to image_size / crop_pct, then centre-crop image_size
     batch_size: int = 256  # per process

@@ -62,6 +62,7 @@ class DataConfig:
     val: str | None = None  # a data spec of held-out images (eval.evaluators' test set when eval.test is unset)
     val_split: str = "validation"  # the split of data.val
     num_samples: int | None = None  # a URL list's sample count (directories know theirs): needed for train.epochs
+    follow_symlinks: bool = False  # read local shards that lead out of their folder through symlinks (your own links; refused by default: an unpacked archive can link to any file)
     image_size: int = _STREAM.image_size  # side of the square training crops, in pixels
     batch_size: int = _STREAM.batch_size  # per device, per micro-batch
     num_workers: int = _STREAM.num_workers  # loader processes per device
@@ -169,7 +170,7 @@ class PretrainConfig:
             train=own("train", d.train), test=own("test", d.val), train_split=own("train_split", d.split),
             test_split=own("test_split", d.val_split), image_size=own("image_size", d.image_size),
             crop_pct=own("crop_pct", EvalData.crop_pct), batch_size=own("batch_size", d.batch_size),
-            num_workers=own("num_workers", d.num_workers),
+            num_workers=own("num_workers", d.num_workers), follow_symlinks=own("follow_symlinks", d.follow_symlinks),
         )
 
 

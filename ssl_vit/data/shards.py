@@ -23,9 +23,11 @@ from typing import Any
 
 from webdataset.gopen import gopen
 
+from data_tools.shard_files import open_shard_file
 from ssl_vit.errors import DataError
 
 from .remote import ChecksumMismatch, HTTPStream, ReadInterrupted, RetryPolicy, is_http
+from .spec import is_local, local_path
 from .tarstream import iter_members
 
 REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from the data spec"
@@ -34,7 +36,10 @@ REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from
 def open_url(url: str, *, sha256: str | None = None, policy: RetryPolicy | None = None) -> Any:
     """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` (retries and limits from
     `policy`, resumes, checks `sha256`), s3 through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest
-    through webdataset's openers."""
+    through webdataset's openers. A local file is opened only if it is a regular file (`open_shard_file`: a FIFO or
+    a device swapped in after the data spec was checked is refused, never read)."""
+    if is_local(url):
+        return open_shard_file(local_path(url))
     if is_http(url):
         return HTTPStream(url, policy, sha256=sha256)
     if url.startswith("s3://"):

@@ -12,7 +12,16 @@ A data spec is one string (or a list of them) that says where the shards are:
   retries and resumes; s3 through the AWS CLI; the rest through webdataset's openers). Shards may be `.tar.gz`. A URL list knows no sample count: pass `num_samples=` when the trainer needs an epoch length.
 
 Local shards are checked here, so a typo fails at once with the missing file's name rather than later inside
-a worker process. Remote URLs are checked when they are opened.
+a worker process, and so is what they are: a shard must be a regular file (a FIFO, device or socket, which an
+unpacked archive can hold, would make a reader wait or read for ever), and one that leads out of its folder
+through a symlink is refused unless `follow_symlinks` (`data.follow_symlinks=true`): see
+`data_tools/shard_files.py`, which the reader asks again when it opens the file. Remote URLs are checked when
+they are opened.
+
+The counts of an `_info.json` must add up before anything is read: `num_samples` and every `shard_lengths`
+entry are whole numbers ≥ 0, one length per file, summing to `num_samples`, and `num_classes` (when given) is
+the number of `class_names`. What the shards really hold is checked as they are read (`shards.read_shard`, per
+shard; `promises.SplitCount`, the whole split when `_info.json` gives no `shard_lengths`).
 
 `pipe:` commands and remote URLs are taken only from the spec itself (the user's recipe or command line). An
 `_info.json` travels with downloaded or shared shards, so its `filenames` must be plain relative file names
@@ -31,6 +40,7 @@ from urllib.parse import quote
 
 import braceexpand
 
+from data_tools.shard_files import MISSING, NOT_REGULAR, shard_file_problem
 from ssl_vit.errors import DataError
 
 from .remote import RemoteReadError, fetch
@@ -56,26 +66,28 @@ class ShardSet:
 
 
 def resolve_spec(
-    spec: str | Sequence[str] | ShardSet, split: str | None = None, *, num_samples: int | None = None
+    spec: str | Sequence[str] | ShardSet, split: str | None = None, *, num_samples: int | None = None,
+    follow_symlinks: bool = False,
 ) -> ShardSet:
     """Turn a data spec into a `ShardSet`.
 
     `split` picks the split of a directory spec (a directory with one split needs none; a URL list ignores it;
     a split written into the spec, `DIR:name`, takes precedence, so recipe defaults never contradict it);
-    `num_samples` gives a URL list its sample count (for a directory it must agree with `_info.json`, or be None).
+    `num_samples` gives a URL list its sample count (for a directory it must agree with `_info.json`, or be None);
+    `follow_symlinks` lets local shards lead out of their folder through symlinks (the user's own links).
     """
     if isinstance(spec, ShardSet):
         return spec if num_samples is None else _with_count(spec, num_samples, "the ShardSet")
     if not isinstance(spec, str):
-        return _url_list([u for s in spec for u in _expand(str(s))], num_samples, str(list(spec)))
+        return _url_list([u for s in spec for u in _expand(str(s))], num_samples, str(list(spec)), follow_symlinks)
     remote = _REMOTE_INFO.fullmatch(spec)
     if remote is not None:
         shards = _from_remote_info(remote.group(1), remote.group(2) or split)
         return shards if num_samples is None else _with_count(shards, num_samples, remote.group(1))
     directory, split = _directory_of(spec, split)
     if directory is None:
-        return _url_list(_expand(spec), num_samples, spec)
-    shards = _from_info(directory, split)
+        return _url_list(_expand(spec), num_samples, spec, follow_symlinks)
+    shards = _from_info(directory, split, follow_symlinks)
     return shards if num_samples is None else _with_count(shards, num_samples, str(directory / INFO_FILE))
 
 
@@ -87,12 +99,13 @@ def _expand(spec: str) -> list[str]:
         raise DataError(f"data spec {spec!r}: {exc}; {hint}") from None
 
 
-def _is_local(url: str) -> bool:
+def is_local(url: str) -> bool:
     """Plain paths and file: URLs are local; anything else with a scheme (pipe:, http:, s3:, ...) is not."""
     return url.startswith("file:") or not _SCHEME.match(url)
 
 
-def _local_path(url: str) -> Path:
+def local_path(url: str) -> Path:
+    """The file a local shard URL names (a plain path, or a file: URL)."""
     return Path(re.sub(r"^file://?", "/", url) if url.startswith("file:") else url)
 
 
@@ -107,12 +120,12 @@ def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None
         # The split written into the spec is the more specific choice: it wins over the `split` argument,
         # which recipes fill with a default ("train", "validation").
         return Path(head), tail
-    if _is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
+    if is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
         return Path(spec).parent, split
     return None, split
 
 
-def _from_info(directory: Path, split: str | None) -> ShardSet:
+def _from_info(directory: Path, split: str | None, follow_symlinks: bool = False) -> ShardSet:
     info_path = directory / INFO_FILE
     if not info_path.is_file():
         raise DataError(
@@ -124,7 +137,7 @@ def _from_info(directory: Path, split: str | None) -> ShardSet:
     except OSError as exc:
         raise DataError(f"{info_path} is not readable ({exc}); rebuild it with `ssl-vit-shards`") from None
     shards = _from_index(text, str(info_path), split, lambda name: str(directory / name))
-    _check_exist(shards.urls, str(info_path))
+    _check_files(shards.urls, str(info_path), lambda url: directory, follow_symlinks)
     return shards
 
 
@@ -156,14 +169,18 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
         filenames = entry["filenames"]
         if not isinstance(filenames, list):
             raise TypeError("'filenames' (not a list)")
-        lengths = tuple(int(n) for n in entry["shard_lengths"]) if entry.get("shard_lengths") is not None else None
-        count = int(entry["num_samples"]) if entry.get("num_samples") is not None else None
-        names = tuple(entry["class_names"]) if entry.get("class_names") is not None else None
+        lengths = _counts(entry["shard_lengths"]) if entry.get("shard_lengths") is not None else None
+        count = _count(entry["num_samples"]) if entry.get("num_samples") is not None else None
+        names = _class_names(entry["class_names"]) if entry.get("class_names") is not None else None
         sums = tuple(str(x) for x in entry["sha256"]) if isinstance(entry.get("sha256"), list) else None
+    except _BadEntry as exc:
+        raise DataError(f"{where}: split {split!r} {exc}; fix it or rebuild it with `ssl-vit-shards`") from None
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(
             f"{where}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
         ) from None
+    if not filenames:
+        raise DataError(f"{where}: split {split!r} lists no shard files; rebuild it with `ssl-vit-shards`")
     if lengths is not None and len(lengths) != len(filenames):
         raise DataError(f"{where}: split {split!r} lists {len(filenames)} files but {len(lengths)} shard_lengths")
     if lengths is not None and count is not None and sum(lengths) != count:
@@ -174,6 +191,9 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
     _check_listed_once(urls, where)
     if names is not None and len(set(names)) != len(names):
         raise DataError(f"{where}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
+    if names is not None and entry.get("num_classes") is not None and entry["num_classes"] != len(names):
+        raise DataError(f"{where}: split {split!r} num_classes {entry['num_classes']!r} != the {len(names)} "
+                        "class_names; rebuild it with `ssl-vit-shards`")
     if sums is not None and len(sums) != len(filenames):
         sums = None  # a hand-edited index: fall back to the files' sizes and dates where checksums are wanted
     return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names, sums)
@@ -192,23 +212,58 @@ def _check_plain_name(name: object, info_path: str, split: str) -> None:
         )
 
 
-def _url_list(urls: list[str], num_samples: int | None, spec: str) -> ShardSet:
+def _url_list(urls: list[str], num_samples: int | None, spec: str, follow_symlinks: bool = False) -> ShardSet:
     if not urls or not all(urls):
         raise DataError(f"data spec {spec!r} names no shards; give a directory with {INFO_FILE} or a list of .tar URLs")
     if num_samples is not None and num_samples <= 0:
         raise DataError(f"num_samples must be positive for data spec {spec!r}, got {num_samples}")
-    _check_exist(urls, f"data spec {spec!r}")
-    _check_listed_once(urls, f"data spec {spec!r}")
-    if len(urls) == 1 and _is_local(urls[0]) and _local_path(urls[0]).is_dir():
+    if len(urls) == 1 and is_local(urls[0]) and local_path(urls[0]).is_dir():
         raise DataError(f"{urls[0]} is a directory without {INFO_FILE}: build shards there with `ssl-vit-shards`")
+    _check_files(urls, f"data spec {spec!r}", lambda url: local_path(url).parent, follow_symlinks)
+    _check_listed_once(urls, f"data spec {spec!r}")
     return ShardSet(tuple(urls), num_samples)
 
 
-def _check_exist(urls: Sequence[str], source: str) -> None:
-    missing = [u for u in urls if _is_local(u) and not _local_path(u).exists()]
+def _check_files(urls: Sequence[str], source: str, folder_of, follow_symlinks: bool) -> None:
+    """Every local shard exists and is a regular file inside `folder_of(url)` (or anywhere, `follow_symlinks`);
+    nothing is opened. Missing shards are listed together; a special file or a link out names the first."""
+    problems = {u: shard_file_problem(local_path(u), folder_of(u), follow_symlinks) for u in urls if is_local(u)}
+    missing = [u for u, problem in problems.items() if problem is not None and problem.kind == MISSING]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise DataError(f"{len(missing)} of {len(urls)} shards of {source} do not exist: {shown}")
+    for url, problem in problems.items():
+        if problem is not None and problem.kind == NOT_REGULAR:
+            raise DataError(f"shard {url} of {source} {problem}: refused, never opened (reading a FIFO or a device "
+                            "waits or reads for ever; an unpacked archive can hold one). Put the shard file there")
+        if problem is not None:
+            raise DataError(f"shard {url} of {source} {problem}: refused (an unpacked archive can hold links to any "
+                            "file). If the links are yours, set data.follow_symlinks=true")
+
+
+class _BadEntry(ValueError):
+    """A field of a split entry of the wrong kind: a count that is not a whole number ≥ 0, or class names that
+    are not names."""
+
+
+def _count(value: object, what: str = "num_samples") -> int:
+    """A sample count as JSON writes one: an integer ≥ 0 (not "12", 12.5 or true, which int() would take)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _BadEntry(f"{what} is {value!r}, not a whole number of samples ≥ 0")
+    return value
+
+
+def _counts(values: object) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise _BadEntry(f"shard_lengths is {type(values).__name__}, not a list of sample counts")
+    return tuple(_count(n, f"shard_lengths[{i}]") for i, n in enumerate(values))
+
+
+def _class_names(values: object) -> tuple[str, ...]:
+    """The class list: strings (a single string would otherwise become one class per character)."""
+    if not isinstance(values, list) or not all(isinstance(name, str) for name in values):
+        raise _BadEntry(f"class_names is {str(values)[:60]!r}, not a list of names")
+    return tuple(values)
 
 
 def _check_listed_once(urls: Sequence[str], source: str) -> None:
@@ -216,7 +271,7 @@ def _check_listed_once(urls: Sequence[str], source: str) -> None:
     epoch, and every sample in it would count twice."""
     seen: dict[str, str] = {}
     for url in urls:
-        same = os.path.realpath(_local_path(url)) if _is_local(url) else url
+        same = os.path.realpath(local_path(url)) if is_local(url) else url
         if same in seen:
             also = "" if seen[same] == url else f" (as {seen[same]})"
             raise DataError(f"{source} names shard {url} twice{also}; every shard must be listed once")

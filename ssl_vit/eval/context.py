@@ -72,7 +72,7 @@ class EvalContext:
             from ssl_vit.data import resolve_spec
 
             spec, name = self.data.spec(split)
-            self._shards[split] = resolve_spec(spec, name)
+            self._shards[split] = resolve_spec(spec, name, follow_symlinks=self.data.follow_symlinks)
         return self._shards[split]
 
     def num_classes(self) -> int | None:
