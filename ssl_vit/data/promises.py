@@ -3,8 +3,14 @@ naming the shard and the key, in training and in evaluation.
 
 The promises, and where each is held:
 - each shard is listed once (`spec.py`, before reading);
+- the counts add up: whole numbers ≥ 0, one length per shard, summing to `num_samples` (`spec.py`, before
+  reading);
 - each shard holds exactly `shard_lengths[i]` samples (`shards.read_shard`: too many as soon as the extra one
   appears, too few at its end);
+- the split holds `num_samples` samples (`SplitCount`, in training, once every shard part has been read to its
+  end): what makes a wrong count visible when there are no `shard_lengths` to check each shard against (an
+  index without them, or a URL list with `data.num_samples`), and which would otherwise silently give every
+  epoch the wrong number of steps;
 - every key occurs once in the split: here within each reader (per epoch of the train stream); across the whole
   split in training by the trainer's `split_keys.SplitKeyLedger`, fed with the key hashes each reader records
   here, and in evaluation when it gathers its keys (`eval.features.sort_unique`); and by `ssl-vit-shards verify`;
@@ -80,3 +86,40 @@ class SamplePromises:
             allowed = "-1 (unlabelled split)" if self.num_classes == 0 else f"0..{self.num_classes - 1}"
             raise DataError(f"sample {key!r} of shard {url} has label {label}, outside the split's class list "
                             f"({allowed} in _info.json); the shards and their _info.json disagree: {REBUILD}")
+
+
+class SplitCount:
+    """The split's size as the readers find it, against the count its data spec gives (`num_samples` of
+    `_info.json`, or `data.num_samples` for a URL list). Fed in the main process with the readers' records of the
+    shard parts they read to their end (`split_keys.part_record`: a part is samples offset, offset + stride, … of
+    one shard, and a shard is complete once all its `stride` parts are in); when every shard is complete, their
+    samples must add up to the count. Checked once; needs the key records (`data.check_unique_keys`)."""
+
+    def __init__(self, expected: int | None, shards: int) -> None:
+        self.expected, self.shards = expected, shards
+        self._parts: dict[str, dict[int, int]] = {}  # url -> {offset: samples in that part}
+        self._strides: dict[str, int] = {}
+        self._complete: dict[str, int] = {}  # url -> its samples, once every part is in
+        self.done = expected is None
+
+    def add(self, records: Iterable[dict]) -> None:
+        """Note the parts of `records`; raises `DataError` once the split is complete and its size is not the count."""
+        if self.done:
+            return
+        for record in records:
+            url, stride = record["url"], int(record["stride"])
+            if self._strides.setdefault(url, stride) != stride:  # read in another layout: not comparable
+                continue
+            parts = self._parts.setdefault(url, {})
+            parts[int(record["offset"])] = len(record["hashes"])
+            if len(parts) == stride:
+                self._complete[url] = sum(parts.values())
+        if len(self._complete) < self.shards:
+            return
+        self.done = True
+        total = sum(self._complete.values())
+        if total != self.expected:
+            raise DataError(
+                f"the split's {self.shards} shards hold {total} samples, but its count says {self.expected} "
+                f"(num_samples in _info.json, or data.num_samples for a URL list): every epoch would have the wrong "
+                f"number of steps. Give the count {total}, or rebuild the shards with `ssl-vit-shards build`")

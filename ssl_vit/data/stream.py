@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_tools.decoding import max_file_bytes
 from ssl_vit.errors import ConfigError, DataError
 
+from . import loader_workers
 from .promises import SamplePromises
 from .remote import RetryPolicy
 from .split_keys import part_record
@@ -83,7 +84,8 @@ def steps_per_epoch(num_samples: int | None, global_batch: int) -> int:
 
 
 class Stream:
-    """Batches from a DataLoader whose workers build them (batch_size=None). `close()` stops the workers.
+    """Batches from a DataLoader whose workers build them (batch_size=None). `close()` stops the workers;
+    `abandon()` kills them at once (one is blocked in a read: `loader_workers.py`).
 
     Iterating again restarts from the first batch (and shuts down the previous iteration's workers).
     """
@@ -104,6 +106,7 @@ class Stream:
     def __iter__(self) -> Iterator[dict]:
         self.close()
         self._iterator = iter(self._loader)
+        loader_workers.end_at_exit(self._iterator)
         return self._batches(self._iterator)
 
     def _batches(self, iterator: Iterator) -> Iterator[dict]:
@@ -126,10 +129,17 @@ class Stream:
         return [w.pid for w in workers if not w.is_alive() and w.exitcode not in (None, 0)]
 
     def close(self) -> None:
-        """Shut the worker processes down; safe to call more than once."""
+        """Shut the worker processes down (killing any that does not exit); safe to call more than once."""
         iterator, self._iterator = self._iterator, None
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        if iterator is not None:
+            loader_workers.end(iterator)
+
+    def abandon(self) -> None:
+        """Kill the worker processes now, without waiting for them: one is stuck (the trainer gave up on its
+        batch after a stop request). Batches they had not sent are lost, as on any close."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            loader_workers.end(iterator, now=True)
 
     def __enter__(self) -> Stream:
         return self
@@ -224,10 +234,11 @@ def _check_pillow() -> None:
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
-    """A launcher signals a worker's whole process group (a terminal's Ctrl-C every foreground process): loader
-    workers ignore stop signals, so the training process can still fetch batches while it saves its checkpoint.
-    They exit when the loader shuts them down, or on their own once the training process is gone."""
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    """A launcher signals a worker's whole process group (a terminal's Ctrl-C, or its hangup, every foreground
+    process): loader workers ignore stop signals, so the training process can still fetch batches while it saves
+    its checkpoint. They exit when the loader shuts them down (or kills them: `loader_workers.py`), or on their
+    own once the training process is gone."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
 
 

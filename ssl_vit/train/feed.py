@@ -27,6 +27,12 @@ in the checkpoint, so a resumed run goes on checking against every sample read b
 A stream that fails on one rank only (a corrupt shard that only it reads) stops every rank with that rank's
 error, shared before the micro-batch's collectives (`next`), instead of leaving the others waiting in DDP's
 all-reduce for ever; a loader worker killed from outside is that error as one line that says how to go on.
+
+A stop request is honoured even while a read is blocked: the wait for a batch looks at it (`batch_wait.py`),
+and a batch that has not come `GRACE_S` after it is given up. The ranks agree on that too (a rank without its
+batch makes every rank raise `StoppedWaiting` at the same micro-batch); the stuck loader workers are killed.
+A key record says how many samples each shard part holds, so once every part of the split has been read, the
+split's real size is checked against the count the data spec gives (`promises.SplitCount`).
 """
 from __future__ import annotations
 
@@ -37,13 +43,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..data.promises import SplitCount
 from ..data.split_keys import PartsRead, SplitKeyLedger
 from ..data.stream import StreamLayoutChanged
 from ..errors import DataError
 from .agreement import HostAgreement, raise_on_every_rank, together
+from .batch_wait import GRACE_S, BatchWait
 from .signals import StopRequest
 
 StreamFactory = Callable[..., Iterable[dict[str, torch.Tensor]]]
+
+
+class StoppedWaiting(Exception):
+    """Every rank: a stop was requested and some rank's batch did not come within the grace (its read is blocked).
+    The step in progress is given up; `began` (set by the trainer) says whether it had used micro-batches."""
+
+    def __init__(self, grace_s: float) -> None:
+        super().__init__(f"a loader had no batch within {grace_s:g} s of the stop request (a read is blocked: a slow "
+                         "or hung file system or link?)")
+        self.began = False
 
 
 class DataFeed:
@@ -59,12 +77,15 @@ class DataFeed:
         self.samples_per_epoch = samples_per_epoch
         self._stream: Iterable | None = None
         self._batches: Iterator | None = None
+        self._wait: BatchWait | None = None  # `next(self._batches)` on a helper thread, which a stop can give up
+        self.grace_s = GRACE_S
         self._segment = 0  # the step the current stream's segment started at
         self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
         self._next_worker = 0  # the loader worker whose batch comes next
         self._last_checkpoint: Callable[[], Path | None] = lambda: None
         self._ledger = SplitKeyLedger()  # main process: every sample's key hash read so far
         self._parts_read = PartsRead()  # this rank's `part_keys` records not yet in the ledger
+        self._count: SplitCount | None = None  # main process: the split's size as read, against the spec's count
 
     # ------------------------------------------------------------------------------------------- reading
     def open(self, step: int, last_checkpoint: Callable[[], Path | None] = lambda: None) -> str | None:
@@ -86,16 +107,22 @@ class DataFeed:
         """The next micro-batch once every rank has one, and whether any rank has been asked to stop.
 
         Any failure of this rank's stream is shared before the micro-batch's collectives, and every rank raises it.
+        A stop request that finds some rank's batch missing `grace_s` later raises `StoppedWaiting` on every rank.
         """
         if self._batches is None:
             self._open()
+        requested = lambda: stop is not None and stop.received is not None  # noqa: E731
         try:
-            batch, failure = next(self._batches), None
+            arrived, batch = self._wait.next(requested)
+            failure = None
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
-            batch, failure = None, self.worker_death(err) or err
-        failed, stopping = agreement.any_each(failure is not None, stop is not None and stop.received is not None)
+            arrived, batch, failure = True, None, self.worker_death(err) or err
+        failed, stopping, missing = agreement.any_each(failure is not None, requested(), not arrived)
         if failed:
             raise_on_every_rank(failure, agreement.gather, "the data stream")
+        if missing:
+            self.abandon()
+            raise StoppedWaiting(self.grace_s)
         self._consumed(batch)
         return batch, stopping
 
@@ -107,10 +134,11 @@ class DataFeed:
 
     def close(self) -> None:
         """Shut the stream's loader workers down (before the process group is destroyed)."""
-        close = getattr(self._stream, "close", None)
-        if callable(close):
-            close()
-        self._stream = self._batches = None
+        self._end("close")
+
+    def abandon(self) -> None:
+        """Like `close`, but a loader worker is stuck: kill the workers at once (streams that can: `Stream.abandon`)."""
+        self._end("abandon" if callable(getattr(self._stream, "abandon", None)) else "close")
 
     def worker_death(self, err: BaseException) -> DataError | None:
         """A loader worker killed from outside (most often by the out-of-memory killer) as one line that says
@@ -132,7 +160,7 @@ class DataFeed:
         """Every rank's key records since the last check into the main process's ledger; collective. A key at two
         samples of the split raises its `DataError` on every rank; returns the ledger's note (main process)."""
         gathered = agreement.gather_to_main(self._parts_read.take())
-        return together(agreement, lambda: self._ledger.add(r for records in gathered for r in records),
+        return together(agreement, lambda: self._check([r for records in gathered for r in records]),
                         "checking that every sample key occurs once", main_only=True)
 
     # --------------------------------------------------------------------------------------- its state
@@ -167,6 +195,25 @@ class DataFeed:
         else:
             self._stream = self.make_stream(self._segment)
         self._batches = iter(self._stream)
+        self._wait = BatchWait(self._batches, self.grace_s)
+        shards = getattr(self._stream, "shards", None)  # a `data.stream.Stream` knows its ShardSet
+        if self._count is None and shards is not None:
+            self._count = SplitCount(shards.num_samples, len(shards.urls))
+
+    def _end(self, how: str) -> None:
+        if self._wait is not None:
+            self._wait.close()
+        end = getattr(self._stream, how, None)
+        if callable(end):
+            end()
+        self._stream = self._batches = self._wait = None
+
+    def _check(self, records: list[dict]) -> str | None:
+        """Main process: the records' keys into the ledger, their part sizes into the split's count."""
+        note = self._ledger.add(records)
+        if self._count is not None:
+            self._count.add(records)
+        return note
 
     def _consumed(self, batch: dict) -> None:
         """Note how far the batch's loader worker has got (streams that say so: `worker`, `workers`, `position`),

@@ -16,7 +16,10 @@ beside the recipe (`checkpoint.py`); a resumed run restores them and the RNG sta
 and the same random numbers as the uninterrupted run (exactly, on CPU, with the same number of processes).
 
 Ranks agree before each micro-batch's collectives, in one host-side exchange (gloo, no device sync) that asks
-"did any rank's data stream fail?" and "did any rank get a stop signal?" together (`DataFeed.next`).
+"did any rank's data stream fail?" and "did any rank get a stop signal?" together (`DataFeed.next`). A stop
+signal is honoured even while a loader is stuck in a read: the step waiting for the missing batch is given up
+and the checkpoint is the previous step's, when that step had not begun to use micro-batches (always, without
+accumulation); otherwise the last checkpoint stands (`_stop_without_batch`).
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ from ..errors import ConfigError, PeerLost, UserError
 from ..files import append_line
 from . import checkpoint as ckpt
 from .agreement import HostAgreement, together
-from .feed import DataFeed
+from .feed import DataFeed, StoppedWaiting
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
 from .precision import accelerate_precision, precision_for_run, report_launcher_disagreement, resolve_precision
@@ -169,9 +172,13 @@ class Trainer:
         if note:
             self.accelerator.print(note)
         last_ckpt: Path | None = None
+        saved = start  # the step of the newest checkpoint (the one resumed from; none at 0)
         with StopRequest() as stop:
             for step in range(start + 1, self.total_steps + 1):
-                stopping = self._step(step, run, window, stop)
+                try:
+                    stopping = self._step(step, run, window, stop)
+                except StoppedWaiting as waited:
+                    return self._stop_without_batch(step, saved, waited, run, log, window, stop)
                 log.advance()
                 boundary = step % train.checkpoint_every == 0 or step == self.total_steps
                 if step % train.log_every == 0 or boundary or stopping:
@@ -181,13 +188,34 @@ class Trainer:
                 if boundary:
                     self.feed.new_segment(step)  # the segment a run resumed from this checkpoint opens
                 if boundary or stopping:
-                    last_ckpt = self._save(step, run)
+                    last_ckpt, saved = self._save(step, run), step
                 if stopping:
                     self.accelerator.print(
                         f"\nstopped by {stop.received or 'a signal on another rank'} at step {step}; checkpoint "
                         f"{last_ckpt}. Resume: run the same command with --resume auto (or --resume {last_ckpt})")
                     return TrainResult(step, "preempted", last_ckpt)
         return TrainResult(self.total_steps, "finished", last_ckpt)
+
+    def _stop_without_batch(self, step: int, saved: int, waited: StoppedWaiting, run: Prepared, log: MetricsLog,
+                            window: MetricsWindow, stop: StopRequest) -> TrainResult:
+        """A stop request while some rank's loader was stuck: step `step` is given up. Its state before the first
+        micro-batch is step `step - 1`'s, so that is checkpointed (unless it is already); a step that had begun
+        (accumulation) has changed random states and loader positions, so the last checkpoint stands."""
+        done = step - 1
+        if done > saved and not waited.began:
+            if window.steps:
+                self._log(done, log, window)
+            path: Path | None = self._save(done, run)
+            what = f"checkpoint {path}"
+        else:
+            path = ckpt.latest_checkpoint(self.ckpt_root)
+            what = (f"no new checkpoint (step {step} had begun); the last is {path or 'none: a resume starts afresh'}"
+                    if done > saved
+                    else f"checkpoint {path}" if path is not None else "no step was trained, nothing to save")
+        self.accelerator.print(
+            f"\nstopped by {stop.received or 'a signal on another rank'} at step {done}: {waited}; {what}. "
+            f"Resume: run the same command with --resume auto")
+        return TrainResult(done, "preempted", path)
 
     def _step(self, step: int, run: Prepared, window: MetricsWindow, stop: StopRequest) -> bool:
         """Optimizer step `step`: `accumulation` micro-batches, gradients synchronised on the last one only.
@@ -201,7 +229,11 @@ class Trainer:
         data_wait, skipped = 0.0, 0
         for micro in range(self.accumulation):
             t0 = time.perf_counter()
-            batch, stopping = self.feed.next(run.agreement, stop)
+            try:
+                batch, stopping = self.feed.next(run.agreement, stop)
+            except StoppedWaiting as waited:
+                waited.began = micro > 0  # micro-batches of this step have drawn random numbers and moved the loaders
+                raise
             data_wait += time.perf_counter() - t0
             skipped += int(batch.get("skipped", 0))
             images = batch["image"].to(acc.device, non_blocking=True)

@@ -1,0 +1,106 @@
+"""A stop signal is honoured while a shard read is blocked: the run exits within seconds, with one line and the
+checkpoint of the last finished step, and leaves no loader worker behind; the checkpoint resumes.
+
+The blocked read is real: the run's shard reader (patched in the training process before its loader workers
+fork) sleeps for an hour inside a read once a marker file exists — a hung mount as the trainer sees it. Before,
+the training process waited in `next(loader)` for ever: its SIGTERM handler only set a flag nobody looked at.
+Also: a process that leaves a stream open exits (its loader workers ignore SIGTERM, and Python's exit waited
+for them without end).
+"""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from trainer_fixtures import REPO, SMOKE, cli_env, run_pretrain, smoke_overrides
+
+from ssl_vit.train.batch_wait import GRACE_S
+
+STUCK_READS = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from ssl_vit.cli import main
+    from ssl_vit.data import stream
+
+    marker, real = Path(sys.argv[1]), stream.read_shard
+
+    def read_shard(url, **kwargs):  # blocks inside the read once the marker exists, as on a hung mount
+        for sample in real(url, **kwargs):
+            while marker.exists():
+                time.sleep(3600)
+            yield sample
+
+    stream.read_shard = read_shard
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def metric_lines(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    return len(metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process-read", "loader-worker"])
+def test_sigterm_while_a_read_is_blocked_stops_within_seconds_with_a_checkpoint(pretrain_shards, tmp_path, workers):
+    run_dir, marker = tmp_path / "run", tmp_path / "stuck"
+    run = {"train.log_every": 1, "train.checkpoint_every": 5000, "optim.warmup_steps": 2, "data.num_workers": workers}
+    overrides = smoke_overrides(pretrain_shards, run_dir, **run, **{"train.total_steps": 5000})
+    command = [sys.executable, "-c", STUCK_READS, str(marker), "pretrain", "--config", str(SMOKE), *overrides]
+    proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while metric_lines(run_dir) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.05)
+        marker.touch()
+        steps, still = metric_lines(run_dir), 0
+        while still < 20:  # 2 s without a step: the batches read before the marker are used up, the read hangs
+            time.sleep(0.1)
+            still, steps = (still + 1, steps) if metric_lines(run_dir) == steps else (0, metric_lines(run_dir))
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(tree) == 1 + workers, [p.cmdline()[:3] for p in tree]
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        out, _ = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert took < GRACE_S + 15, (took, out[-3000:])  # the grace, a checkpoint, the exit: not for ever
+    stops = re.findall(r"stopped by SIGTERM at step (\d+): a loader had no batch within .*?; checkpoint (\S+)\. ", out)
+    assert len(stops) == 1 and int(stops[0][0]) == steps, out[-3000:]
+    assert Path(stops[0][1]) == run_dir / "checkpoints" / f"step_{steps:07d}"
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert not alive, [p.cmdline()[:3] for p in alive]
+
+    if workers:  # the checkpoint of the given-up step's predecessor is a good one: the run goes on from it
+        marker.unlink()
+        resumed = run_pretrain(smoke_overrides(pretrain_shards, run_dir, **run, **{"train.total_steps": steps + 2}),
+                               "--resume", "auto")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resumed from {run_dir / 'checkpoints' / f'step_{steps:07d}'} at step {steps}" in resumed.stdout
+        assert metric_lines(run_dir) >= steps + 2
+
+
+@pytest.mark.timeout(120)
+def test_a_process_that_leaves_a_stream_open_still_exits(pretrain_shards):
+    script = textwrap.dedent(f"""
+        from ssl_vit.data import build_eval_stream
+        batches = iter(build_eval_stream({str(pretrain_shards)!r}, batch_size=4, image_size=16, num_workers=1))
+        next(batches)
+        raise SystemExit(3)  # leaving without closing it (an exception, a second Ctrl-C)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                          timeout=90)
+    assert proc.returncode == 3, proc.stderr[-3000:]
