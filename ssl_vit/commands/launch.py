@@ -3,8 +3,9 @@
     ssl-vit launch accelerate launch --config_file recipes/accelerate/gpu_8.yaml -m ssl_vit pretrain --config ...
     ssl-vit launch torchrun --nproc_per_node 8 -m ssl_vit pretrain --config ...
 
-SIGTERM, SIGINT or SIGUSR1 to `ssl-vit launch` → every worker checkpoints the same step → exit 0 (see
-`ssl_vit/train/supervisor.py` for why and how).
+SIGTERM, SIGINT, SIGUSR1 or SIGHUP (a closed terminal, a dropped ssh session) to `ssl-vit launch` → every worker
+checkpoints the same step → exit 0, and no process of the job is left (see `ssl_vit/train/supervisor.py` for why
+and how, and for a stop that comes before the workers are ready).
 """
 from __future__ import annotations
 

@@ -1,8 +1,12 @@
 """Preemption signals: a stop request the trainer reads at step boundaries.
 
 A scheduler that preempts a job sends SIGTERM (SLURM can be told to send SIGUSR1 earlier); a person presses
-Ctrl-C (SIGINT). The handler only sets a flag: the trainer looks at it at the next step boundary, where all
-ranks agree (any rank flagged → all stop) and save a checkpoint together. A second Ctrl-C aborts at once.
+Ctrl-C (SIGINT); a terminal that closes, or an ssh session that drops, sends SIGHUP. The handler only sets a
+flag: the trainer looks at it at the next step boundary, where all ranks agree (any rank flagged → all stop)
+and save a checkpoint together, and also while it waits for a batch (`batch_wait.py`: a read that is stuck does
+not keep the stop waiting). A second Ctrl-C aborts at once. SIGHUP is left alone when it is ignored (`nohup`:
+the user asked the run to outlive the terminal); a stop also points standard output and error at /dev/null when
+they were a terminal that has hung up (`hangup.py`), so the messages of the checkpoint cannot crash it.
 
 Under a launcher (torch's elastic agent, behind `torchrun` and `accelerate launch`) the worker also watches its
 parent: a launcher killed by a signal it does not handle (SIGUSR1 by default) would otherwise leave its workers
@@ -18,9 +22,10 @@ import os
 import signal
 import threading
 
+from .hangup import quiet_if_hung_up, terminals
 from .supervisor import announce_ready
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
 PARENT_GONE = "the launcher's exit"
 
 
@@ -55,8 +60,10 @@ class StopRequest:
         self._watch = launched_by_agent() if watch_parent is None else watch_parent
         self._poll_s = poll_s
         self._done = threading.Event()
+        self._terminals: dict[int, bool] = {}
 
     def _handle(self, signum: int, frame) -> None:  # noqa: ANN001 (signal handler signature)
+        quiet_if_hung_up(self._terminals)
         if signum == signal.SIGINT and self.received == "SIGINT":
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.received = signal.Signals(signum).name
@@ -64,7 +71,10 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._terminals = terminals()
             for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # under nohup: the run outlives its terminal, as asked
                 self._previous[sig] = signal.signal(sig, self._handle)
             announce_ready()
         if self._watch:

@@ -16,6 +16,18 @@ launcher itself was signalled too and exits non-zero, the workers' reports decid
 them `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` (default here 170 s, inside SLURM's 180 s warning) before the agent's
 SIGKILL, in case the scheduler signals the launcher directly.
 
+A closed terminal or a dropped ssh session (SIGHUP) is a stop like SIGTERM, and is relayed as SIGTERM: the job runs
+in its own session, where no hangup reaches it, so a supervisor that died of SIGHUP would leave it training with
+nobody to signal it. (Under `nohup`, SIGHUP is ignored, and stays so: the job outlives the terminal, as asked.)
+Output to a terminal that hung up is sent to /dev/null (`hangup.py`).
+
+A stop that comes before any worker is ready is relayed as soon as one is. If none is `ready_grace_s` (60 s)
+after the stop, the launcher is sent SIGTERM (its agent passes it to the workers, which have nothing to save
+yet); if it has not exited `kill_grace_s` (30 s) later, the job is killed. Either way the supervisor exits 0: the
+job stopped before it trained. When the launcher has exited, any process of the job still alive
+`leftover_grace_s` (10 s) later — found by the `SSL_VIT_SUPERVISOR_DIR` in its environment, which every process of
+the job inherits, also those in sessions of their own — is killed and named: no process outlives its job.
+
 Exit codes: 0 finished or stopped cleanly (resume with `--resume auto`); 2 a user error (one line); 130 a
 second Ctrl-C (stopped without a checkpoint); anything else is the launcher's (a crash: its traceback).
 """
@@ -32,9 +44,15 @@ import time
 from pathlib import Path
 
 from ..files import atomic_write
+from .hangup import quiet_if_hung_up, terminals
+from .job_processes import describe, job_processes, kill, signal_group
 
 ENV = "SSL_VIT_SUPERVISOR_DIR"
-RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+RELAYED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+AS_SENT = {signal.SIGHUP: signal.SIGTERM}  # what a worker is sent for a signal it does not take as a stop itself
+READY_GRACE_S = 60.0  # how long a stop waits for a worker to become ready before the launcher is stopped instead
+KILL_GRACE_S = 30.0  # then how long the launcher has to exit before the job is killed
+LEFTOVER_GRACE_S = 10.0  # how long the job's processes may outlive the launcher before they are killed
 CLEAN_ENDS = ("finished", "preempted", "already_finished")
 LAUNCHER_ENV = {
     "PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",  # torch's default plus SLURM's warning
@@ -62,33 +80,45 @@ def report_exit(status: str, step: int) -> None:
 class Supervisor:
     """Runs `command` and relays stop signals to its ready workers; `run()` returns the exit code."""
 
-    def __init__(self, command: list[str], poll_s: float = 0.1) -> None:
+    def __init__(self, command: list[str], poll_s: float = 0.1, *, ready_grace_s: float = READY_GRACE_S,
+                 kill_grace_s: float = KILL_GRACE_S, leftover_grace_s: float = LEFTOVER_GRACE_S) -> None:
         self.command = command
         self.poll_s = poll_s
+        self.ready_grace_s, self.kill_grace_s, self.leftover_grace_s = ready_grace_s, kill_grace_s, leftover_grace_s
         self.signals: list[int] = []  # every stop signal received, in order
+        self.first_signal: float | None = None  # when the first one came (time.monotonic)
         self.sent: dict[int, int] = {}  # worker pid -> how many of `signals` it has been sent
+        self.escalated: float | None = None  # when the launcher was sent SIGTERM because no worker was ready
         self.folder = Path(tempfile.mkdtemp(prefix="ssl-vit-launch-"))
+        self._terminals = terminals()
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._receive) for sig in RELAYED}
+        previous = {sig: signal.signal(sig, self._receive) for sig in RELAYED
+                    if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN)}  # nohup: ignored
         env = {**LAUNCHER_ENV, **os.environ, ENV: str(self.folder)}
         try:
             try:
                 proc = subprocess.Popen(self.command, env=env, start_new_session=True)
             except OSError as err:
-                print(f"error: cannot start {self.command[0]!r}: {err.strerror}", file=sys.stderr)
+                _say(f"error: cannot start {self.command[0]!r}: {err.strerror}")
                 return 2
             while proc.poll() is None:
                 self._relay()
+                self._escalate(proc)
                 time.sleep(self.poll_s)
-            return self._exit_code(proc.returncode)
+            code = self._exit_code(proc.returncode)
+            self._end_leftovers()
+            return code
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def _receive(self, signum: int, frame) -> None:  # noqa: ANN001 (signal handler signature)
+        quiet_if_hung_up(self._terminals)
         self.signals.append(signum)
+        if self.first_signal is None:
+            self.first_signal = time.monotonic()
 
     def _relay(self) -> None:
         """Send every worker that is ready the signals it has not had yet."""
@@ -96,20 +126,62 @@ class Supervisor:
             pid = int(ready.name.split("-", 1)[1])
             for signum in self.signals[self.sent.get(pid, 0):]:
                 try:
-                    os.kill(pid, signum)
+                    os.kill(pid, AS_SENT.get(signum, signum))
                 except ProcessLookupError:
                     break
             self.sent[pid] = len(self.signals)
+
+    def _escalate(self, proc: subprocess.Popen) -> None:
+        """A stop that no ready worker took within `ready_grace_s`: SIGTERM to the launcher; `kill_grace_s` later,
+        SIGKILL to the job."""
+        if self.first_signal is None or self.sent:
+            return
+        now = time.monotonic()
+        if self.escalated is None and now - self.first_signal >= self.ready_grace_s:
+            self.escalated = now
+            _say(f"ssl-vit launch: no worker was ready {self.ready_grace_s:g} s after "
+                 f"{signal.Signals(self.signals[0]).name}; stopping the launcher (nothing was trained yet)")
+            signal_group(proc.pid, signal.SIGTERM)
+        elif self.escalated is not None and now - self.escalated >= self.kill_grace_s:
+            _say(f"ssl-vit launch: the launcher did not exit {self.kill_grace_s:g} s after SIGTERM; killing the job")
+            signal_group(proc.pid, signal.SIGKILL)
+            for pid in job_processes(ENV, self.folder):
+                kill(pid)
+            self.escalated = float("inf")  # once
+
+    def _end_leftovers(self) -> None:
+        """Kill the job's processes still alive `leftover_grace_s` after the launcher exited, and name them."""
+        deadline = time.monotonic() + self.leftover_grace_s
+        while job_processes(ENV, self.folder) and time.monotonic() < deadline:
+            time.sleep(self.poll_s)
+        left = job_processes(ENV, self.folder)
+        for pid in left:
+            kill(pid)
+        if left:
+            _say(f"ssl-vit launch: killed {len(left)} process(es) of the job still running "
+                 f"{self.leftover_grace_s:g} s after the launcher exited: {', '.join(map(describe, left))}")
 
     def _exit_code(self, launcher_rc: int) -> int:
         code = 128 - launcher_rc if launcher_rc < 0 else launcher_rc  # killed by signal N → 128 + N, as shells say
         if code == 0:
             return 0
+        if self.escalated is not None:
+            _say(f"ssl-vit launch: the job stopped before any worker was ready (launcher exit {code}); exit 0: "
+                 "run the same command again (with --resume auto) to go on")
+            return 0
         workers = {p.name.split("-", 1)[1] for p in self.folder.glob("ready-*")}
         ends = {p.name.split("-", 1)[1]: json.loads(p.read_text()) for p in self.folder.glob("exit-*")}
         if workers and workers <= ends.keys() and all(e["status"] in CLEAN_ENDS for e in ends.values()):
             steps = sorted({e["step"] for e in ends.values()})
-            print(f"ssl-vit launch: the launcher exited with {code} after all {len(ends)} worker(s) stopped cleanly "
-                  f"at step {'/'.join(map(str, steps))}; exit 0", file=sys.stderr)
+            _say(f"ssl-vit launch: the launcher exited with {code} after all {len(ends)} worker(s) stopped cleanly "
+                 f"at step {'/'.join(map(str, steps))}; exit 0")
             return 0
         return code
+
+
+def _say(text: str) -> None:
+    """One line on stderr; nothing when stderr is gone (a terminal that hung up, a closed pipe)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
