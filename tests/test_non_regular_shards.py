@@ -161,3 +161,21 @@ def test_the_recipe_key_lets_training_read_the_users_links(data, ssl_vit, tmp_pa
     assert rc == 2 and "leads through a symlink" in err and "data.follow_symlinks=true" in err, err
     rc, err = ssl_vit(*common, "data.follow_symlinks=true")
     assert rc == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_training_and_its_resume_read_the_users_links_when_told(pretrain_shards, pretrain, tmp_path):
+    """Every place that resolves the training data honours the key (the run's start plan and resume, too)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(pretrain_shards / "_info.json", data / "_info.json")
+    for shard in pretrain_shards.glob("train-*.tar"):
+        (data / shard.name).symlink_to(shard)  # a folder of links into the shared dataset
+    run = {"train.total_steps": 4, "train.checkpoint_every": 2, "optim.warmup_steps": 1}
+    with pytest.raises(DataError, match="leads through a symlink"):
+        resolve_spec(str(data))
+    assert pretrain(data, tmp_path / "run", **run, **{"data.follow_symlinks": "true"}) == 0
+    run["train.total_steps"] = 6
+    assert pretrain(data, tmp_path / "run", "--resume", "auto", **run, **{"data.follow_symlinks": "true"}) == 0
+    assert (tmp_path / "run" / "checkpoints" / "step_0000006" / "state.pt").is_file()

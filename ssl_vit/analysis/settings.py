@@ -36,11 +36,14 @@ def arm_settings(*, recipe: str, overrides: Sequence[str], eval_recipe: str, eva
     cfg = load_config(resolve_recipe(recipe, "pretrain"), [f"data.train={train}", *overrides, f"output_dir={output_dir}"])
     pretrain = cfg.to_dict()
     pretrain["data"]["train"] = data_identity(resolve_spec(cfg.data.train, cfg.data.split,
-                                                           num_samples=cfg.data.num_samples))
+                                                           num_samples=cfg.data.num_samples,
+                                                           follow_symlinks=cfg.data.follow_symlinks))
     del pretrain["data"]["split"], pretrain["data"]["num_samples"]  # both are in the data's identity now
     evaluation = load_eval_recipe(resolve_recipe(eval_recipe, "eval"), list(eval_overrides))
     evaluation.data.train, evaluation.data.test = train, test
-    data = {split: data_identity(resolve_spec(*evaluation.data.spec(split))) for split in ("train", "test")}
+    data = {split: data_identity(resolve_spec(*evaluation.data.spec(split),
+                                              follow_symlinks=evaluation.data.follow_symlinks))
+            for split in ("train", "test")}
     eval_record = evaluation.to_dict()
     for key in ("train", "test", "train_split", "test_split"):
         del eval_record["data"][key]

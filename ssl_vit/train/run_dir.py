@@ -148,7 +148,8 @@ def data_identity(config: dict | None) -> list[dict] | None:
     data = (config or {}).get("data") or {}
     if not data.get("train"):
         return None
-    return shard_records(resolve_spec(data["train"], data.get("split")))
+    return shard_records(resolve_spec(data["train"], data.get("split"),
+                                      follow_symlinks=bool(data.get("follow_symlinks"))))
 
 
 # ------------------------------------------------------------------------------------------------ pieces
