@@ -30,7 +30,8 @@ all-reduce for ever; a loader worker killed from outside is that error as one li
 
 A stop request is honoured even while a read is blocked: the wait for a batch looks at it (`batch_wait.py`),
 and a batch that has not come `GRACE_S` after it is given up. The ranks agree on that too (a rank without its
-batch makes every rank raise `StoppedWaiting` at the same micro-batch); the stuck loader workers are killed.
+batch makes every rank raise `StoppedWaiting` at the same micro-batch); the stuck loader workers are killed,
+and a remote read in this process is interrupted (`remote.interrupt_reads`).
 A key record says how many samples each shard part holds, so once every part of the split has been read, the
 split's real size is checked against the count the data spec gives (`promises.SplitCount`).
 """
@@ -44,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.promises import SplitCount
+from ..data.remote import allow_reads, interrupt_reads
 from ..data.split_keys import PartsRead, SplitKeyLedger
 from ..data.stream import StreamLayoutChanged
 from ..errors import DataError
@@ -121,6 +123,7 @@ class DataFeed:
         if failed:
             raise_on_every_rank(failure, agreement.gather, "the data stream")
         if missing:
+            interrupt_reads()  # a remote read of this process (num_workers=0) ends too, within a second
             self.abandon()
             raise StoppedWaiting(self.grace_s)
         self._consumed(batch)
@@ -190,6 +193,7 @@ class DataFeed:
     # ----------------------------------------------------------------------------------------- pieces
     def _open(self) -> None:
         self.close()
+        allow_reads()  # a stream given up before (an earlier run in this process) interrupted them
         if self._positions:
             self._stream = self.make_stream(self._segment, list(self._positions), self._next_worker)
         else:
