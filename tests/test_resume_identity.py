@@ -14,7 +14,7 @@ from trainer_fixtures import tree_digest, write_pretrain_shards
 
 from ssl_vit.data import resolve_spec
 from ssl_vit.data.promises import key_hash
-from ssl_vit.data.same_data import data_difference, shard_records
+from ssl_vit.data.identity import data_difference, shard_records
 from ssl_vit.data.split_keys import SplitKeyLedger, part_record
 
 START = {"train.total_steps": 2, "train.checkpoint_every": 1, "train.log_every": 1, "optim.warmup_steps": 1}

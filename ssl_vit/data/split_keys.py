@@ -16,7 +16,7 @@ ledger with a note instead of raising.
 A local shard is known by the file it is, not by its spelling (`os.path.realpath`, as `spec.py` tells a shard
 listed twice): a run resumed with its data spelled otherwise — a relative path, a trailing slash, a symlinked
 mount, `DIR:split` — finds its samples where the ledger has them, and the ledger takes the new spelling. (That
-the data is the same is the resume's own check, `data/same_data.py`, made before training starts. Shards moved
+the data is the same is the resume's own check, `data/identity.py`, made before training starts. Shards moved
 away from where the checkpoint read them cannot be read back to confirm a match: that stays an error.)
 
 The ledger costs 16 bytes per sample of the split in the main process and in each checkpoint (ImageNet-1k:

@@ -6,7 +6,7 @@ Layout of a run directory's `checkpoints/`:
                                  state_dict, unwrapped), `optimizer`, `scheduler`, `feed` (the data segment and the
                                  split's key ledger: feed.py), `precision` (fp16's loss scale; empty otherwise);
                                  beside them `step`, `config` (the recipe), `world_size`, `accumulation`,
-                                 `global_batch`, `data` (the shards' identity, `data/same_data.py`: a resume
+                                 `global_batch`, `data` (the shards' identity, `data/identity.py`: a resume
                                  compares it; absent before 2026-12), and `format` + `version`
     step_0001000/rng_rank{r}.pt  every rank's own components: `rng` (python, numpy, torch CPU, CUDA when present)
                                  and `feed` (its loader workers' stream positions)

@@ -9,7 +9,7 @@ with one line naming the key and both values (start a new run, or fine-tune, ins
 Every key of the pretraining and fine-tuning schemas appears below (a test checks it), so a new key is a
 decision, not an accident. A key nobody classified counts as fixed.
 
-The data is compared by identity, not spelling (`data/same_data.py`): when the checkpoint records the shards it
+The data is compared by identity, not spelling (`data/identity.py`): when the checkpoint records the shards it
 was trained on and they are the shards the new recipe names, `data.train` and `data.split` may be spelled
 otherwise (a relative path, a trailing slash, a symlinked mount, `DIR:split` for `DIR` + `data.split`); the new
 spelling is recorded like any change. A checkpoint of an earlier version, which records no shards, compares the

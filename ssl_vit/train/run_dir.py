@@ -24,7 +24,7 @@ Rules (README "Resuming"):
   checkpoints would be replaced: refused unless `--overwrite`. A checkpoint of another run starts a new run
   from those weights in `output_dir`, which must hold no run (or `--overwrite`).
 - The recipe may change on resume only in its changeable keys (`recipe_changes.py`); the data is compared by
-  identity (`data/same_data.py`: the shards' sha256 sums, recorded in each checkpoint), so another spelling of
+  identity (`data/identity.py`: the shards' sha256 sums, recorded in each checkpoint), so another spelling of
   the same shards resumes and shards rebuilt in place refuse, naming the shard. A resume records its step,
   checkpoint and changes in `resumes.jsonl`.
 
@@ -140,10 +140,10 @@ def run_files(run_dir: Path, config: dict | None = None) -> list[Path]:
 
 
 def data_identity(config: dict | None) -> list[dict] | None:
-    """The identity of the shards `config` trains on (`data/same_data.py`), or None for a recipe that names none
+    """The identity of the shards `config` trains on (`data/identity.py`), or None for a recipe that names none
     (fine-tuning takes its data from the command line)."""
     from ..data import resolve_spec
-    from ..data.same_data import shard_records
+    from ..data.identity import shard_records
 
     data = (config or {}).get("data") or {}
     if not data.get("train"):
@@ -184,7 +184,7 @@ def _changes(found: Path, config: dict | None, data: list[dict] | None) -> dict[
         return {}
     recorded = _recorded_data(found) if data is not None else None
     if recorded is not None:
-        from ..data.same_data import data_difference
+        from ..data.identity import data_difference
 
         problem = data_difference(recorded, data)
         if problem is not None:
