@@ -2,8 +2,9 @@
 
 Three kinds, as `ssl-vit-shards build` takes them next to image folders and CSV lists:
 
-* `parquet`: a `.parquet` file, or a folder whose top level holds `.parquet` files (its subfolders and other files,
-  a README or `.gitattributes` of a Hub checkout, are not read). Files named as the Hub names them,
+* `parquet`: a `.parquet` file, or a folder whose top level holds `.parquet` files and no folders (its other
+  files, a README or `.gitattributes`, are not read). A folder with both parquet files and folders is refused: an
+  image folder with a stray table must not be packed as the table, nor the table's images ignored. Files named as the Hub names them,
   `SPLIT-00000-of-00042[-hash].parquet`, may hold several splits in one folder (`data/` of a Hub dataset holds
   train, validation and test): then only the files of the split named by `--split` are read, and a `--split` none
   of them has is refused, so a validation set never slips into a train split.
@@ -37,7 +38,14 @@ def table_kind(src: Path) -> str | None:
         return None
     if (src / "state.json").is_file() or (src / "dataset_dict.json").is_file():
         return DATASETS
-    return PARQUET if _parquet_files(src) else None
+    parquet = _parquet_files(src)
+    folders = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if parquet and folders:  # an image folder with a stray table, or a table beside its images: never guess
+        raise DataToolsError(
+            f"{src} holds parquet files ({', '.join(p.name for p in parquet[:3])}) and folders ({', '.join(folders[:3])}), "
+            "so it is neither clearly a table nor an image folder: give the parquet file (or a folder of only "
+            "parquet files), or move the parquet files out to build the image folder")
+    return PARQUET if parquet else None
 
 
 def data_files(src: Path, kind: str, split: str) -> list[Path]:

@@ -253,6 +253,19 @@ def test_no_image_column_is_one_line_listing_the_columns(tmp_path, capsys):
     assert not (tmp_path / "out" / "_info.json").exists()
 
 
+def test_a_folder_with_both_parquet_files_and_folders_is_refused_not_guessed(tmp_path, capsys):
+    """An image folder with a stray table (or a table beside its images) is neither packed as the table nor as the
+    images: one line naming both, nothing written."""
+    src = tmp_path / "src"
+    make_image_folder(src, per_class=2)
+    pq.write_table(hf_table(3), src / "metadata.parquet")
+    argv = ["build", str(src), str(tmp_path / "out"), "--split", "train", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds parquet files (metadata.parquet) and folders (" in err
+    assert "give the parquet file" in err and not (tmp_path / "out" / "_info.json").exists()
+
+
 def test_columns_named_when_guessing_fails(tmp_path, capsys):
     """Two binary columns and no usual names: refused, naming both; --image-column / --label-column choose. Options
     that only tables have are refused for a folder."""
