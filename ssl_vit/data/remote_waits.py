@@ -14,8 +14,9 @@ the read looks at three limits and at the stop request:
   minimum rate: a link that holds the minimum rate never meets it, a server that keeps a shard from finishing
   (cut after every few bytes, an endless body) does.
 
-A stop request (`interrupt_reads()`, which a stop signal's handler calls) ends every wait of this process within
-`POLL_S` with `ReadInterrupted`. A single system call waits at most `BLOCK_S`: connecting, a TLS handshake, the
+`interrupt_reads()` ends every wait of this process within `POLL_S` with `ReadInterrupted`. The trainer's feed calls
+it when it gives a batch up after a stop request (`train/feed.py`: the stop's grace has passed and a read is still
+blocked), not the signal handler itself, so a read that is merely slow still gets the grace. A single system call waits at most `BLOCK_S`: connecting, a TLS handshake, the
 rest of a TLS record. A DNS lookup waits as long as the resolver does (Python cannot interrupt it).
 """
 from __future__ import annotations
@@ -42,7 +43,7 @@ def interrupt_reads() -> None:
 
 
 def allow_reads() -> None:
-    """Undo `interrupt_reads()` (a stop request's context ends)."""
+    """Undo `interrupt_reads()`: a new stream reads again (`DataFeed` opens every stream with it)."""
     global _interrupted
     _interrupted = False
 
