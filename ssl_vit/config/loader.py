@@ -185,9 +185,48 @@ def check_key(schema: type, key: str) -> None:
     sections = {k.split(".")[0] for k in valid}
     if key in valid or key in sections or any(key.startswith(m + ".") for m in _mapping_keys(schema)):
         return
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else "; see --print-config for the valid keys"
+    close = closest_key(key, valid)
+    hint = f" (did you mean '{close}'?)" if close else "; see --print-config for the valid keys"
     raise ConfigError(f"{COMMAND_LINE}: unknown key '{key}'{hint}")
+
+
+def closest_key(key: str, valid: list[str]) -> str | None:
+    """The valid dotted key `key` most likely meant, or None when none is close.
+
+    Spelling alone (difflib) misses how keys are really mistyped: the long form of an abbreviated name
+    (`optim.learning_rate` for `optim.lr`, `optim.wd` for `optim.weight_decay`: one name is the initials of the
+    other's words) and a name without its underscores (`train.totalsteps`). So a key of the typed section whose
+    last part matches the typed last part in one of those ways wins; else the closest by spelling, of the typed
+    section's keys by their last part, or the only one that begins with it (`optim.warm`); when the section is
+    no section, the closest whole key (`optm.lr`). A key close to none gets no suggestion."""
+    section, _, leaf = key.rpartition(".")
+    leaves = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    if not leaves:  # the section itself is mistyped (or the key has none): spell the whole key
+        close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        return close[0] if close else None
+    same = [k for name, k in leaves.items() if _same_name(leaf, name)]
+    starting = [k for name, k in leaves.items() if len(leaf) >= 3 and name.startswith(leaf)]
+    if same or len(starting) == 1:
+        return (same or starting)[0]
+    close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    return leaves[close[0]] if close else None
+
+
+def _same_name(typed: str, name: str) -> bool:
+    """`typed` names `name` in other words: the same letters without underscores or case (`totalsteps`,
+    `Total_Steps`), the same words in another order (`lr_min`), or one is the initials of the other's words
+    (`learning_rate` ~ `lr`, `wd` ~ `weight_decay`)."""
+    def squash(text: str) -> str:
+        return text.replace("_", "").replace("-", "").lower()
+
+    def initials(text: str) -> str:
+        words = [w for w in re.split(r"[_\-]", text.lower()) if w]
+        return "".join(w[0] for w in words) if len(words) > 1 else ""
+
+    return (squash(typed) == squash(name)
+            or sorted(re.split(r"[_\-]", typed.lower())) == sorted(re.split(r"[_\-]", name.lower()))
+            or initials(typed) == squash(name) != ""
+            or initials(name) == squash(typed) != "")
 
 
 def describe(schema: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
@@ -274,8 +313,8 @@ def build_section(cls: type, raw: Any, prefix: str, where: str, sources: dict[st
         name = f"{prefix}{key}"
         if key not in fields:
             valid = [f"{prefix}{f}" for f in fields]
-            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+            close = closest_key(name, valid)
+            hint = f" (did you mean '{close}'?)" if close else f"; valid keys here: {', '.join(sorted(valid))}"
             raise ConfigError(f"{sources.get(name, where)}: unknown key '{name}'{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):

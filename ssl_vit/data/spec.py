@@ -86,6 +86,7 @@ def resolve_spec(
         return shards if num_samples is None else _with_count(shards, num_samples, remote.group(1))
     directory, split = _directory_of(spec, split)
     if directory is None:
+        _check_named_directory(spec)
         return _url_list(_expand(spec), num_samples, spec, follow_symlinks)
     shards = _from_info(directory, split, follow_symlinks)
     return shards if num_samples is None else _with_count(shards, num_samples, str(directory / INFO_FILE))
@@ -123,6 +124,25 @@ def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None
     if is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
         return Path(spec).parent, split
     return None, split
+
+
+_SHARD_FILE = re.compile(r"\.(tar|tar\.gz|tgz)$")
+
+
+def _check_named_directory(spec: str) -> None:
+    """A spec that names one local path that is not there, and not as a shard file (`/data/in1k`, `nope`,
+    `/data/in1k:train`), meant the directory `ssl-vit-shards` writes: say that directory does not exist, not
+    that its one "shard" is missing, which reads as if a directory needed a .tar name."""
+    if "{" in spec or "}" in spec or not is_local(spec):
+        return
+    path = local_path(spec)
+    if not path.exists() and ":" in spec:
+        head, _, tail = spec.rpartition(":")
+        path = local_path(head) if head and re.fullmatch(r"[\w.\-]+", tail) else path
+    if path.exists() or path.name == INFO_FILE or _SHARD_FILE.search(path.name):
+        return
+    raise DataError(f"data directory {path} does not exist (data spec {spec!r}); give the folder `ssl-vit-shards` "
+                    f"built, holding {INFO_FILE}, or a list of .tar shards")
 
 
 def _from_info(directory: Path, split: str | None, follow_symlinks: bool = False) -> ShardSet:
