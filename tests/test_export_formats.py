@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from transformers import AutoImageProcessor, ViTModel
+from transformers import AutoImageProcessor, ViTModel, pipeline
 from transformers import ViTConfig as HFViTConfig
 
 from ssl_vit.data.crops import center_crop
@@ -39,16 +39,22 @@ def test_hf_folder_loads_in_transformers_with_our_tokens(tmp_path: Path, pool: s
             config.patch_size, config.intermediate_size, config.layer_norm_eps) == (64, 2, 2, 32, 4, 256, 1e-6)
     assert config.architectures == ["ViTModel"] and config.ssl_vit["global_pool"] == pool
 
-    hf, info = ViTModel.from_pretrained(tmp_path, add_pooling_layer=False, output_loading_info=True)
+    hf, info = ViTModel.from_pretrained(tmp_path, output_loading_info=True)  # its pooler too: nothing initialised
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
     x = images()
     with torch.no_grad():
-        tokens = hf.eval()(pixel_values=x).last_hidden_state  # (B, 1 + N, D)
+        out = hf.eval()(pixel_values=x)
+        tokens, pooler_output = out.last_hidden_state, out.pooler_output  # (B, 1 + N, D), (B, D)
         ours_tokens = ours.forward_features(x)
         assert (tokens - ours_tokens).abs().max().item() < 1e-5
         # The pooling the model card prescribes for each model gives our features.
         pooled = tokens[:, 0] if pool == "token" else tokens[:, 1:].mean(1)
         assert (pooled - ours.pool(ours_tokens)).abs().max().item() < 1e-5
+
+    if pool == "token":  # the export's pooler: our features, or NaN where no ViTModel pooler can give them
+        assert torch.allclose(pooler_output, ours.pool(ours_tokens), atol=1e-6)
+    else:
+        assert pooler_output.isnan().all()
 
     back = load_backbone(tmp_path).eval()  # the folder reads back, pooling included
     assert back.config == ours.config
@@ -71,6 +77,24 @@ def test_hf_preprocessor_is_our_eval_transform(tmp_path: Path) -> None:
     ours = normalize_uint8(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     assert theirs.shape == ours.shape
     assert (theirs - ours).abs().mean().item() < 0.02  # same crop and scale: a wrong one differs by ~0.2
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_hf_feature_extraction_pipeline_pools_our_features(tmp_path: Path, pool: str) -> None:
+    """`pipeline("image-feature-extraction", pool=True)` on the folder (offline: its own image processor) gives
+    our pooled features of the processed image for a [class]-token model, NaN for a GAP model."""
+    ours = randomized(create_model(NANO, global_pool=pool)).eval()
+    write_folder(ours, tmp_path, "hf", PRE)
+    yy, xx = np.mgrid[0:40, 0:56]
+    image = Image.fromarray(np.stack([xx * 4, yy * 6, (xx + yy) * 2], axis=-1).clip(0, 255).astype(np.uint8))
+    pooled = torch.tensor(pipeline("image-feature-extraction", model=str(tmp_path), pool=True)(image))  # (1, D)
+    pixels = AutoImageProcessor.from_pretrained(tmp_path)(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = ours.pool(ours.forward_features(pixels))
+    if pool == "token":
+        assert pooled.shape == (1, 64) and torch.allclose(pooled, expected, atol=1e-5)
+    else:
+        assert pooled.isnan().all()
 
 
 def test_hf_refuses_a_model_without_class_token(tmp_path: Path) -> None:

@@ -4,15 +4,22 @@
     model.safetensors         Hub-layout keys (`encoder.layer.{i}.attention.attention.query.weight`, …)
     preprocessor_config.json  a `BitImageProcessor`: resize the shorter side, centre-crop, rescale, normalise
 
-transformers itself is not needed to write it. `ViTModel` has a [class] token and no average pooling: a GAP
-model's features are `last_hidden_state[:, 1:].mean(1)` (the model card says so), and config.json records our
-pooling under `ssl_vit` (transformers keeps unknown config fields as attributes).
+transformers itself is not needed to write it. ViTModel's pooler (`pooler_output`, and what
+`pipeline("image-feature-extraction", pool=True)` returns) is a dense layer and `pooler_act` on the [class] token;
+a backbone trained without it must not get a fresh random one (`from_pretrained` would initialise it silently).
+So the folder holds pooler weights: for a [class]-token model the identity (dense = I, bias 0, `pooler_act:
+linear`), making `pooler_output` our pooled features exactly; for a GAP model, whose features (the mean of the
+patch tokens) no ViTModel computes, NaN, so `pooler_output` cannot pass for features — the card says to average
+`last_hidden_state[:, 1:]`. config.json records our pooling under `ssl_vit` (transformers keeps unknown config
+fields as attributes).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Mapping
+
+import torch
 
 from ...errors import CheckpointError
 from ..hf import to_hf_config, to_hf_state_dict
@@ -34,10 +41,20 @@ def hf_config_json(config: ViTConfig, metadata: dict | None = None) -> dict:
         **to_hf_config(config),
         "encoder_stride": config.patch_size,
         "initializer_range": 0.02,
-        "pooler_act": "tanh",
+        "pooler_act": "linear",  # with the pooler weights below: the identity, or NaN for a GAP model
         "pooler_output_size": config.embed_dim,
         "ssl_vit": {**(metadata or {}), "global_pool": config.global_pool, "pos_embed": config.pos_embed},
     }
+
+
+def pooler_weights(config: ViTConfig, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """ViTPooler's weights: the identity on the [class] token (our features, for a [class]-token model), or
+    NaN for a GAP model, whose features are no function of the [class] token alone."""
+    d = config.embed_dim
+    if config.global_pool == "token":
+        return {"pooler.dense.weight": torch.eye(d, dtype=dtype), "pooler.dense.bias": torch.zeros(d, dtype=dtype)}
+    nan = float("nan")
+    return {"pooler.dense.weight": torch.full((d, d), nan, dtype=dtype), "pooler.dense.bias": torch.full((d,), nan, dtype=dtype)}
 
 
 def preprocessor_json(preprocessing: Preprocessing, img_size: int) -> dict:
@@ -64,7 +81,7 @@ def write_hf(model: VisionTransformer, out: Path, preprocessing: Preprocessing, 
     config = model.config
     hf_config = hf_config_json(config, metadata)  # refuses a model without [class] token before anything is written
     # transformers refuses safetensors files whose header lacks format "pt".
-    weights = write_safetensors(to_hf_state_dict(model, layout="hub"), out / WEIGHTS_FILE,
+    weights = write_safetensors({**to_hf_state_dict(model, layout="hub"), **pooler_weights(config, model.norm.weight.dtype)}, out / WEIGHTS_FILE,
                                 {"format": "pt", "ssl_vit_config": json.dumps(config.to_dict())})
     processor = write_json(out / PREPROCESSOR_FILE, preprocessor_json(preprocessing, config.img_size))
     return finish_folder(out, hf_config, [weights, processor], extra, record=metadata is not None)
