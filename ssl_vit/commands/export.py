@@ -9,7 +9,9 @@ backbone:
   - `timm`: the folder `timm.create_model("local-dir:OUT", pretrained=True)` loads (config.json, model.safetensors).
 Every export writes a model card (OUT/README.md; OUT.md beside a single file) with the recipe, the data, the
 training length and the `ssl-vit eval` results found for this checkpoint (under the run directory, or `--eval
-DIR`). `--push-to-hub REPO_ID` then uploads the folder with huggingface_hub.
+DIR`). `--push-to-hub REPO_ID` then uploads the folder with huggingface_hub. Neither the card nor config.json
+names a local folder: the checkpoint is `RUN/checkpoints/step_…` by its run's name, other paths their last
+component (`model_card.local_names`), so an export can be published as it is.
 
 An export never replaces what it did not write (`models/formats/ownership.py`): a destination that holds files
 is refused, naming them, unless `--overwrite`, which replaces only a previous export's files (each export
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     backbone = objective.backbone
     facts = _card_facts(args, cfg, path, step, backbone)
     metadata = {
-        "source_checkpoint": str(path), "step": step, "objective": cfg.objective.name,
+        "source_checkpoint": shown_checkpoint(path), "step": step, "objective": cfg.objective.name,
         "objective_kwargs": cfg.objective.kwargs, "registered_name": cfg.model.name,
         "train_seed": cfg.train.seed,  # rebuilds the initial weights: `ssl-vit eval --baseline random`
         "crop_pct": facts.preprocessing.crop_pct,  # the crop `ssl-vit eval` uses for it by default
@@ -113,6 +115,13 @@ def _write(backbone, output: Path, fmt: str, preprocessing, metadata: dict, card
     return write_folder(backbone, output, fmt, preprocessing, metadata, extra={CARD_FILE: card})
 
 
+def shown_checkpoint(checkpoint: Path) -> str:
+    """The checkpoint as the export names it: `RUN/checkpoints/step_…` (its run's name, not the folder it is in)."""
+    if checkpoint.parent.name == "checkpoints":
+        return f"{checkpoint.parent.parent.name}/checkpoints/{checkpoint.name}"
+    return checkpoint.name
+
+
 def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, backbone):
     """Everything the model card states, gathered from the checkpoint's recipe, its data and its evaluations."""
     from ..data.normalize import DEFAULT_MEAN, DEFAULT_STD
@@ -120,7 +129,8 @@ def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, back
     from ..models.formats import Preprocessing
     from ..models.model_card import CardFacts
     from ..models.weights import suggest_model_name
-    from .export_evals import evaluation_tables
+    from ..models.model_card import local_names
+    from .export_evals import evaluation_scores, evaluation_tables
 
     samples, classes = _data_facts(cfg)
     output = Path(args.output)
@@ -129,10 +139,12 @@ def _card_facts(args: argparse.Namespace, cfg, checkpoint: Path, step: int, back
         fmt=args.format, config=backbone.config, model_name=suggest_model_name(backbone.config),
         preprocessing=Preprocessing(crop_pct=cfg.eval.crop_pct or EvalData().crop_pct, mean=DEFAULT_MEAN, std=DEFAULT_STD),
         objective=cfg.objective.name, objective_kwargs=dict(cfg.objective.kwargs), recipe_yaml=cfg.to_yaml(),
-        step=step, global_batch=cfg.train.global_batch, checkpoint=str(checkpoint),
+        step=step, global_batch=cfg.train.global_batch, checkpoint=shown_checkpoint(checkpoint),
         data_spec=cfg.data.train, data_split=cfg.data.split, data_samples=samples, class_names=classes,
         eval_tables=evaluation_tables(checkpoint, step, [Path(d) for d in args.eval]),
-        license=args.license, weights_path=str(output), repo_id=args.push_to_hub,
+        eval_scores=evaluation_scores(checkpoint, [Path(d) for d in args.eval]),
+        init_from=local_names(cfg.model.init_from) if cfg.model.init_from else None,
+        license=args.license, weights_path=local_names(str(output)), repo_id=args.push_to_hub,
     )
 
 

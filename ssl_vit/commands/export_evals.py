@@ -4,15 +4,63 @@ Found in two places: `results.json` files under the run directory and under each
 `checkpoint` is the exported one (a comparison directory's random-init baseline joins as a second column), and
 the run's `eval.jsonl` line at the exported step (evaluators that ran during pretraining). A `--eval DIR` with no
 result for this checkpoint is an error: the card would silently lack what the user asked for.
+
+Each test accuracy of this checkpoint also becomes an `EvalScore` for the card's `model-index`, its protocol
+named in words (`protocol_name`) and its test data cut to a name (`local_names`).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import re
+
 from ..errors import UserError
-from ..eval.results import RESULTS_JSON, metrics_table
+from ..eval.results import RESULTS_JSON, fewshot_protocols, metrics_table
 from ..models.formats.common import read_json
+from ..models.model_card import EvalScore, local_names
+
+# Metrics that are no test accuracy (spreads, chosen hyperparameters); `holdout` ones score training data.
+_NOT_TEST_ACCURACY = ("_std", "weight_decay", "log2_l2", "_lr", "selected_step", "train_loss")
+
+
+def protocol_name(metric: str) -> str:
+    """The evaluation protocol a metric name stands for, in words (the `model-index` task name)."""
+    family = metric.split("/", 1)[0]
+    if (knn := re.fullmatch(r"knn/k(\d+)_top\d+", metric)):
+        return f"k-NN classifier (k={knn.group(1)}) on frozen features"
+    if family == "linear":
+        return "linear probe on frozen features"
+    if (shots := re.fullmatch(r"fewshot/(\d+)shot.*", metric)):
+        described = "; ".join(fewshot_protocols({metric: 0.0}).values())  # the variant, as results.md says it
+        return f"{shots.group(1)}-shot linear regression on frozen features: {described}"
+    if family == "finetune":
+        return "fine-tuning the whole network"
+    return family
+
+
+def evaluation_scores(checkpoint: Path, eval_dirs: list[Path]) -> list[EvalScore]:
+    """This checkpoint's test accuracies in the `results.json` files `evaluation_tables` shows (baselines apart)."""
+    scores: list[EvalScore] = []
+    for record in _own_records(checkpoint, eval_dirs):
+        test = local_names(str(record.get("test") or "test data"))
+        parts = test.split(":") if "://" not in test else [test]  # `spec:split` (the split may be repeated)
+        dataset, split = parts[0], parts[-1] if len(parts) > 1 else ""
+        for metric, value in record.get("metrics", {}).items():
+            if isinstance(value, (int, float)) and not metric.endswith(_NOT_TEST_ACCURACY) and "holdout" not in metric:
+                scores.append(EvalScore(protocol_name(metric), metric, float(value), dataset, split or None))
+    return scores
+
+
+def _own_records(checkpoint: Path, eval_dirs: list[Path]) -> list[dict]:
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    seen: dict[Path, dict] = {}
+    for root in [run_dir, *eval_dirs]:
+        for results in sorted(root.rglob(RESULTS_JSON)) if root.is_dir() else []:
+            record = read_json(results)
+            if _is_checkpoint(record.get("checkpoint"), checkpoint):
+                seen.setdefault(results.resolve(), record)
+    return list(seen.values())
 
 
 def evaluation_tables(checkpoint: Path, step: int, eval_dirs: list[Path]) -> list[tuple[str, str]]:

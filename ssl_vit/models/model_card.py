@@ -1,16 +1,24 @@
 """The model card every export writes: README.md with the Hub's YAML front matter, the recipe, the data, the
 training length, the objective, the evaluation results that exist for the checkpoint, how to load the weights in
 each library, and the ViT paper's citation. Facts come in as plain data (`CardFacts`); nothing is looked up here.
+
+The front matter is the Hub's model card metadata (what `huggingface_hub.ModelCardData` reads and writes:
+`model-index` with one result per evaluation protocol and test set, `datasets`, `base_model`, `license`), written
+here as plain YAML so an export needs no `huggingface_hub` (the `hub` extra is for `--push-to-hub` only); the tests
+load every card with `huggingface_hub.ModelCard` and check its `model-index` round-trips unchanged. Local paths
+never reach a card: `local_names` cuts each absolute path to its last component (the folder or file name).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .formats import Preprocessing
-from .formats.timm import timm_architecture, timm_model_args
+from .formats.timm import timm_architecture, timm_has_size, timm_model_args
 from .vit import ViTConfig
 
 VIT_BIBTEX = """@inproceedings{dosovitskiy2021an,
@@ -28,6 +36,47 @@ _TARGETS = {
     "downsampled_color": "a 3-bit 4×4 downsized version of each corrupted patch (16 × 512 classes)",
     "pixels": "the normalised pixels of each corrupted patch (L2 regression)",
 }
+
+
+# An absolute (or ~) local path: starts after whitespace, a quote, `=`, `,` or `(`, never inside a URL
+# (`https://host/…`, `hf://…`, after `:` or `/`); runs to the next separator (`:` starts a split).
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?(?:/[^\s,;:'\"`()\[\]<>|]+)+/?")
+_HUB_DATASET = re.compile(r"^hf://datasets/([\w.-]+/[\w.-]+)")
+HUB_PREFIX = "hf-hub:"
+
+
+def local_names(text: str) -> str:
+    """`text` with each absolute local path cut to its last component: `/data/in1k:train` → `in1k:train`."""
+    return _LOCAL_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
+
+
+def hub_id(source: str | None) -> str | None:
+    """The Hub repo id a weights source names (`hf-hub:org/name`, or `org/name` that is no local path), else None."""
+    if not source:
+        return None
+    if source.startswith(HUB_PREFIX):
+        return source[len(HUB_PREFIX):].split("@")[0] or None
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
+        return source
+    return None
+
+
+def hub_dataset(spec: str) -> str | None:
+    """The Hub dataset id of a data spec read from the Hub (`hf://datasets/org/name/…`), else None."""
+    found = _HUB_DATASET.match(spec)
+    return found.group(1) if found else None
+
+
+@dataclass(frozen=True)
+class EvalScore:
+    """One test accuracy of this checkpoint for the card's `model-index`: the protocol that measured it (named
+    in words), the metric's ssl_vit name, its value in percent, and the test data (paths already cut)."""
+
+    protocol: str
+    metric: str
+    value: float
+    dataset: str
+    split: str | None = None
 
 
 @dataclass
@@ -51,20 +100,48 @@ class CardFacts:
     class_names: list[str] | None = None
     eval_tables: list[tuple[str, str]] = field(default_factory=list)  # (heading, Markdown table)
     license: str = "apache-2.0"
+    eval_scores: list[EvalScore] = field(default_factory=list)  # the model-index entries
+    init_from: str | None = None  # model.init_from of the pretraining recipe
     weights_path: str = "."  # how the usage snippets name the exported file or folder
     repo_id: str | None = None
 
 
-def render_model_card(facts: CardFacts) -> str:
-    front = {
+def card_metadata(facts: CardFacts) -> dict:
+    """The card's front matter, in the Hub's schema (`huggingface_hub.ModelCardData.to_dict()` gives it back)."""
+    front: dict[str, Any] = {
         "library_name": LIBRARY[facts.fmt],
         "license": facts.license,
         "pipeline_tag": "image-feature-extraction",
         "tags": ["image-feature-extraction", "vision-transformer", "self-supervised-learning",
                  "masked-patch-prediction", "ssl_vit"] + (["timm"] if facts.fmt == "timm" else []),
     }
+    datasets = [d for d in (hub_dataset(facts.data_spec),) if d]
+    if datasets:
+        front["datasets"] = datasets
+    if hub_id(facts.init_from):
+        front["base_model"] = hub_id(facts.init_from)
+    if facts.eval_scores:
+        front["model-index"] = [{"name": facts.repo_id.split("/")[-1] if facts.repo_id else facts.title,
+                                 "results": _model_index_results(facts.eval_scores)}]
+    return front
+
+
+def _model_index_results(scores: list[EvalScore]) -> list[dict]:
+    """One result per test data, each metric named by its protocol: the Hub groups a model-index by task type and
+    dataset (`huggingface_hub.eval_results_to_model_index`), not by task name, so a protocol named there would be
+    merged away; named on the metric it round-trips unchanged."""
+    grouped: dict[tuple, list[EvalScore]] = {}
+    for score in scores:
+        grouped.setdefault((score.dataset, score.split), []).append(score)
+    return [{"task": {"type": "image-classification", "name": "Image classification"},
+             "dataset": {"name": dataset, "type": dataset, **({"split": split} if split else {})},
+             "metrics": [{"type": "accuracy", "value": s.value, "name": f"{s.protocol} ({s.metric})"} for s in group]}
+            for (dataset, split), group in grouped.items()]
+
+
+def render_model_card(facts: CardFacts) -> str:
     sections = [
-        "---\n" + yaml.safe_dump(front, sort_keys=False) + "---",
+        "---\n" + yaml.safe_dump(card_metadata(facts), sort_keys=False, allow_unicode=True) + "---",
         f"# {facts.title}",
         _summary(facts),
         "## Model\n\n" + _model_table(facts),
@@ -74,7 +151,7 @@ def render_model_card(facts: CardFacts) -> str:
         "## Citation\n\nThe architecture and the masked patch prediction objective (appendix B.1.2):\n\n"
         f"```bibtex\n{VIT_BIBTEX}\n```",
     ]
-    return "\n\n".join(sections) + "\n"
+    return local_names("\n\n".join(sections) + "\n")  # the recipe, data and checkpoint name no local folder
 
 
 def images_seen(facts: CardFacts) -> int:
@@ -135,6 +212,7 @@ def _pretraining(facts: CardFacts) -> str:
         data += "; unlabelled"
     lines = [f"- **Objective**: {objective}", f"- **Data**: {data}", f"- **Length**: {length}",
              f"- **Checkpoint**: `{facts.checkpoint}`",
+             *([f"- **Initialised from**: `{facts.init_from}`"] if facts.init_from else []),
              "",
              "<details><summary>The recipe (resolved, as saved with the run)</summary>",
              "",
@@ -154,25 +232,37 @@ def _evaluation(facts: CardFacts) -> str:
 
 
 def _usage(facts: CardFacts) -> str:
-    c, where = facts.config, facts.weights_path
+    c, where = facts.config, local_names(facts.weights_path)  # after `local-dir:` no pattern would see it
     avg = not (c.class_token and c.global_pool == "token")
     if facts.fmt == "hf":
-        pool = "out.last_hidden_state[:, 1:].mean(dim=1)  # GAP model: ViTModel has no average pooler" if avg \
-            else "out.last_hidden_state[:, 0]  # the [class] token"
         source = f'"{facts.repo_id or where}"'
+        if avg:
+            pool = ("features = out.last_hidden_state[:, 1:].mean(dim=1)  # GAP: the mean of the patch tokens\n```\n\n"
+                    "ViTModel's pooler reads the [class] token only, so it cannot give this model's features: "
+                    "the export fills its weights with NaN, so `out.pooler_output` and "
+                    "`pipeline(\"image-feature-extraction\", pool=True)` give NaN rather than a plausible wrong "
+                    "vector. Average `last_hidden_state[:, 1:]` as above.")
+        else:
+            pool = ("features = out.pooler_output  # the [class] token: equal to out.last_hidden_state[:, 0]\n```\n\n"
+                    "The pooler is the identity (dense = identity matrix, `pooler_act: linear`), so `pooler_output` "
+                    "and `pipeline(\"image-feature-extraction\", model=…, pool=True)` give ssl_vit's pooled "
+                    "features; transformers' usual pooler (an untrained dense layer and tanh) is not there.")
         return (f"transformers (the token outputs equal ssl_vit's to 1e-5):\n\n```python\n"
                 f"from transformers import AutoImageProcessor, ViTModel\n\n"
                 f"processor = AutoImageProcessor.from_pretrained({source})\n"
-                f"model = ViTModel.from_pretrained({source}, add_pooling_layer=False).eval()\n"
+                f"model = ViTModel.from_pretrained({source}).eval()\n"
                 f"out = model(**processor(images, return_tensors=\"pt\"))\n"
-                f"features = {pool}\n```\n\n"
-                "`add_pooling_layer=False`: ViTModel's own pooler (a dense layer and tanh) was never trained.")
+                f"{pool}")
     if facts.fmt == "timm":
         args = ", ".join(f"{k}={v!r}" for k, v in timm_model_args(c).items())
+        arch = timm_architecture(c)
+        named = f"`{arch}` is timm's architecture of this size" if timm_has_size(c) else (
+            f"timm has no architecture of this size (width {c.embed_dim}, depth {c.depth}, patch {c.patch_size}): "
+            f"`{arch}` is only the base whose sizes `model_args` replace")
         hub = f'\nmodel = timm.create_model("hf-hub:{facts.repo_id}", pretrained=True)  # from the Hub' \
             if facts.repo_id else ""
         return (f"timm ≥ 1.0.16 reads this folder's config.json (architecture, `model_args`, `num_classes: 0`, "
-                f"`pretrained_cfg`), so no keyword arguments are needed:\n\n```python\nimport timm\n\n"
+                f"`pretrained_cfg`), so no keyword arguments are needed ({named}):\n\n```python\nimport timm\n\n"
                 f'model = timm.create_model("local-dir:{where}", pretrained=True).eval(){hub}\n'
                 f"config = timm.data.resolve_data_config({{}}, model=model)   # our mean, std, size, crop_pct\n"
                 f"transform = timm.data.create_transform(**config)\n"
@@ -180,7 +270,7 @@ def _usage(facts: CardFacts) -> str:
                 f"`timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=…))` does not read "
                 f"config.json (timm then starts from its registry's config for ARCH: 1000 classes, token pooling, "
                 f"perhaps an .npz loader); it needs everything spelled out:\n\n```python\n"
-                f'timm.create_model("{timm_architecture(c)}", pretrained=True, num_classes=0,\n'
+                f'timm.create_model("{arch}", pretrained=True, num_classes=0,\n'
                 f'                  pretrained_cfg_overlay=dict(file="{where}/model.safetensors", custom_load=False),\n'
                 f'                  {args})\n```')
     return ("ssl_vit:\n\n```python\nfrom ssl_vit.models import load_backbone\n\n"

@@ -47,6 +47,13 @@ def timm_architecture(config: ViTConfig) -> str:
     return (exact or same_size or [FALLBACK_ARCHITECTURE])[0]
 
 
+def timm_has_size(config: ViTConfig) -> bool:
+    """Whether timm registers a plain ViT of this width, depth, heads and patch (else the architecture named is
+    only the base that `model_args` resize)."""
+    return any(dims[:4] == (config.embed_dim, config.depth, config.num_heads, config.patch_size)
+               for dims in TIMM_VITS.values())
+
+
 def timm_global_pool(config: ViTConfig) -> str:
     """timm's `global_pool` for our pooling: a model without [class] token averages (timm refuses 'token')."""
     return "token" if config.class_token and config.global_pool == "token" else "avg"
