@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from types import ModuleType
@@ -41,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported and asked for its arguments."""
     parser = argparse.ArgumentParser(prog="ssl-vit", description="Masked patch prediction pretraining for Vision Transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of ssl-vit, torch, accelerate and Python and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -51,16 +52,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def version_line() -> str:
-    """`ssl-vit 0.1.0 (torch 2.13.0, accelerate 1.15.0, Python 3.11.7)`: what a bug report needs."""
-    import platform
+class _Version(argparse.Action):
+    """`--version`, its line made only when asked for (argparse's own action would make it for every parse)."""
 
-    import accelerate
-    import torch
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """`ssl-vit 0.1.0 (torch 2.13.0, accelerate 1.15.0, Python 3.11.7)`: what a bug report needs. The versions
+    are the installed distributions', read from their metadata: importing torch and accelerate to ask them
+    would take seconds, for a question that must answer at once."""
+    import platform
+    from importlib import metadata
 
     from . import __version__
 
-    return (f"ssl-vit {__version__} (torch {torch.__version__}, accelerate {accelerate.__version__}, "
+    def installed(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"ssl-vit {__version__} (torch {installed('torch')}, accelerate {installed('accelerate')}, "
             f"Python {platform.python_version()})")
 
 
@@ -82,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if debug:
             traceback.print_exc()
+        if os.environ.get("SSL_VIT_SUPERVISOR_DIR"):  # a worker under `ssl-vit launch`: it prints the line once
+            from .train.supervisor import report_user_error
+
+            report_user_error(one_line(err))
         if not getattr(err, "reported", False):
             print(one_line(err), file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import PretrainConfig, accumulation_steps, build_objective, load_config
-from ..errors import ConfigError, UserError, report_now
+from ..errors import ConfigError, UserError, one_line, report_now
 from ..recipe_files import resolve_recipe
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
                               f"export the backbone with: ssl-vit export {cfg.output_dir} backbone.safetensors")
     except UserError as err:
         if accelerator.num_processes > 1:  # the first rank to exit gets the others killed: each says why first
+            from ..train.supervisor import report_user_error
+
+            report_user_error(one_line(err))  # under `ssl-vit launch`, which then prints the line once
             report_now(err)  # before the clean-up below, which can take seconds while loader workers shut down
         raise  # one process: the caller prints it (the CLI), or words it as its own stage (`ssl-vit demo`)
     finally:

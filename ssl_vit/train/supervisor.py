@@ -28,6 +28,11 @@ job stopped before it trained. When the launcher has exited, any process of the 
 `leftover_grace_s` (10 s) later — found by the `SSL_VIT_SUPERVISOR_DIR` in its environment, which every process of
 the job inherits, also those in sessions of their own — is killed and named: no process outlives its job.
 
+A user error (a bad recipe key, missing data) is one line and exit 2, as without the launcher: a worker that fails
+with one writes its line to `error-<pid>` before printing it (`report_user_error`), the supervisor passes the
+launcher's standard error on only until such a report exists (so neither the workers' copies nor the launcher's
+traceback about a failed child reach the user) and then prints each distinct line once and exits 2.
+
 Exit codes: 0 finished or stopped cleanly (resume with `--resume auto`); 2 a user error (one line); 130 a
 second Ctrl-C (stopped without a checkpoint); anything else is the launcher's (a crash: its traceback).
 """
@@ -40,6 +45,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +82,13 @@ def report_exit(status: str, step: int) -> None:
         atomic_write(Path(folder) / f"exit-{os.getpid()}", json.dumps(record))
 
 
+def report_user_error(line: str) -> None:
+    """Tell a supervisor (if any) this worker stops on a user error, with its one line (before printing it)."""
+    folder = os.environ.get(ENV)
+    if folder and Path(folder).is_dir():
+        atomic_write(Path(folder) / f"error-{os.getpid()}", line)
+
+
 # --------------------------------------------------------------------------------------- supervisor side
 class Supervisor:
     """Runs `command` and relays stop signals to its ready workers; `run()` returns the exit code."""
@@ -98,16 +111,21 @@ class Supervisor:
         env = {**LAUNCHER_ENV, **os.environ, ENV: str(self.folder)}
         try:
             try:
-                proc = subprocess.Popen(self.command, env=env, start_new_session=True)
+                proc = subprocess.Popen(self.command, env=env, start_new_session=True, stderr=subprocess.PIPE)
             except OSError as err:
                 _say(f"error: cannot start {self.command[0]!r}: {err.strerror}")
                 return 2
+            relay = threading.Thread(target=self._pass_stderr, args=(proc.stderr.fileno(),), daemon=True)
+            relay.start()
             while proc.poll() is None:
                 self._relay()
                 self._escalate(proc)
                 time.sleep(self.poll_s)
+            relay.join(timeout=1.0)  # the launcher's last words, before ours
             code = self._exit_code(proc.returncode)
             self._end_leftovers()
+            relay.join(timeout=1.0)
+            proc.stderr.close()
             return code
         finally:
             for sig, handler in previous.items():
@@ -161,10 +179,36 @@ class Supervisor:
             _say(f"ssl-vit launch: killed {len(left)} process(es) of the job still running "
                  f"{self.leftover_grace_s:g} s after the launcher exited: {', '.join(map(describe, left))}")
 
+    def _user_errors(self) -> list[str]:
+        return list(dict.fromkeys(p.read_text().strip() for p in sorted(self.folder.glob("error-*"))))
+
+    def _pass_stderr(self, fd: int) -> None:
+        """Copy the launcher's standard error to ours as it comes, until a worker has reported a user error: what
+        follows is its copies of that line and the launcher's traceback about a failed child. Never stops
+        reading, so nobody of the job blocks on a full pipe; a write that fails (a terminal gone) is dropped."""
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self._user_errors():
+                continue
+            try:
+                os.write(2, data)
+            except OSError:
+                pass
+
     def _exit_code(self, launcher_rc: int) -> int:
         code = 128 - launcher_rc if launcher_rc < 0 else launcher_rc  # killed by signal N → 128 + N, as shells say
         if code == 0:
             return 0
+        errors = self._user_errors()
+        if errors:
+            for line in errors:
+                _say(line)
+            return 2
         if self.escalated is not None:
             _say(f"ssl-vit launch: the job stopped before any worker was ready (launcher exit {code}); exit 0: "
                  "run the same command again (with --resume auto) to go on")
