@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slurm demo venv clean bench gpu-wheels
+.PHONY: test test-floors test-slurm demo venv clean bench gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,21 @@ venv: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests
 	PY=$(PY) bash tests/install_test.sh
+
+# The suite on the oldest versions pyproject.toml admits: a fresh .venv-floors with every runtime dependency but
+# torch pinned at its floor (tests/floors.txt, which tests/test_floors.py holds equal to pyproject's floors), so
+# a floor is a version that ran. torch is the local CPU wheel (any other torch pulls CUDA gigabytes); its floor
+# was run once by hand (docs/benchmarks.md, "The oldest torch"). Extras take their newest (but pyarrow: floors.txt).
+# In .ci/run after `make test`: 16.5 min from scratch on the 2-core machine (install 2, suite 14.5, with another
+# suite running beside it, 2026-12-06), so CI's ~15 min become ~32, well inside its 90.
+FLOORS := .venv-floors
+test-floors:
+	rm -rf $(FLOORS)
+	$(PY) -m venv $(FLOORS)
+	$(FLOORS)/bin/pip install -q --upgrade pip
+	$(FLOORS)/bin/pip install -q torch==2.13.0
+	$(FLOORS)/bin/pip install -q -e '.[test]' -c tests/floors.txt
+	OMP_NUM_THREADS=1 $(FLOORS)/bin/python -m pytest -q tests
 
 # The SLURM recipe against a real slurmctld + slurmd on this machine (root; installs slurm-wlm and munge if missing).
 test-slurm: $(STAMP)
@@ -47,4 +62,4 @@ gpu-wheels:
 	ls -l .whl
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info .whl
+	rm -rf $(VENV) $(FLOORS) runs build dist *.egg-info .whl

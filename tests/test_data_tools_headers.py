@@ -26,6 +26,9 @@ def _exif(orientation: int) -> bytes:
     return exif.tobytes()
 
 
+_XMP = b"http://ns.adobe.com/xap/1.0/\0"  # the APP1 signature of an XMP packet, as Pillow reads and writes it
+
+
 def _insert_segment(data: bytes, marker: int, payload: bytes) -> bytes:
     """`data` with one more segment right after SOI."""
     return data[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + data[2:]
@@ -45,8 +48,6 @@ def _variants() -> dict[str, bytes]:
         "comment": _jpeg(rgb, comment=b"made \xff\xd9 here"),
         "icc": _jpeg(rgb, icc_profile=b"\0" * 300),
         "icc_big": _jpeg(rgb, icc_profile=bytes(range(256)) * 300),  # split over several APP2 segments
-        "xmp_upright": _jpeg(rgb, xmp=b'<x tiff:Orientation="1"/>'),
-        "xmp_rotated": _jpeg(rgb, xmp=b'<x tiff:Orientation="6"/>'),
         "grey": _jpeg(rgb.convert("L")),
         "cmyk": _jpeg(rgb.convert("CMYK")),
         "ycbcr": _jpeg(rgb.convert("YCbCr")),
@@ -56,6 +57,8 @@ def _variants() -> dict[str, bytes]:
     for o in range(1, 9):
         files[f"exif_{o}"] = _jpeg(rgb, exif=_exif(o))
     base = files["baseline"]
+    for name, orientation in (("xmp_upright", b"1"), ("xmp_rotated", b"6")):  # written here: older Pillow writes no XMP
+        files[name] = _insert_segment(base, 0xE1, _XMP + b'<x tiff:Orientation="' + orientation + b'"/>')
     files["adobe_rgb"] = _insert_segment(base, 0xEE, b"Adobe\0\x64\0\0\0\0\0")  # transform 0: RGB, not YCC
     files["adobe_short"] = _insert_segment(base, 0xEE, b"Adobe\0")
     files["jfif_short"] = _insert_segment(base[:2] + base[20:], 0xE0, b"JFIF\0")  # replaces the real APP0
@@ -121,6 +124,15 @@ def test_scanner_accepts_clean_rgb_and_declines_the_rest() -> None:
     for name in ("exif_1", "exif_6", "xmp_upright", "xmp_rotated", "grey", "cmyk", "mpo", "png", "adobe_short",
                  "jfif_short", "icc_short", "photoshop", "fill_bytes", "no_eoi", "eoi_in_header_only"):
         assert jpeg_pass_through_size(files[name]) is None, name
+
+
+def test_an_xmp_orientation_turns_the_image_upright_like_an_exif_one() -> None:
+    """Pillow reads a JPEG's XMP orientation from 11.2 on, pyproject's floor: an older one would store such a
+    photo sideways, silently, where the scanner (which leaves every XMP file to Pillow) cannot notice."""
+    files = _variants()
+    for name in ("exif_6", "xmp_rotated"):
+        prepared = prepare_image(files[name], resize_shorter=None, quality=90, check="header")
+        assert (prepared.reencoded, prepared.width, prepared.height) == ("EXIF orientation", 30, 40), name
 
 
 def test_scanner_leaves_bombs_to_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
