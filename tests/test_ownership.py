@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from trainer_fixtures import run_pretrain, smoke_overrides, tree_digest
+from trainer_fixtures import copy_of, run_pretrain, smoke_overrides, tree_digest
 
 from ssl_vit import ownership
 from ssl_vit.train.manifest import MANIFEST, RunOwnership
@@ -33,10 +32,6 @@ def finished_run(shards: Path, tmp_path_factory, pretrain) -> Path:
     run_dir = tmp_path_factory.mktemp("owned") / "run"
     assert pretrain(shards, run_dir, **RUN) == 0
     return run_dir
-
-
-def copy_of(run_dir: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
 
 
 def refusal(capsys, rc: int) -> str:

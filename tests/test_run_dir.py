@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from run_records import read_jsonl as records
-from trainer_fixtures import tree_digest
+from trainer_fixtures import copy_of, tree_digest
 from weights_fixtures import RunsCode
 
 from ssl_vit.config import FinetuneConfig, PretrainConfig, schema_keys
@@ -33,10 +33,6 @@ def finished_run(shards: Path, tmp_path_factory, pretrain) -> Path:
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     assert pretrain(shards, run_dir, **RUN) == 0
     return run_dir
-
-
-def copy_of(run_dir: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
 def refused(capsys, run_dir: Path, rc: int, before: dict) -> str:

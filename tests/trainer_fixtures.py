@@ -111,3 +111,10 @@ def sigterm_at_step(monkeypatch, step: int) -> None:
         return original(self, number, *args, **kwargs)
 
     monkeypatch.setattr(trainer_module.Trainer, "_step", signalled)
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run for a test to change (`tmp_path/run`); links stay links, as a user's would."""
+    import shutil
+
+    return Path(shutil.copytree(run_dir, tmp_path / "run", symlinks=True))
