@@ -2,6 +2,10 @@
 
 A subcommand module has `add_arguments(parser)` and `run(args) -> int`. A `UserError` (bad recipe, data or
 checkpoint) reaches the user as one line, `error: …`, with exit status 2 and no traceback unless `--debug`.
+
+`--help` and `--version` answer at once, for every command and sub-command: building a parser imports neither
+torch nor anything heavy (accelerate, numpy, PIL), so `add_arguments` and the module around it import those
+inside `run` only (tests/test_messages.py runs every `--help` and fails on a torch import).
 """
 from __future__ import annotations
 
@@ -42,14 +46,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s module is imported and asked for its arguments."""
     parser = argparse.ArgumentParser(prog="ssl-vit", description="Masked patch prediction pretraining for Vision Transformers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    parser.add_argument("--version", action=_Version, nargs=0, help="show the versions of ssl-vit, torch, accelerate and Python and exit")
+    _add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for user errors")
         if name == command:
             _load(name).add_arguments(p)
+            for each in parsers_below(p):  # `ssl-vit eval knn --version` as well as `ssl-vit --version`
+                _add_version(each)
     return parser
+
+
+def parsers_below(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every sub-command parser under it (`eval` → `fewshot`, `knn`, …), each once."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [p for p in parsers_below(child) if p not in found]
+    return found
+
+
+def _add_version(parser: argparse.ArgumentParser) -> None:
+    if "--version" not in parser._option_string_actions:
+        parser.add_argument("--version", action=_Version, nargs=0,
+                            help="show the versions of ssl-vit, torch, accelerate and Python and exit")
 
 
 class _Version(argparse.Action):

@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, DataError
 from ..files import atomic_write
-from ..analysis import figure7, masked, plots
-from ..analysis.loading import load_for_analysis
-from ..analysis.report import write_report
+
+if TYPE_CHECKING:  # numpy, torch and the analysis (matplotlib) are imported by `run`, not by `--help`
+    import numpy as np
+    import torch
 
 MASKED_ROWS = 4  # images in the masked-prediction picture; the attention distances use all --num-images
 
@@ -62,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_images(spec: str, split: str | None, count: int, image_size: int) -> torch.Tensor:
     """The first `count` images of `spec` as a (B, 3, S, S) uint8 batch, centre-cropped as for evaluation."""
+    import torch
+
     from ..data import build_eval_stream
 
     stream = build_eval_stream(spec, batch_size=min(count, 64), image_size=image_size, num_workers=0, split=split)
@@ -80,6 +81,8 @@ def read_images(spec: str, split: str | None, count: int, image_size: int) -> to
 
 
 def _device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -92,6 +95,13 @@ def _device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..analysis import figure7, masked, plots
+    from ..analysis.loading import load_for_analysis
+    from ..analysis.report import write_report
+
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be at least 1, got {args.num_images}")
     out = Path(args.out)

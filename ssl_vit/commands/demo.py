@@ -31,9 +31,7 @@ from pathlib import Path
 
 from data_tools.errors import DataToolsError
 
-from ..demo.report import write_demo_report
 from ..errors import ConfigError, StorageError, Stopped, UserError
-from ..eval.results import read_pair
 from ..files import atomic_write, make_dir
 
 SHOTS = ("1", "5", "10", "25")
@@ -60,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.settings import arm_settings, check_overrides
+    from ..demo.report import write_demo_report
     from ..demo.workdir import claim, started_afresh
+    from ..eval.results import read_pair
 
     if (args.train is None) != (args.test is None):
         raise ConfigError("give both --train and --test (your own shards), or neither (the digits demo)")

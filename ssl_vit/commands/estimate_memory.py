@@ -14,10 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import load_config
-from ..train.estimate import describe, pretrain_step_memory
-from ..recipe_files import resolve_recipe
-
 DEFAULT_RECIPE = "pretrain/vit_b16_mean_color"
 
 
@@ -37,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import load_config
+    from ..recipe_files import resolve_recipe
+    from ..train.estimate import describe, pretrain_step_memory  # torch: here, not for --help
+
     flags = {"model.name": args.model, "data.batch_size": args.batch, "data.image_size": args.img_size,
              "train.precision": args.precision, "train.grad_checkpointing": args.grad_checkpointing}
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)

@@ -49,25 +49,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def protocol_help(protocol: str) -> tuple[str, str]:
     """(what `protocol` does, the recipe keys it reads with their defaults), from the evaluators' own modules and
-    constructors and the eval recipe's defaults, for `ssl-vit eval PROTOCOL --help`."""
+    constructors (as `eval_protocols.py` holds them: importing the evaluators would import torch) and the eval
+    recipe's defaults, for `ssl-vit eval PROTOCOL --help`."""
     from ..config.eval import CHECKPOINT_DEFAULTS, DEFAULT_EVALUATORS, EvalRecipe
-    from ..eval import names
-    from ..eval.registry import describe
+    from .eval_protocols import EVALUATORS
 
     if protocol == "finetune":
         from ..config import FinetuneConfig
         from .schema_help import keys_help
 
-        return describe("finetune")[0], keys_help(FinetuneConfig, "keys of the fine-tuning recipe it reads (--config "
-                                                                  "finetune/vit_b16_paper, or key=value after the options):")
+        title = "keys of the fine-tuning recipe it reads (--config finetune/vit_b16_paper, or key=value after the options):"
+        return EVALUATORS["finetune"][0], keys_help(FinetuneConfig, title)
     evaluators = list(DEFAULT_EVALUATORS) if protocol == "all" else [protocol]
     if protocol == "all":
-        what = f"{HELP['all']}; registered: {', '.join(names())}."
+        what = f"{HELP['all']}; registered: {', '.join(sorted(EVALUATORS))}."
     else:
-        what = describe(protocol)[0]
+        what = EVALUATORS[protocol][0]
     rows = []
     for name in evaluators:
-        rows += [(f"{name}.{key}", value) for key, value in describe(name)[1].items()]
+        rows += [(f"{name}.{key}", value) for key, value in EVALUATORS[name][1].items()]
     common = EvalRecipe().to_dict()
     common.pop("evaluators")
     for section, value in common.items():

@@ -11,14 +11,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
-
 from ..config import PretrainConfig, accumulation_steps, build_objective, load_config
 from ..errors import ConfigError, UserError, one_line, report_now
 from ..recipe_files import resolve_recipe
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by `run`, not by `--help`
+    import torch
+
     from ..train import Validation
 
 
@@ -84,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: data.train is not set; pass data.train=/path/to/shards (a directory with "
                           "_info.json) or a URL list such as data.train='/data/train-{000000..000099}.tar'")
     init_weights = init_source(cfg.model.init_from) if cfg.model.init_from else None
+    import torch
+    import torch.distributed as dist
+
     from ..data import resolve_spec
     from ..train import DataFeed, RunFiles, Trainer, make_accelerator
     from ..train.checkpoint import latest_checkpoint

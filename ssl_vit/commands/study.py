@@ -20,8 +20,6 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..files import make_dir
 
-RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "demo"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..analysis.study import RATES, SELECT_ON, SHOTS, TARGETS
@@ -37,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--holdout", type=float, default=0.2,
                         help="fraction of the training split held out to select on (few-shot, never test)")
     parser.add_argument("--select-on", default=SELECT_ON, help="the selection metric (a *_train_holdout few-shot key)")
-    parser.add_argument("--recipe", default=str(RECIPES / "digits.yaml"), help="the pretraining recipe of every arm")
-    parser.add_argument("--eval-recipe", default=str(RECIPES / "eval.yaml"), help="the evaluation recipe (its fewshot options)")
+    # shipped names, not checkout paths: an installed wheel has no recipes/ beside the package
+    parser.add_argument("--recipe", default="demo/digits",
+                        help="the pretraining recipe of every arm (a file or a shipped name)")
+    parser.add_argument("--eval-recipe", default="demo/eval",
+                        help="the evaluation recipe, its fewshot options (a file or a shipped name)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="pretraining overrides for every arm, e.g. train.total_steps=150 (put them before "
                              "--targets, --rates and --seeds, which take every value after them)")
