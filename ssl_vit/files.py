@@ -91,6 +91,18 @@ def append_line(path: str | Path, line: str) -> None:
         _reraise(path, err)
 
 
+def append_bytes(path: str | Path, data: bytes) -> None:
+    """Append `data` to a binary record file (the samples record); a kill may leave a partial record at the end,
+    which its reader drops."""
+    path = Path(path)
+    try:
+        with open(path, "ab") as f:
+            f.write(data)
+            f.flush()
+    except OSError as err:
+        _reraise(path, err)
+
+
 def make_dir(path: str | Path, what: str = "directory") -> Path:
     """`mkdir -p path`, with a file in the way, no permission or a full disk as one line naming `what`."""
     path = Path(path)

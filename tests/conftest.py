@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,20 @@ from accelerate.state import AcceleratorState, GradientState
 from trainer_fixtures import REPO, SMOKE, smoke_overrides, write_pretrain_shards
 
 from ssl_vit import cli
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The member indexes and remote-shard copies (`SSL_VIT_CACHE_DIR`) of the whole session in its own folder,
+    inherited by the processes tests start: never the user's ~/.cache, never another session's."""
+    folder = tmp_path_factory.mktemp("ssl_vit_cache")
+    before = os.environ.get("SSL_VIT_CACHE_DIR")
+    os.environ["SSL_VIT_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("SSL_VIT_CACHE_DIR", None)
+    else:
+        os.environ["SSL_VIT_CACHE_DIR"] = before
 
 
 @contextlib.contextmanager

@@ -25,15 +25,15 @@ def as_version_1(path: Path) -> None:
     `split_keys`, fp16's scaler under `loss_scaler`; RNG states and `stream_positions` at the top of rng_rank0.pt."""
     state = torch.load(path / "state.pt", weights_only=True)
     feed, precision = state.pop("feed"), state.pop("precision")
-    state.update(version=1, stream={"segment": feed["segment"], "seed": 0})
+    state.update(version=1, stream={"segment": feed.get("segment", 0), "seed": 0})
     if "split_keys" in feed:
         state["split_keys"] = feed["split_keys"]
     if precision:
         state["loss_scaler"] = precision
     torch.save(state, path / "state.pt")
     rank = torch.load(path / "rng_rank0.pt", weights_only=True)
-    torch.save({**rank["rng"], "stream_positions": rank["feed"]["positions"],
-                "stream_next_worker": rank["feed"]["next_worker"]}, path / "rng_rank0.pt")
+    torch.save({**rank["rng"], "stream_positions": rank["feed"].get("positions", [5, 3]),
+                "stream_next_worker": rank["feed"].get("next_worker", 1)}, path / "rng_rank0.pt")
 
 
 def test_a_version_1_state_reads_as_today_s_components(tmp_path: Path):
@@ -62,8 +62,9 @@ def test_a_newer_format_is_refused_in_one_line(tmp_path: Path):
 @pytest.mark.timeout(240)
 def test_a_version_1_checkpoint_between_checkpoint_steps_resumes_exactly(pretrain_shards, tmp_path, pretrain, monkeypatch):
     """Stopped by SIGTERM at step 3 (between scheduled checkpoints, in fp16 calibration, 2 loader workers), the
-    checkpoint rewritten as version 1, then resumed: the stream fast-forwards to the saved positions, the loss scale
-    continues, and losses, scales and final weights equal the uninterrupted run's."""
+    checkpoint rewritten as version 1 (with the per-worker positions version 1 had), then resumed: the stream
+    opens at step 3 in the global order (the positions are not needed), the loss scale continues, and losses,
+    scales and final weights equal the uninterrupted run's."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert pretrain(pretrain_shards, whole, **RUN) == 0
     sigterm_at_step(monkeypatch, 3)
@@ -72,7 +73,7 @@ def test_a_version_1_checkpoint_between_checkpoint_steps_resumes_exactly(pretrai
     path = stopped / "checkpoints" / ckpt.checkpoint_name(3)
     saved = torch.load(path / "state.pt", weights_only=True)
     rank = torch.load(path / "rng_rank0.pt", weights_only=True)
-    assert saved["feed"]["segment"] == 0 and len(rank["feed"]["positions"]) == 2 and rank["feed"]["next_worker"] == 1
+    assert saved["feed"]["order"] == "global-1" and rank["feed"] == {}
     assert saved["precision"]["scale"] < 2.0 ** 24  # mid-calibration
 
     as_version_1(path)

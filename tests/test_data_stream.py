@@ -61,9 +61,9 @@ def test_train_batches_shapes_dtypes_and_labels(solid_dir: Path) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers", [0, 2])
-def test_train_stream_is_reproducible_and_segment_changes_it(solid_dir: Path, workers: int) -> None:
+def test_train_stream_is_reproducible_and_the_start_step_changes_it(solid_dir: Path, workers: int) -> None:
     def batches(**kw: int) -> list[dict]:
-        args = {"seed": 3, "segment": 0, **kw}
+        args = {"seed": 3, "start_step": 0, **kw}
         return take(build_train_stream(str(solid_dir), small(num_workers=workers), **args), 4)
 
     def same(a: list[dict], b: list[dict]) -> bool:
@@ -71,7 +71,8 @@ def test_train_stream_is_reproducible_and_segment_changes_it(solid_dir: Path, wo
 
     first = batches()
     assert same(first, batches())
-    assert not same(first, batches(segment=1))
+    assert not same(first, batches(start_step=1))
+    assert same(first[1:], batches(start_step=1)[:3])  # one micro-batch a step: step 2's batch, wherever it starts
     assert not same(first, batches(seed=4))
 
 
@@ -99,17 +100,20 @@ def test_zero_workers_reads_as_one_worker(solid_dir: Path) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_two_ranks_two_workers_three_shards_are_endless_and_disjoint(unique_dir: Path) -> None:
-    seen = {}
+def test_two_ranks_two_workers_three_shards_are_endless_and_each_epoch_is_a_permutation(unique_dir: Path) -> None:
+    by_position: dict[int, int] = {}
     for rank in (0, 1):
         options = TrainStreamOptions(num_workers=2, batch_size=4, image_size=8, shuffle_buffer=20)
         stream = build_train_stream(str(unique_dir), options, seed=0, rank=rank, world_size=2)
-        batches = take(stream, 30)  # 120 samples from a rank share of ~22: several epochs, nobody runs dry
+        batches = take(stream, 30)  # 240 positions of a 45-sample split: five epochs, nobody runs dry
         assert len(batches) == 30
-        seen[rank] = {label for b in batches for label in b["label"].tolist()}
-    # Readers 0, 1 (rank 0): even samples of shard 0, all of shard 1; readers 2, 3 (rank 1): shard 2, odd of shard 0.
-    assert seen[0] == set(range(0, 15, 2)) | set(range(15, 30))
-    assert seen[1] == set(range(30, 45)) | set(range(1, 15, 2))
+        for b in batches:
+            assert b["read"].all() and len(b["label"]) == 4
+            by_position.update(zip(b["positions"].tolist(), b["label"].tolist()))
+    assert sorted(by_position) == list(range(240))  # the two ranks' slices tile the global batches
+    for epoch in range(5):  # sample i carries label i: every epoch holds each sample exactly once
+        assert sorted(by_position[p] for p in range(45 * epoch, 45 * epoch + 45)) == list(range(45))
+    assert [by_position[p] for p in range(45)] != [by_position[p] for p in range(45, 90)]  # shuffled anew
 
 
 @pytest.mark.timeout(90)
@@ -162,8 +166,10 @@ def test_bad_samples_are_skipped_and_counted(tmp_path: Path) -> None:
     options = TrainStreamOptions(batch_size=38, image_size=8, num_workers=0, shuffle_buffer=0, max_bad_fraction=0.1)
     stream = build_train_stream(str(shards), options, seed=0)
     batches = take(stream, 3)
+    # stored order (no shuffle): positions 0..37, then 38..75 (epoch 2 from 40 on), 76..113; each holds both
     assert [int(b["skipped"]) for b in batches] == [2, 2, 2]
-    assert sorted(batches[0]["label"].tolist()) == [i for i in range(40) if i not in bad]
+    assert sorted(batches[0]["label"].tolist()) == [i for i in range(38) if i not in bad]  # left out, not replaced
+    assert [b["read"].tolist().count(False) for b in batches] == [2, 2, 2]
 
 
 @pytest.mark.timeout(60)
@@ -186,7 +192,7 @@ def test_all_bad_samples_stop_even_when_almost_any_fraction_is_allowed(tmp_path:
     options = TrainStreamOptions(batch_size=4, image_size=8, num_workers=0, shuffle_buffer=1000, max_bad_fraction=0.99)
     stream = build_train_stream(str(shards), options, seed=0)
     with pytest.raises(DataError, match=r"20 of 20 samples"):
-        take(stream, 1)
+        take(stream, 10)  # empty micro-batches until the evidence suffices
 
 
 def test_eval_refuses_a_bad_sample(tmp_path: Path) -> None:
@@ -217,11 +223,11 @@ def test_missing_shard_is_named_without_hanging(unique_dir: Path, tmp_path: Path
         list(build_eval_stream(f"pipe:cat {tmp_path}/gone.tar", batch_size=4, image_size=8, num_workers=0))
 
 
-def test_too_few_samples_for_the_readers(unique_dir: Path) -> None:
+def test_more_ranks_than_samples_still_read_their_slice(unique_dir: Path) -> None:
     one = ShardSet((str(resolve_spec(str(unique_dir)).urls[0]),), shard_lengths=None)
-    # 15 samples over 16 readers: reader 15 (rank 15) holds nothing.
-    with pytest.raises(DataError, match="rank 15 worker 0 found no samples"):
-        take(build_train_stream(one, small(num_workers=0), seed=0, rank=15, world_size=16), 1)
+    # 15 samples over 16 ranks: each rank reads its slice of every global batch of 16 (one sample wraps round)
+    batch = take(build_train_stream(one, small(num_workers=0, batch_size=1), seed=0, rank=15, world_size=16), 1)[0]
+    assert batch["positions"].tolist() == [15] and batch["read"].tolist() == [True] and len(batch["label"]) == 1
 
 
 @pytest.mark.timeout(60)
@@ -244,7 +250,7 @@ def test_invalid_arguments_are_config_errors(solid_dir: Path) -> None:
         build_train_stream(str(solid_dir), small(), seed=0, rank=2, world_size=2)
     with pytest.raises(ConfigError, match="data.crop_scale"):
         build_train_stream(str(solid_dir), small(crop_scale=(0.5, 0.2)), seed=0)
-    with pytest.raises(ConfigError, match="seed and segment must be >= 0"):
+    with pytest.raises(ConfigError, match="need seed >= 0, start_step >= 0 and accumulation >= 1"):
         build_train_stream(str(solid_dir), small(), seed=-1)
 
 
@@ -286,41 +292,3 @@ def test_tar_reader_matches_tarfile(tmp_path: Path, fmt: int) -> None:
         list(iter_members(io.BytesIO(raw[:148] + b"9" + raw[149:])))
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_fast_forwarded_stream_continues_exactly_where_the_consumed_batches_ended(tmp_path: Path, workers: int):
-    """Resume between checkpoints: skip each worker past the position of its last consumed batch, starting with the
-    worker whose turn is next; the batches that follow equal the uninterrupted stream's. The images have different
-    sizes (so the crop draws depend on the header), and one JPEG's header is fine but its data is cut (decoding
-    fails, yet it drew its crop and flip), one sample is not an image at all (no draws)."""
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(40):
-        size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
-        img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-        samples.append(Sample(f"s{i:05d}", encode(img), i, "jpg", size))
-    samples[7] = Sample("s00007", samples[7].data[: len(samples[7].data) // 2], 7, "jpg", samples[7].size)
-    samples[12] = Sample("s00012", b"not an image", 12, "jpg", (0, 0))
-    write_shards(tmp_path, samples, shard_size=10)
-    options = TrainStreamOptions(num_workers=workers, batch_size=3, image_size=8, shuffle_buffer=6,
-                                 max_bad_fraction=0.5)
-    whole = take(build_train_stream(str(tmp_path), options, seed=5, segment=3), 16)
-    assert all(b["worker"] == i % max(workers, 1) for i, b in enumerate(whole))
-    assert sum(int(b["skipped"]) for b in whole) >= 2  # both bad samples were met (more than an epoch is read)
-    for consumed in (5, 6):  # the next batch is worker 1's, then worker 0's (with 2 workers)
-        positions = [0] * max(workers, 1)
-        for b in whole[:consumed]:
-            positions[int(b["worker"])] = int(b["position"])
-        first = (int(whole[consumed - 1]["worker"]) + 1) % max(workers, 1)
-        resumed = build_train_stream(str(tmp_path), options, seed=5, segment=3, skip=positions, first_worker=first)
-        resumed = take(resumed, 16 - consumed)
-        for a, b in zip(whole[consumed:], resumed, strict=True):
-            assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-            assert (a["worker"], a["position"]) == (b["worker"], b["position"])
-
-
-def test_positions_for_another_number_of_workers_are_refused(solid_dir: Path) -> None:
-    from ssl_vit.data.stream import StreamLayoutChanged
-
-    with pytest.raises(StreamLayoutChanged, match="for 2 loader worker.* this stream has 1"):
-        build_train_stream(str(solid_dir), small(num_workers=0), seed=0, skip=[4, 4])

@@ -1,6 +1,7 @@
-"""DataFeed on its own, with a stream factory whose batches say where they come from: which segment each stream
-opens, where a resume fast-forwards to, what its state holds, and the one-line errors it raises. The trainer's
-structure that the feed, the precision and the session made possible is held here too."""
+"""DataFeed on its own, with a stream factory whose batches say which micro-batch they are: which step each stream
+opens at, the check that each batch is the one due, what its state holds, the samples record it feeds, and the
+one-line errors it raises. The trainer's structure that the feed, the precision and the session made possible is
+held here too."""
 from __future__ import annotations
 
 import inspect
@@ -11,42 +12,41 @@ import pytest
 import torch
 
 from ssl_vit.data.split_keys import part_record
-from ssl_vit.data.stream import StreamLayoutChanged
 from ssl_vit.errors import DataError
 from ssl_vit.train.agreement import HostAgreement
-from ssl_vit.train.feed import DataFeed
+from ssl_vit.train.feed import ORDER, DataFeed, batch_tensors
 from ssl_vit.train.trainer import Trainer
-
-WORKERS = 2
 
 
 class FakeStream:
-    """Batches taken from `WORKERS` loader workers in turn; worker w's k-th batch has position k + 1 and its
-    samples are numbered by (segment, worker, position). `skip` starts each worker after that many batches."""
+    """Micro-batches numbered from `start · accumulation` (the global order's numbering); the image is the number.
+    `swap` delivers two micro-batches out of turn (a loader that reordered them)."""
 
-    def __init__(self, opened: list, segment: int, skip: list[int] | None = None, first_worker: int = 0,
-                 fail_after: int | None = None, keys: dict[int, list] | None = None):
-        opened.append((segment, list(skip or []), first_worker))
-        self.segment, self.skip, self.first, self.fail_after, self.keys = segment, skip or [0] * WORKERS, first_worker, fail_after, keys or {}
+    def __init__(self, opened: list, start: int, accumulation: int = 1, fail_after: int | None = None,
+                 keys: dict[int, list] | None = None, swap: int | None = None):
+        opened.append(start)
+        self.start, self.accumulation, self.fail_after, self.keys, self.swap = start, accumulation, fail_after, keys or {}, swap
         self.closed = False
 
     def __iter__(self):
-        positions, worker, n = list(self.skip), self.first, 0
+        n = 0
         while True:
             if self.fail_after is not None and n == self.fail_after:
                 raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed.")
-            positions[worker] += 1
-            yield {"image": torch.full((1,), 1000 * self.segment + 10 * worker + positions[worker]),
-                   "label": torch.zeros(1), "worker": torch.tensor(worker), "workers": torch.tensor(WORKERS),
-                   "position": torch.tensor(positions[worker]), "part_keys": self.keys.get(n, [])}
-            worker, n = (worker + 1) % WORKERS, n + 1
+            micro = self.start * self.accumulation + n
+            if self.swap is not None and n in (self.swap, self.swap + 1):
+                micro += 1 if n == self.swap else -1
+            yield {"image": torch.full((1,), micro), "label": torch.zeros(1), "micro": torch.tensor(micro),
+                   "positions": torch.tensor([micro]), "hashes": torch.tensor([100 + micro]),
+                   "read": torch.tensor([True]), "part_keys": self.keys.get(n, [])}
+            n += 1
 
     def close(self) -> None:
         self.closed = True
 
 
 def factory(opened: list, **stream_options):
-    return lambda segment, skip=None, first_worker=0: FakeStream(opened, segment, skip, first_worker, **stream_options)
+    return lambda start: FakeStream(opened, start, **stream_options)
 
 
 def take(feed: DataFeed, n: int) -> list[int]:
@@ -54,60 +54,67 @@ def take(feed: DataFeed, n: int) -> list[int]:
     return [int(feed.next(agreement)[0]["image"]) for _ in range(n)]
 
 
-def test_a_feed_resumed_between_checkpoints_continues_with_the_next_unconsumed_batch():
+def test_a_resumed_feed_opens_at_its_step_and_needs_no_positions():
     opened: list = []
-    whole = DataFeed(factory(opened), batch_size=1)
-    whole.open(0)
-    reference = take(whole, 5)  # worker 0: 1, 2, 3; worker 1: 1, 2 → after 5 batches worker 1's turn
-    assert reference == [1, 11, 2, 12, 3]
-
-    first = DataFeed(factory(opened), batch_size=1)
-    first.open(0)
-    take(first, 3)
+    whole = DataFeed(factory(opened, accumulation=2), batch_size=1)
+    whole.open(0, accumulation=2)
+    reference = take(whole, 10)
+    assert reference == list(range(10))
+    first = DataFeed(factory(opened, accumulation=2), batch_size=1)
+    first.open(0, accumulation=2)
+    take(first, 6)  # three steps of two micro-batches
     state, rank_state = first.state_dict(), first.rank_state_dict()
-    assert state == {"segment": 0} and rank_state == {"positions": [2, 1], "next_worker": 1}
-    resumed = DataFeed(factory(opened), batch_size=1)
+    assert state == {"order": ORDER} and rank_state == {}
+    resumed = DataFeed(factory(opened, accumulation=2), batch_size=1)
     resumed.load_state_dict(state, rank_state, step=3)
-    assert resumed.open(3) is None
-    assert opened[-1] == (0, [2, 1], 1)  # segment 0 fast-forwarded, worker 1 first
-    assert take(resumed, 2) == reference[3:]
+    assert resumed.open(3, accumulation=2) is None
+    assert opened[-1] == 3 and take(resumed, 4) == reference[6:]
 
 
-def test_a_checkpoint_step_starts_a_new_segment_and_its_state_holds_no_positions():
+def test_a_checkpoint_from_before_the_global_order_resumes_in_it_with_a_note():
     opened: list = []
     feed = DataFeed(factory(opened), batch_size=1)
-    feed.open(0)
-    take(feed, 3)
-    stream = feed._stream
-    feed.new_segment(8)
-    assert stream.closed and feed.rank_state_dict() == {"positions": [], "next_worker": 0}
-    assert feed.state_dict() == {"segment": 8}
-    assert take(feed, 1) == [8001] and opened[-1] == (8, [], 0)  # opened on demand, at the segment's start
-    resumed = DataFeed(factory(opened), batch_size=1)
-    resumed.load_state_dict({"segment": 8}, {"positions": [], "next_worker": 0}, step=8)
-    resumed.open(8)
-    assert opened[-1] == (8, [], 0)
-
-
-def test_another_process_count_or_worker_count_restarts_the_stream_at_the_checkpoint_with_a_note():
-    opened: list = []
-    feed = DataFeed(factory(opened), batch_size=1)
-    feed.load_state_dict({"segment": 0}, None, step=3)  # another number of processes: no positions to trust
-    feed.open(3)
-    assert opened[-1] == (3, [], 0)
-
-    def layout_changed(segment, skip=None, first_worker=0):
-        if skip:
-            raise StreamLayoutChanged("the saved stream positions are for 3 loader worker(s) per process, this stream has 2")
-        return FakeStream(opened, segment)
-
-    feed = DataFeed(layout_changed, batch_size=1)
     feed.load_state_dict({"segment": 0}, {"positions": [1, 1, 1], "next_worker": 0}, step=3)
     note = feed.open(3)
-    assert note == ("the saved stream positions are for 3 loader worker(s) per process, this stream has 2: the stream "
-                    "restarts at step 3; the data order differs from here on")
-    assert opened[-1] == (3, [], 0) and take(feed, 1) == [3001]
-    assert feed.rank_state_dict() == {"positions": [1, 0], "next_worker": 1}  # the new stream's 2 workers
+    assert note.startswith("this checkpoint was written before ssl_vit read data in its global order: from step 4 on")
+    assert opened[-1] == 3 and take(feed, 1) == [3]
+
+
+def test_a_batch_out_of_turn_stops_instead_of_training_on_another_order():
+    feed = DataFeed(factory([], swap=2), batch_size=1)
+    feed.open(0)
+    assert take(feed, 2) == [0, 1]
+    with pytest.raises(RuntimeError, match=r"^the data loader delivered micro-batch 3 where 2 was due"):
+        take(feed, 1)
+
+
+def test_the_steps_done_go_to_the_recorder_with_their_micro_batches():
+    class Recorder:
+        def __init__(self):
+            self.rows, self.epoch_size = [], None
+
+        def begin(self, epoch_size):
+            self.epoch_size = epoch_size
+
+        def write(self, step, batches):
+            self.rows.append((step, [int(b["positions"][0]) for b in batches]))
+
+    recorder = Recorder()
+    feed = DataFeed(factory([], accumulation=2), batch_size=1, samples_per_epoch=40)
+    feed.open(5, accumulation=2, recorder=recorder)
+    take(feed, 2)
+    feed.step_done(6)
+    take(feed, 1)  # a step given up half-way (a stop while a loader was stuck) is never recorded
+    assert recorder.rows == [(6, [10, 11])] and recorder.epoch_size == 40
+
+
+def test_an_empty_micro_batch_becomes_a_zero_weight_stand_in():
+    empty = {"image": torch.zeros((0, 3, 8, 8), dtype=torch.uint8), "label": torch.zeros(0, dtype=torch.int64)}
+    images, labels, weight = batch_tensors(empty, torch.device("cpu"))
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 0] and weight == 0.0
+    full = {"image": torch.ones((3, 3, 8, 8), dtype=torch.uint8), "label": torch.arange(3)}
+    images, labels, weight = batch_tensors(full, torch.device("cpu"))
+    assert images.shape == (3, 3, 8, 8) and labels.tolist() == [0, 1, 2] and weight == 1.0
 
 
 def test_a_dead_loader_worker_is_one_line_naming_the_checkpoint_to_continue_from(tmp_path: Path):

@@ -14,6 +14,7 @@ import torch
 from shardgen import Sample, unique_samples, write_shards
 
 from ssl_vit.data import TrainStreamOptions, build_eval_stream, build_train_stream, resolve_spec
+from ssl_vit.data.split_keys import SplitKeyLedger
 from ssl_vit.errors import DataError
 from ssl_vit.eval.features import extract_features
 from ssl_vit.models import create_model
@@ -64,9 +65,22 @@ def test_a_repeated_key_names_both_shards(tmp_path: Path, across_shards: bool) -
     samples = unique_samples(8)
     samples[5 if across_shards else 3] = Sample("s00001", samples[1].data, 1)  # key s00001 again
     write_shards(tmp_path, samples, shard_size=4)
-    shard = r"train-00000[01]" if across_shards else r"train-000000"  # the train stream shuffles shard order
-    _both_streams_raise(tmp_path, rf"sample key 's00001' of shard .*{shard}\.tar was already read from shard "
-                                  rf".*{shard}\.tar")
+    if not across_shards:  # within a shard: its index refuses it, before any batch
+        _both_streams_raise(tmp_path, r"sample key 's00001' of shard .*train-000000\.tar was already read from shard "
+                                      r".*train-000000\.tar")
+        return
+    # across shards: the eval stream's reader sees both; the train stream hands both shards' keys to the trainer's
+    # ledger (tests/test_split_keys.py), which names both shards
+    with pytest.raises(DataError, match=r"sample key 's00001' of shard .*train-000001\.tar was already read from "
+                                        r"shard .*train-000000\.tar"):
+        list(build_eval_stream(str(tmp_path), batch_size=4, image_size=8, num_workers=0))
+    train = build_train_stream(str(tmp_path), TrainStreamOptions(batch_size=4, image_size=8, num_workers=0), seed=0)
+    try:
+        records = [r for batch in itertools.islice(iter(train), 4) for r in batch["part_keys"]]
+    finally:
+        train.close()
+    with pytest.raises(DataError, match=r"sample key 's00001' occurs twice in the split"):
+        SplitKeyLedger().add(records)
 
 
 def test_a_key_repeated_between_two_readers_is_caught_when_evaluation_gathers(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ OUT_OF_RANGE = [
     ("image_size", 0, "data.image_size", "an integer ≥ 1"),
     ("num_workers", -1, "data.num_workers", "an integer ≥ 0"),
     ("shuffle_buffer", -1, "data.shuffle_buffer", "an integer ≥ 0"),
+    ("remote_cache_gb", 0, "data.remote_cache_gb", "a number of GB > 0"),
     ("crop_scale", (0.0, 1.0), "data.crop_scale", "0 < min ≤ max ≤ 1"),
     ("crop_scale", (0.5, 1.01), "data.crop_scale", "0 < min ≤ max ≤ 1"),
     ("crop_scale", (0.6, 0.5), "data.crop_scale", "0 < min ≤ max ≤ 1"),
@@ -89,7 +90,7 @@ def test_the_recipe_defaults_are_the_options_defaults():
     defaults = TrainStreamOptions()
     for data in (DataConfig(), FinetuneData()):
         shared = [f.name for f in dataclasses.fields(TrainStreamOptions) if hasattr(data, f.name)]
-        assert len(shared) == 14  # all but pin_memory (the device's choice) and min_samples_for_bad_fraction
+        assert len(shared) == 15  # all but pin_memory (the device's choice) and min_samples_for_bad_fraction
         assert all(getattr(data, name) == getattr(defaults, name) for name in shared)
         assert data.stream_options() == defaults
     assert DataConfig().stream_options(pin_memory=True).pin_memory is True

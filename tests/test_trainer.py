@@ -64,14 +64,14 @@ def test_smoke_recipe_learns_and_logs_every_step(pretrain_shards: Path, tmp_path
     for step in (40, 80):
         path = run_dir / "checkpoints" / ckpt.checkpoint_name(step)
         state = torch.load(path / "state.pt", weights_only=True)
-        assert state["step"] == step and state["feed"]["segment"] == step and state["version"] == 2 and state["world_size"] == 1
+        assert state["step"] == step and state["feed"]["order"] == "global-1" and state["version"] == 2 and state["world_size"] == 1
         assert state["config"]["model"]["name"] == "vit_nano_patch4" and state["accumulation"] == 1
         assert "backbone.pos_embed" in state["model"] and "mask_token" in state["model"]
         assert state["optimizer"]["state"]["mask_token"]["step"].item() == step
         assert state["scheduler"]["last_epoch"] == step
         rank_state = torch.load(path / "rng_rank0.pt", weights_only=True)
         assert set(rank_state["rng"]) >= {"python", "numpy", "torch"}
-        assert rank_state["feed"] == {"positions": [], "next_worker": 0}  # a checkpoint step starts a segment
+        assert rank_state["feed"] == {}  # the global order: a step says where the data stand
 
 
 def inject_nan(monkeypatch, steps: set[int]) -> None:

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
         make_stream = train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
                                            world_size=accelerator.num_processes,
-                                           pin_memory=accelerator.device.type == "cuda")
+                                           global_batch=cfg.train.global_batch, pin_memory=accelerator.device.type == "cuda")
         trainer = Trainer(
             objective, DataFeed(make_stream, batch_size=cfg.data.batch_size, samples_per_epoch=shards.num_samples),
             accelerator=accelerator, train=cfg.train, optim=cfg.optim, total_steps=steps,

@@ -66,7 +66,7 @@ class DataConfig:
     image_size: int = _STREAM.image_size  # side of the square training crops, in pixels
     batch_size: int = _STREAM.batch_size  # per device, per micro-batch
     num_workers: int = _STREAM.num_workers  # loader processes per device
-    shuffle_buffer: int = _STREAM.shuffle_buffer  # samples each loader worker shuffles among
+    shuffle_buffer: int = _STREAM.shuffle_buffer  # samples shuffled together: the order shuffles windows of whole shards holding at least this many (0 or 1: the stored order)
     crop_scale: tuple[float, float] = _STREAM.crop_scale  # random-resized crop: min, max area (fraction of the image)
     crop_ratio: tuple[float, float] = _STREAM.crop_ratio  # random-resized crop: min, max aspect ratio
     hflip: bool = _STREAM.hflip  # flip half the images left-right
@@ -76,6 +76,7 @@ class DataConfig:
     check_unique_keys: bool = _STREAM.check_unique_keys  # stop when a key occurs twice in the split (16 B/sample, main process)
     remote_min_rate: float = _STREAM.remote_min_rate  # http(s) shards: bytes/s an attempt must average over remote_rate_window_s of waiting (0: no minimum), or it is retried
     remote_rate_window_s: float = _STREAM.remote_rate_window_s  # seconds of waiting the minimum rate is averaged over
+    remote_cache_gb: float = _STREAM.remote_cache_gb  # GB of remote shards each node keeps local copies of (at least one shuffle window of shards)
     remote_shard_deadline_s: float | None = _STREAM.remote_shard_deadline_s  # seconds of waiting an http(s) shard may take over all its attempts (null: 15 min more than its bytes take at the minimum rate)
 
     def stream_options(self, pin_memory: bool = False) -> TrainStreamOptions:
@@ -124,6 +125,7 @@ class TrainConfig:
     log_every: int = 50  # steps between metrics.jsonl records
     checkpoint_every: int = 1000  # steps between checkpoints
     keep_last: int = 3  # checkpoints kept; older ones are deleted
+    record_samples: bool = False  # write the key of every sample each step trained on (RUN/samples/, 16 B a sample): `ssl-vit samples RUN` checks it
     max_nonfinite: int = 5  # non-finite losses in a row before the run stops
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers, e.g. [tensorboard]
     project: str = "ssl_vit"  # W&B project, MLflow experiment, TensorBoard folder (in the run directory)

@@ -73,10 +73,14 @@ class SamplePromises:
             if hashes is not None:
                 hashes.append(hashed)
             if self.num_classes is not None:
-                self._check_label(sample, key, url)
+                self.check_label(sample)
             yield sample
 
-    def _check_label(self, sample: dict, key: str, url: str) -> None:
+    def check_label(self, sample: dict) -> None:
+        """A label outside the split's class list (or no number at all) is a broken promise of `_info.json`."""
+        if self.num_classes is None:
+            return
+        key, url = sample["__key__"], sample["__url__"]
         try:
             label = parse_label(sample.get("cls"))
         except ValueError as err:

@@ -1,6 +1,7 @@
 """The stages of the train and eval pipelines, each a generator over the previous one's output.
 
-raw samples (shards.read_shard) → shuffled → train_items / eval_items (decode + crop) → *_batches.
+train: one sample at a time (`train_reader.py` reads it at its place in the order) → train_crop;
+eval: raw samples (shards.read_shard) → eval_items (decode + centre crop) → eval_batches.
 All randomness comes from the `numpy.random.Generator`s passed in, never from global state.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ from .decode import decode_box, decode_crop, read_header
 from .promises import parse_label
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-TrainItem = tuple[np.ndarray, int, int]  # (S, S, 3) uint8 pixels, label, position in the stage's input
 EvalItem = tuple[np.ndarray, int, str]  # (S, S, 3) uint8 pixels, label, key
 
 
@@ -77,12 +77,21 @@ class BadSampleTally:
         if self.too_many(self.bad, self.seen):  # evidence only grows with a bad sample: judge only then
             self._stop()
 
-    def lost_shard(self, url: str, missing: int, error: Exception) -> None:
-        """A shard skipped for this epoch (`shard_errors="skip"`): its `missing` unread samples are reported in
-        `skipped`, and a warning names it; they do not count as bad images."""
-        self.unreported += missing
-        print(f"warning: {self.reader} skips the rest of shard {url} this epoch ({missing} samples): {error}",
-              file=sys.stderr, flush=True)
+    def lost_shard(self, url: str, samples: int, error: Exception) -> None:
+        """A shard skipped for the rest of this epoch (`shard_errors="skip"`): a warning names it. Each of its
+        samples this reader was to read is then `missed`; they do not count as bad images."""
+        print(f"warning: {self.reader} skips shard {url} for the rest of this epoch (it holds {samples} samples; "
+              f"those due are missed, not replaced): {error}", file=sys.stderr, flush=True)
+
+    def missed(self) -> None:
+        """A sample due in a batch that could not be read (its shard is skipped): reported in `skipped`."""
+        self.unreported += 1
+
+    def describe(self) -> str:
+        """What this reader has skipped so far, per shard (for an error that needs the context)."""
+        bad = "; ".join(f"{url}: {b} of {n} bad (first: {key!r}, {err})"
+                        for url, (n, b, key, err) in self.per_shard.items() if b)
+        return bad or "its samples lie in shards skipped this epoch (data.shard_errors: skip)"
 
     def take_unreported(self) -> int:
         n, self.unreported = self.unreported, 0
@@ -113,65 +122,16 @@ class BadSampleTally:
         )
 
 
-def shuffled(samples: Iterable[dict], bufsize: int, rng: np.random.Generator) -> Iterator[dict]:
-    """Reservoir-style shuffle: each new sample replaces a random one of `bufsize` held, which is yielded.
-
-    Holds encoded samples (before decode): an ImageNet JPEG is ~110 KB, about a fifth of its decoded pixels,
-    so a buffer of 1000 costs a worker ~110 MB.
-    """
-    if bufsize <= 1:
-        yield from samples
-        return
-    buffer: list[dict] = []
-    for sample in samples:
-        if len(buffer) < bufsize:
-            buffer.append(sample)
-            continue
-        i = int(rng.integers(len(buffer)))
-        yield buffer[i]
-        buffer[i] = sample
-    for i in rng.permutation(len(buffer)):
-        yield buffer[i]
-
-
-def train_items(
-    samples: Iterable[dict],
-    *,
-    rng: np.random.Generator,
-    image_size: int,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-    hflip: bool,
-    tally: BadSampleTally,
-    max_pixels: int | None = None,
-    skip: int = 0,
-) -> Iterator[TrainItem]:
-    """Random-resized crop (+ flip) of each sample; unreadable samples are skipped and tallied.
-
-    Each item carries its position: how many samples this stage has taken from `samples` so far. The random
-    numbers of a sample are drawn from its header's size alone (crop box, then flip), before decoding, so the
-    first `skip` samples are fast-forwarded: read and drawn for, never decoded (and not tallied again: the run
-    that consumed them counted them).
-    """
-    for position, sample in enumerate(samples, start=1):
-        try:
-            data, label = image_and_label(sample)
-            header = read_header(data, max_pixels)
-        except Exception as exc:  # noqa: BLE001 - not an image at all: a bad sample, without random draws
-            if position > skip:
-                tally.skip(sample["__url__"], sample["__key__"], exc)
-            continue
-        box = random_resized_crop(header.width, header.height, rng, scale, ratio)
-        flip = hflip and rng.random() < 0.5
-        if position <= skip:
-            continue
-        try:
-            pixels = decode_box(data, box, image_size, header)
-        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad sample, counted and reported
-            tally.skip(sample["__url__"], sample["__key__"], exc)
-            continue
-        tally.good(sample["__url__"])
-        yield (pixels[:, ::-1] if flip else pixels), label, position  # (S, S, 3), mirrored left-right on a flip
+def train_crop(sample: dict, rng: np.random.Generator, *, image_size: int, scale: tuple[float, float],
+               ratio: tuple[float, float], hflip: bool, max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """Random-resized crop (+ flip) of one sample: ((S, S, 3) uint8 pixels, label). Raises on an unreadable
+    image (the caller counts it). The crop box is drawn from the header's size alone, then the flip."""
+    data, label = image_and_label(sample)
+    header = read_header(data, max_pixels)
+    box = random_resized_crop(header.width, header.height, rng, scale, ratio)
+    flip = hflip and rng.random() < 0.5
+    pixels = decode_box(data, box, image_size, header)
+    return (pixels[:, ::-1] if flip else pixels), label  # (S, S, 3), mirrored left-right on a flip
 
 
 def eval_items(
@@ -190,40 +150,18 @@ def eval_items(
         yield pixels, label, sample["__key__"]
 
 
-def _stack(pixels: list[np.ndarray], size: int) -> torch.Tensor:
+def stack_images(pixels: list[np.ndarray], size: int) -> torch.Tensor:
     images = np.empty((len(pixels), 3, size, size), dtype=np.uint8)  # (B, 3, S, S)
     for i, p in enumerate(pixels):
         images[i] = p.transpose(2, 0, 1)  # (S, S, 3) -> (3, S, S)
     return torch.from_numpy(images)
 
 
-def train_batches(
-    items: Iterator[TrainItem], batch_size: int, image_size: int, tally: BadSampleTally,
-    worker: int = 0, workers: int = 1, parts_read: list[dict] | None = None,
-) -> Iterator[dict]:
-    """Full batches only; `skipped` = samples this reader skipped since its previous batch; `worker` (of
-    `workers` per rank) and `position` (its last item's) say where in which stream the batch ends, so a
-    resume can fast-forward there exactly; `part_keys` = the records `parts_read` gained since the previous batch
-    (the key hashes of shard parts read to their end: `split_keys.py`)."""
-    parts_read = [] if parts_read is None else parts_read
-    while len(group := list(islice(items, batch_size))) == batch_size:
-        records, parts_read[:] = list(parts_read), []
-        yield {
-            "part_keys": records,
-            "image": _stack([p for p, _, _ in group], image_size),
-            "label": torch.tensor([label for _, label, _ in group], dtype=torch.int64),
-            "skipped": torch.tensor(tally.take_unreported(), dtype=torch.int64),
-            "worker": torch.tensor(worker, dtype=torch.int64),
-            "workers": torch.tensor(workers, dtype=torch.int64),
-            "position": torch.tensor(group[-1][2], dtype=torch.int64),
-        }
-
-
 def eval_batches(items: Iterator[EvalItem], batch_size: int, image_size: int) -> Iterator[dict]:
     """Batches of up to `batch_size`; the last one of each reader may be smaller."""
     while group := list(islice(items, batch_size)):
         yield {
-            "image": _stack([p for p, _, _ in group], image_size),
+            "image": stack_images([p for p, _, _ in group], image_size),
             "label": torch.tensor([label for _, label, _ in group], dtype=torch.int64),
             "key": [key for _, _, key in group],
         }

@@ -2,7 +2,7 @@
 
     stream = build_train_stream("/data/in1k:train", TrainStreamOptions(batch_size=256, image_size=224), seed=0,
                                 rank=accelerator.process_index, world_size=accelerator.num_processes,
-                                segment=step)
+                                start_step=step, accumulation=accumulation)
     for batch in stream:            # {"image": uint8 (B, 3, S, S), "label": int64 (B,), "skipped": int64 (), …}
         images = batch["image"].to(accelerator.device, non_blocking=True)
         ...
@@ -12,22 +12,23 @@ Do NOT pass these streams (or their DataLoaders) through `accelerator.prepare()`
 shards between ranks and workers (`split.reader_parts`); prepare() would shard or dispatch them a second
 time. Move batches to the device yourself; scale and normalise them there (`normalize.normalize_uint8`).
 
-Train stream: endless. Each reader (rank, worker) reads its own shards, in a fresh shuffled order every
-epoch, through a shuffle buffer, then decodes with a random-resized crop and flip. Its random numbers come
-from `numpy.random.SeedSequence([seed, rank, worker, segment])`, never from global state, so building the
-stream twice with the same arguments yields the same batches (the options — batch size, crops, workers… — are
-one `TrainStreamOptions`, checked when built: `stream_options.py`); the trainer passes `segment=step` when it
-(re)builds the streams at a checkpoint, so a resumed run continues with exactly the batches the original run
-would have seen after that checkpoint, without replaying anything. `num_workers=0` reads as one worker
-(worker 0): it yields the same batches as `num_workers=1`. Every rank runs `steps_per_epoch(...)` steps per
-epoch (ceil), whatever its shard count; the stream never runs dry. Each batch also carries `part_keys`: the
-key hashes of the shard parts its reader has read to their end since its previous batch (`split_keys.py`), for
-the trainer's check that no key occurs twice in the split (`check_unique_keys=False`: always empty).
+Train stream: endless, in the global order (`global_order.py`): global step s trains on positions
+[s·G, (s+1)·G) of a seeded order of the split (G = the global batch), a function of (seed, epoch, position)
+alone, so any number of processes, micro-batch size, accumulation or loader workers trains on the same
+samples in the same global batches, and a resume on any shape starts at a global position with nothing
+skipped or repeated. Each rank reads only its own slice of each step, sample by sample at its offset
+(`member_index.py`: each shard's index is built once and cached; remote shards are copied whole into a
+node cache, `remote_copy.py`), and crops each sample with random numbers drawn from its place in the
+order (`train_reader.py`). `num_workers=0` reads in the calling process and yields the same batches as any
+number of workers. Each batch also carries `micro`, `positions`, `hashes` and `read` (what the trainer checks
+and, on request, records: `train.record_samples`) and `part_keys`: the key hashes of shards a worker indexed,
+for the trainer's check that no key occurs twice in the split (`split_keys.py`).
 
 Eval stream: finite, deterministic (centre crop of crop_pct, no flip), every sample exactly once across all
 ranks and workers. Ranks may get different numbers of samples: gather with padding.
 
-Broken data: an undecodable sample is skipped, counted per shard, and reported in the next batch's `skipped`;
+Broken data: an undecodable sample is left out of its batch (never replaced), counted per shard, and reported
+in the batch's `skipped`;
 when the evidence shows a worker's bad fraction above `max_bad_fraction` (a one-sided binomial bound, see
 `stages.BadSampleTally`; or when all of `min_samples_for_bad_fraction` samples were bad) the train stream
 raises `DataError` naming the shards. The eval stream raises at the first undecodable sample. Decoding is
@@ -44,7 +45,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import ImageFile
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -55,18 +55,15 @@ from ssl_vit.errors import ConfigError, DataError
 from . import loader_workers
 from .promises import SamplePromises
 from .remote import RetryPolicy
-from .split_keys import part_record
-from .shards import ShardUnreadable, read_shard
+from .shards import read_shard
 from .spec import ShardSet, resolve_spec
 from .split import Holdout, ShardPart, reader_parts
-from .stages import BadSampleTally, eval_batches, eval_items, shuffled, train_batches, train_items
+from .shard_access import ShardAccess
+from .stages import eval_batches, eval_items
 from .stream_options import TrainStreamOptions
+from .train_reader import TrainPlace, TrainReader
 
 Shards = ShardSet | str | Sequence[str]
-
-
-class StreamLayoutChanged(ConfigError):
-    """Saved stream positions do not fit this stream (another number of loader workers)."""
 
 
 def steps_per_epoch(num_samples: int | None, global_batch: int) -> int:
@@ -155,38 +152,32 @@ def build_train_stream(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    segment: int = 0,
+    start_step: int = 0,
+    accumulation: int = 1,
     split: str | None = None,
     holdout: Holdout | None = None,
-    skip: Sequence[int] = (),
-    first_worker: int = 0,
 ) -> Stream:
     """The endless training stream of `shards` (a ShardSet or a data spec; `split` for a directory spec), read
     and augmented as `options` says (checked when they were built: `stream_options.py`). The other arguments
-    say which stream this is: `seed`, this `rank` of `world_size`, the `segment` (the trainer's checkpoint
-    step); `holdout` keeps only the samples it keeps (`split.Holdout`).
-
-    `skip[w]`: fast-forward worker w's stream past that many samples (the `position` of the last batch a run
-    consumed from it), for a resume between the segment's checkpoints; one entry per worker, or none.
-    `first_worker`: the worker whose batch comes first (the loader takes batches from its workers in turn, so a
-    resume continues the turn where the consumed batches left it).
-    """
+    say which stream this is: `seed`, this `rank` of `world_size`, the `start_step` whose successor it begins
+    at, and the `accumulation` steps of each step (global batch = options.batch_size × world_size ×
+    accumulation); `holdout` keeps only the samples it keeps (`split.Holdout`). Which samples each step trains
+    on does not depend on `world_size`, the batch size or the loader workers (`global_order.py`)."""
     if not isinstance(options, TrainStreamOptions):
         raise TypeError(f"options must be a TrainStreamOptions, got {type(options).__name__}")
     _check_rank(rank, world_size)
-    workers = max(options.num_workers, 1)
-    if skip and (len(skip) != workers or min(skip) < 0 or not 0 <= first_worker < len(skip)):
-        raise StreamLayoutChanged(
-            f"the saved stream positions are for {len(skip)} loader worker(s) per process, this stream has {workers}"
-        )
-    if seed < 0 or segment < 0:
-        raise ConfigError(f"seed and segment must be >= 0, got {seed}, {segment}")
+    if seed < 0 or start_step < 0 or accumulation < 1:
+        raise ConfigError(f"need seed >= 0, start_step >= 0 and accumulation >= 1, got {seed}, {start_step}, "
+                          f"{accumulation}")
     _check_pillow()
     resolved = resolve_spec(shards, split)
-    place = _TrainPlace(seed=seed, rank=rank, world_size=world_size, segment=segment, holdout=holdout,
-                        skip=tuple(int(n) for n in skip), first_worker=first_worker)
-    dataset = _TrainDataset(resolved, options, place)
-    return Stream(dataset, resolved, num_workers=options.num_workers, pin_memory=options.pin_memory)
+    counts = ShardAccess(resolved, holdout=holdout, policy=options.remote_policy(),
+                         remote_cache_bytes=int(options.remote_cache_gb * 1e9)).counts()
+    place = TrainPlace(seed=seed, rank=rank, world_size=world_size, start_step=start_step, accumulation=accumulation)
+    dataset = TrainReader(resolved, options, place, holdout, counts)
+    stream = Stream(dataset, resolved, num_workers=options.num_workers, pin_memory=options.pin_memory)
+    stream.samples_per_epoch = sum(counts)
+    return stream
 
 
 def build_eval_stream(
@@ -270,19 +261,6 @@ def _reported(batches: Iterator[dict]) -> Iterator[dict]:
         yield {"error": str(exc)}
 
 
-@dataclass(frozen=True)
-class _TrainPlace:
-    """Which train stream this is and where it resumes: what `build_train_stream` takes beside the options."""
-
-    seed: int
-    rank: int
-    world_size: int
-    segment: int
-    holdout: Holdout | None
-    skip: tuple[int, ...]
-    first_worker: int
-
-
 class _ShardReader(IterableDataset):
     """One reader per (rank, worker): which parts of which shards it reads is decided here, exactly once."""
 
@@ -291,77 +269,10 @@ class _ShardReader(IterableDataset):
         self.rank = rank
         self.world_size = world_size
 
-    def _parts(self, first_worker: int = 0) -> tuple[int, list[ShardPart]]:
-        """(this worker's index, the shard parts of reader rank·workers + worker among world·workers).
-
-        The loader's worker i reads as worker (i + first_worker) % workers."""
+    def _parts(self) -> tuple[int, list[ShardPart]]:
+        """(this worker's index, the shard parts of reader rank·workers + worker among world·workers)."""
         worker, workers = _worker()
-        worker = (worker + first_worker) % workers
         return worker, reader_parts(len(self.shards.urls), self.world_size * workers, self.rank * workers + worker)
-
-
-class _TrainDataset(_ShardReader):
-    def __init__(self, shards: ShardSet, options: TrainStreamOptions, place: _TrainPlace) -> None:
-        super().__init__(shards, place.rank, place.world_size)
-        self.o = options
-        self.place = place
-
-    def _part_length(self, part: ShardPart) -> int:
-        """Samples in `part` by `_info.json` (0 when unknown)."""
-        lengths = self.shards.shard_lengths
-        return len(range(part.offset, lengths[part.shard], part.stride)) if lengths is not None else 0
-
-    def __iter__(self) -> Iterator[dict]:
-        o, at = self.o, self.place
-        worker, parts = self._parts(at.first_worker)
-        seeds = np.random.SeedSequence([at.seed, at.rank, worker, at.segment]).spawn(3)
-        order_rng, buffer_rng, crop_rng = (np.random.default_rng(s) for s in seeds)
-        reader = f"rank {at.rank} worker {worker}"
-        tally = BadSampleTally(o.max_bad_fraction, o.min_samples_for_bad_fraction, reader)
-        parts_read: list[dict] = []  # `part_record`s not yet handed on in a batch
-        raw = shuffled(self._epochs(parts, order_rng, reader, tally, parts_read), o.shuffle_buffer, buffer_rng)
-        items = train_items(
-            raw, rng=crop_rng, image_size=o.image_size, scale=o.crop_scale, ratio=o.crop_ratio, hflip=o.hflip,
-            tally=tally, max_pixels=o.max_pixels,
-            skip=at.skip[worker] if at.skip else 0,
-        )
-        return _reported(train_batches(items, o.batch_size, o.image_size, tally, worker, _worker()[1], parts_read))
-
-    def _epochs(
-        self, parts: list[ShardPart], rng: np.random.Generator, reader: str, tally: BadSampleTally,
-        parts_read: list[dict],
-    ) -> Iterator[dict]:
-        """Endless: every epoch reads all of this reader's shard parts, in a fresh random order; each part read to
-        its end adds its keys' record to `parts_read` (when the stream records keys)."""
-        promises = SamplePromises(self.shards.class_names)
-        remote = self.o.remote_policy()
-        while True:
-            count = 0
-            promises.new_epoch()
-            for i in rng.permutation(len(parts)):
-                read = 0
-                hashes: list[int] | None = [] if self.o.check_unique_keys else None
-                try:
-                    for sample in _read(self.shards, parts[i], promises, self.o.max_pixels, hashes, remote):
-                        read += 1
-                        if self.place.holdout is None or self.place.holdout.keeps(sample["__key__"]):
-                            count += 1
-                            yield sample
-                except ShardUnreadable as err:
-                    if self.o.shard_errors == "stop":
-                        raise
-                    missing = max(0, self._part_length(parts[i]) - read)
-                    tally.lost_shard(self.shards.urls[parts[i].shard], missing, err)
-                    continue
-                if hashes is not None:
-                    parts_read.append(part_record(self.shards.urls[parts[i].shard], parts[i].offset, parts[i].stride,
-                                                  hashes))
-            if count == 0:
-                urls = ", ".join(self.shards.urls[p.shard] for p in parts)
-                raise DataError(
-                    f"{reader} found no samples in its part of {urls}: the shards hold fewer samples than "
-                    "ranks × workers; use fewer workers"
-                )
 
 
 @dataclass(frozen=True)

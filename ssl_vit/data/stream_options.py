@@ -45,7 +45,8 @@ class TrainStreamOptions:
     batch_size: int = 64  # samples per batch, ≥ 1 (per device, per micro-batch)
     image_size: int = 224  # side of the square crops in pixels, ≥ 1
     num_workers: int = 8  # loader processes, ≥ 0 (0: the calling process reads, as one worker)
-    shuffle_buffer: int = 10_000  # encoded samples each worker shuffles among, ≥ 0 (0 or 1: no shuffle)
+    shuffle_buffer: int = 10_000  # samples shuffled together, ≥ 0: the order shuffles windows of whole shards that
+    # hold at least this many (`global_order.py`); 0 or 1: the stored order, no shuffle
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized crop area fraction: 0 < min ≤ max ≤ 1
     crop_ratio: tuple[float, float] = (0.75, 4.0 / 3.0)  # random-resized crop aspect ratio: 0 < min ≤ max
     hflip: bool = True  # flip half the crops left-right
@@ -56,6 +57,8 @@ class TrainStreamOptions:
     remote_min_rate: float = _REMOTE.min_rate  # http(s) shards: bytes/s each attempt must average over every
     # remote_rate_window_s of waiting, ≥ 0 (0: no minimum); slower attempts fail and are retried
     remote_rate_window_s: float = _REMOTE.rate_window  # seconds of waiting the minimum rate is averaged over, > 0
+    remote_cache_gb: float = 50.0  # GB of remote shards each node keeps copies of (`remote_copy.py`), > 0; at
+    # least one shuffle window of shards, or copies are fetched again
     remote_shard_deadline_s: float | None = _REMOTE.deadline  # seconds of waiting one http(s) shard may take
     # over all its attempts, > 0; null: 15 minutes more than its bytes take at the minimum rate
     min_samples_for_bad_fraction: int = 20  # a reader whose first this-many samples are all bad stops, ≥ 1
@@ -87,6 +90,8 @@ class TrainStreamOptions:
             self._refuse("remote_min_rate", f"must be a number of bytes/s ≥ 0, got {self.remote_min_rate!r}")
         if not _is_number(self.remote_rate_window_s) or self.remote_rate_window_s <= 0:
             self._refuse("remote_rate_window_s", f"must be a number of seconds > 0, got {self.remote_rate_window_s!r}")
+        if not _is_number(self.remote_cache_gb) or self.remote_cache_gb <= 0:
+            self._refuse("remote_cache_gb", f"must be a number of GB > 0, got {self.remote_cache_gb!r}")
         deadline = self.remote_shard_deadline_s
         if deadline is not None and (not _is_number(deadline) or deadline <= 0):
             self._refuse("remote_shard_deadline_s", f"must be a number of seconds > 0 or null, got {deadline!r}")

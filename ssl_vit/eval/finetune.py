@@ -56,7 +56,7 @@ def finetune(ctx: EvalContext, cfg: FinetuneConfig, resume: str | None = "auto")
     objective = ImageClassification(backbone, num_classes, **cfg.objective)
     d = cfg.data
     make_stream = train_stream_factory(train_shards, d, seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size,
-                                       holdout=None if holdout is None else Holdout(holdout.fraction, held=False))
+                                       global_batch=cfg.train.global_batch, holdout=None if holdout is None else Holdout(holdout.fraction, held=False))
 
     scores: dict[int, float] = {}  # step -> holdout top-1
     selected = run_dir / "selected.pt"

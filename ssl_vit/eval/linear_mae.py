@@ -39,7 +39,7 @@ def mae_linear_probe(
 ) -> dict[str, float]:
     from ssl_vit.data.stream import TrainStreamOptions, build_train_stream, steps_per_epoch
     from ssl_vit.train.agreement import HostAgreement
-    from ssl_vit.train.feed import DataFeed
+    from ssl_vit.train.feed import DataFeed, batch_tensors
 
     pool = pool or ctx.pool
     layers = ctx.layers if layers is None else layers
@@ -69,8 +69,8 @@ def mae_linear_probe(
     options = TrainStreamOptions(batch_size=batch_size, image_size=size, num_workers=ctx.data.num_workers,
                                  shuffle_buffer=1000, max_bad_fraction=0.05)  # what it has always read with
     # The trainer's feed: a stream failure on one rank stops every rank, and every key is checked once in the split.
-    feed = DataFeed(lambda segment: build_train_stream(shards, options, seed=ctx.seed, rank=ctx.rank,
-                                                       world_size=ctx.world_size, segment=segment),
+    feed = DataFeed(lambda start: build_train_stream(shards, options, seed=ctx.seed, rank=ctx.rank,
+                                                     world_size=ctx.world_size, start_step=start),
                     batch_size=batch_size)
     agreement = HostAgreement()
     losses: list[torch.Tensor] = []
@@ -79,9 +79,9 @@ def mae_linear_probe(
         feed.open(0)
         for _ in range(total):
             batch, _ = feed.next(agreement)
-            images = batch["image"].to(ctx.device, non_blocking=True)
+            images, labels, weight = batch_tensors(batch, ctx.device)  # weight 0: an empty micro-batch's stand-in
             feats = embed_images(backbone, images, pool, layers)  # (B, D) under no_grad: the backbone stays frozen
-            loss = F.cross_entropy(model(feats), batch["label"].to(ctx.device))
+            loss = F.cross_entropy(model(feats), labels) * weight
             optimizer.zero_grad(set_to_none=True)
             loss.backward() if accelerator is None else accelerator.backward(loss)
             optimizer.step()

@@ -1,28 +1,27 @@
-"""The trainer's data: which stream is open, where its loader workers stand, and every key read so far.
+"""The trainer's data: which stream is open, that its batches are the ones due, and every key read so far.
 
     feed = DataFeed(make_stream, batch_size=cfg.data.batch_size, samples_per_epoch=shards.num_samples)
-    feed.open(start, last_checkpoint)           # where the uninterrupted run was at step `start`
+    feed.open(start, last_checkpoint, accumulation=2, recorder=None)  # the batches after step `start`
     batch, stopping = feed.next(agreement, stop)  # once every rank has its micro-batch
-    feed.new_segment(step)                      # at a checkpoint step: the segment a resumed run opens
+    feed.step_done(step)                        # the step's samples into the record (`train.record_samples`)
     feed.check_keys(agreement)                  # at a checkpoint, before it is written (collective)
     feed.state_dict(), feed.rank_state_dict()   # into the checkpoint; load_state_dict() back
     feed.close()
 
-`make_stream(segment[, skip, first_worker])` is an endless iterable of uint8 batches that is a pure function of
-its segment (`wiring.train_stream_factory`). Exact resumption rests on it: at every checkpoint step the feed
-closes its stream and opens the segment that starts at that step, so a run resumed there draws the same
-batches. A checkpoint taken on a signal between checkpoint steps is exact too: batches say which loader worker
-made them and how far into its stream they end (`worker`, `workers`, `position`); the feed keeps, per worker, the
-position of the last batch consumed, and a resume fast-forwards every worker's stream to it (reading bytes and
-drawing the skipped samples' random numbers, without decoding them). Batches the loader had prefetched but the
-trainer never consumed are simply drawn again. A resume with another number of loader workers cannot
-fast-forward (`StreamLayoutChanged`): its stream restarts at the checkpoint's step, with a note.
+`make_stream(start)` is an endless iterable of uint8 batches: the micro-batches of every step after `start`
+(`wiring.train_stream_factory`). Which samples a step trains on is a function of the step alone
+(`data/global_order.py`), so a run resumed from a checkpoint of any step, on any number of processes, with any
+micro-batch or loader workers, opens the stream at that step and trains on exactly the samples the
+uninterrupted run would have: no fast-forward and no per-worker positions to save. Batches say which
+micro-batch they are (`micro`), and the feed checks that each is the one due: a loader that delivered batches
+out of turn would otherwise train on a silently different order.
 
-Every key once in the split. A batch may carry `part_keys`: the key hashes of the shard parts its loader worker
-has read to their end (`data/split_keys.py`). At every checkpoint the ranks send theirs to the main process,
-whose ledger holds one entry per sample of the split; a key at two samples (in two readers' shards, which
-neither reader alone can see) stops every rank with one line naming the key and both shards. The ledger is saved
-in the checkpoint, so a resumed run goes on checking against every sample read before.
+Every key once in the split. A batch may carry `part_keys`: the key hashes of the shards its loader worker
+indexed (`split_keys.part_record`). At every checkpoint the ranks send theirs to the main process, whose ledger
+holds one entry per sample of the split; a key at two samples (in two shards) stops every rank with one line
+naming the key and both shards. The ledger is saved in the checkpoint, so a resumed run goes on checking against
+every sample seen before. A key record says how many samples each shard holds, so once every shard has been
+indexed, the split's real size is checked against the count the data spec gives (`promises.SplitCount`).
 
 A stream that fails on one rank only (a corrupt shard that only it reads) stops every rank with that rank's
 error, shared before the micro-batch's collectives (`next`), instead of leaving the others waiting in DDP's
@@ -32,8 +31,6 @@ A stop request is honoured even while a read is blocked: the wait for a batch lo
 and a batch that has not come `GRACE_S` after it is given up. The ranks agree on that too (a rank without its
 batch makes every rank raise `StoppedWaiting` at the same micro-batch); the stuck loader workers are killed,
 and a remote read in this process is interrupted (`remote.interrupt_reads`).
-A key record says how many samples each shard part holds, so once every part of the split has been read, the
-split's real size is checked against the count the data spec gives (`promises.SplitCount`).
 """
 from __future__ import annotations
 
@@ -47,13 +44,14 @@ import torch.distributed as dist
 from ..data.promises import SplitCount
 from ..data.remote import allow_reads, interrupt_reads
 from ..data.split_keys import PartsRead, SplitKeyLedger
-from ..data.stream import StreamLayoutChanged
 from ..errors import DataError
+from .sample_records import SampleRecorder
 from .agreement import HostAgreement, raise_on_every_rank, together
 from .batch_wait import GRACE_S, BatchWait
 from .signals import StopRequest
 
-StreamFactory = Callable[..., Iterable[dict[str, torch.Tensor]]]
+StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
+ORDER = "global-1"  # the data order checkpoints are written in (`data/global_order.py`)
 
 
 class StoppedWaiting(Exception):
@@ -81,29 +79,30 @@ class DataFeed:
         self._batches: Iterator | None = None
         self._wait: BatchWait | None = None  # `next(self._batches)` on a helper thread, which a stop can give up
         self.grace_s = GRACE_S
-        self._segment = 0  # the step the current stream's segment started at
-        self._positions: list[int] = []  # per loader worker: the stream position of its last consumed batch
-        self._next_worker = 0  # the loader worker whose batch comes next
+        self._start = 0  # the step the open stream started after
+        self._accumulation = 1
+        self._due: int | None = None  # the micro-batch number the next batch must carry (streams that number them)
+        self._note: str | None = None  # about the checkpoint that was loaded, for `open` to return
+        self._recorder: SampleRecorder | None = None
+        self._step_samples: list[dict] = []  # this step's consumed batches' positions, hashes and `read` flags
         self._last_checkpoint: Callable[[], Path | None] = lambda: None
         self._ledger = SplitKeyLedger()  # main process: every sample's key hash read so far
         self._parts_read = PartsRead()  # this rank's `part_keys` records not yet in the ledger
         self._count: SplitCount | None = None  # main process: the split's size as read, against the spec's count
 
     # ------------------------------------------------------------------------------------------- reading
-    def open(self, step: int, last_checkpoint: Callable[[], Path | None] = lambda: None) -> str | None:
-        """Open the stream the uninterrupted run had at step `step`: the restored segment fast-forwarded to the
-        restored positions, or the segment starting at `step`. Returns a note when the positions do not fit.
-        `last_checkpoint()` names the checkpoint a run stopped by a dead loader worker continues from."""
-        self._last_checkpoint = last_checkpoint
-        if not self._positions:
-            self._segment = step
-        try:
-            self._open()
-        except StreamLayoutChanged as err:
-            self._segment, self._positions, self._next_worker = step, [], 0
-            self._open()
-            return f"{err}: the stream restarts at step {step}; the data order differs from here on"
-        return None
+    def open(self, step: int, last_checkpoint: Callable[[], Path | None] = lambda: None, *, accumulation: int = 1,
+             recorder: SampleRecorder | None = None) -> str | None:
+        """Open the stream of the micro-batches after step `step` (`accumulation` per step). Returns a note about
+        the checkpoint loaded, if any. `last_checkpoint()` names the checkpoint a run stopped by a dead loader
+        worker continues from; `recorder` records the samples of every step done (`step_done`)."""
+        self._last_checkpoint, self._recorder = last_checkpoint, recorder
+        self._start, self._accumulation = step, accumulation
+        self._open()
+        if recorder is not None:
+            recorder.begin(getattr(self._stream, "samples_per_epoch", self.samples_per_epoch))
+        note, self._note = self._note, None
+        return note
 
     def next(self, agreement: HostAgreement, stop: StopRequest | None = None) -> tuple[dict, bool]:
         """The next micro-batch once every rank has one, and whether any rank has been asked to stop.
@@ -129,11 +128,11 @@ class DataFeed:
         self._consumed(batch)
         return batch, stopping
 
-    def new_segment(self, step: int) -> None:
-        """A checkpoint step: the stream closes, and the next batch comes from the segment that starts at `step`,
-        as it would in a run resumed from this step's checkpoint."""
-        self.close()
-        self._segment, self._positions, self._next_worker = step, [], 0
+    def step_done(self, step: int) -> None:
+        """Step `step` is trained: the samples of its micro-batches go into the record (when recording)."""
+        done, self._step_samples = self._step_samples, []
+        if self._recorder is not None and done:
+            self._recorder.write(step, done)
 
     def close(self) -> None:
         """Shut the stream's loader workers down (before the process group is destroyed)."""
@@ -168,38 +167,35 @@ class DataFeed:
 
     # --------------------------------------------------------------------------------------- its state
     def state_dict(self) -> dict[str, Any]:
-        """What every rank shares (written by the main process): the segment, and the main process's key ledger."""
-        state: dict[str, Any] = {"segment": self._segment}
+        """What every rank shares (written by the main process): the order's version, and the key ledger."""
+        state: dict[str, Any] = {"order": ORDER}
         if len(self._ledger):  # main process only (the others' ledgers stay empty)
             state["split_keys"] = self._ledger.state_dict()
         return state
 
     def rank_state_dict(self) -> dict[str, Any]:
-        """This rank's own: where each of its loader workers stands in the segment (none at a segment's start)."""
-        return {"positions": list(self._positions), "next_worker": self._next_worker if self._positions else 0}
+        """This rank's own: nothing since the global order (a step says where the data stand); kept for the format."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any], rank_state: dict[str, Any] | None, step: int) -> None:
-        """Continue where a checkpoint of step `step` left the data. Without `rank_state` (another number of
-        processes) the stream restarts at `step`."""
+        """Continue where a checkpoint of step `step` left the data: the stream opens at that step. A checkpoint
+        from before the global order (no `order`) continues in it from `step`, with a note."""
+        del rank_state  # positions of per-worker streams (before the global order): nothing to do with them now
         if "split_keys" in state and _main_process():
             self._ledger.load_state_dict(state["split_keys"])
-        segment, positions = int(state.get("segment", step)), list((rank_state or {}).get("positions", []))
-        if segment != step and positions:  # taken between the segment's checkpoints: fast-forward to it
-            self._segment, self._positions = segment, positions
-            self._next_worker = int(rank_state.get("next_worker", 0))
-        else:
-            self._segment, self._positions, self._next_worker = step, [], 0
+        if state.get("order") != ORDER:
+            self._note = (f"this checkpoint was written before ssl_vit read data in its global order: from step "
+                          f"{step + 1} on the data follow that order, so within the current epoch some samples may "
+                          "be seen twice and others not at all (from the next epoch on, each exactly once)")
 
     # ----------------------------------------------------------------------------------------- pieces
     def _open(self) -> None:
         self.close()
         allow_reads()  # a stream given up before (an earlier run in this process) interrupted them
-        if self._positions:
-            self._stream = self.make_stream(self._segment, list(self._positions), self._next_worker)
-        else:
-            self._stream = self.make_stream(self._segment)
+        self._stream = self.make_stream(self._start)
         self._batches = iter(self._stream)
         self._wait = BatchWait(self._batches, self.grace_s)
+        self._due, self._step_samples = self._start * self._accumulation, []
         shards = getattr(self._stream, "shards", None)  # a `data.stream.Stream` knows its ShardSet
         if self._count is None and shards is not None:
             self._count = SplitCount(shards.num_samples, len(shards.urls))
@@ -220,16 +216,28 @@ class DataFeed:
         return note
 
     def _consumed(self, batch: dict) -> None:
-        """Note how far the batch's loader worker has got (streams that say so: `worker`, `workers`, `position`),
-        and the key records it carries (`part_keys`)."""
+        """Check that the batch is the micro-batch due (streams that number them: `micro`); keep its samples for
+        the record and its key records (`part_keys`) for the ledger."""
         self._parts_read.note(batch)
-        if "position" not in batch:
-            return
-        worker, workers = int(batch["worker"]), int(batch["workers"])
-        if not self._positions:
-            self._positions = [0] * workers
-        self._positions[worker] = int(batch["position"])
-        self._next_worker = (worker + 1) % workers
+        if "micro" in batch:
+            micro = int(batch["micro"])
+            if micro != self._due:
+                raise RuntimeError(f"the data loader delivered micro-batch {micro} where {self._due} was due: the "
+                                   "training order would silently differ; please report this")
+            if self._recorder is not None:
+                self._step_samples.append({k: batch[k] for k in ("positions", "hashes", "read")})
+        self._due = None if self._due is None else self._due + 1
+
+
+def batch_tensors(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(images, labels, weight) of a micro-batch on `device`. A micro-batch whose every sample was unreadable is
+    empty; every rank must still take part in the step's collectives, so it becomes two black images (two: a
+    batch norm needs more than one) with weight 0 (the caller multiplies its loss by the weight: no gradient, and it is left out of the metrics)."""
+    images, labels = batch["image"], batch["label"]
+    if images.shape[0] > 0:
+        return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), 1.0
+    stand_in = torch.zeros((2, *images.shape[1:]), dtype=images.dtype, device=device)  # (2, 3, S, S)
+    return stand_in, torch.zeros(2, dtype=labels.dtype, device=device), 0.0
 
 
 def _main_process() -> bool:

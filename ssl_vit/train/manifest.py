@@ -16,7 +16,8 @@ change while it trains (logs grow, checkpoints rotate), so the manifest records 
 `run.lock` (and its takeover guard) and the manifest are the run's too, but `--overwrite` never deletes them.
 
 Who writes what: config.yaml, resumes.jsonl and the manifest `run_dir.begin`; metrics.jsonl `metrics.py`;
-eval.jsonl the trainer's validation; checkpoints/ `checkpoint.py`; ranks/ the session at the end of a run;
+eval.jsonl the trainer's validation; checkpoints/ `checkpoint.py`; ranks/ the session at the end of a run; samples/
+`sample_records.py` (`train.record_samples`);
 trackers.json `trackers.py` and the tracker folders Accelerate's trackers; run.lock `run_lock.py`; whatever else a
 command writes there it names in `RunFiles.writes` (fine-tuning: selected.pt, finetune_history.json).
 
@@ -50,6 +51,7 @@ FILES = ("config.yaml", "metrics.jsonl", "eval.jsonl", "resumes.jsonl", IDS_FILE
 FOLDERS = {  # our folders: the entries of ours they hold, by name
     ckpt.CHECKPOINTS: re.compile(r"step_\d+|latest|\.(tmp|old)-step_\d+|\.latest\.tmp-\d+"),
     "ranks": re.compile(r"rank\d+\.json|\.rank\d+\.json\.tmp-\d+"),
+    "samples": re.compile(r"attempt-\d+(-rank\d+\.bin|\.json)|\.attempt-\d+\.json\.tmp-\d+"),
 }
 HELD = ("run.lock", "run.lock.takeover", MANIFEST)  # the run's, never deleted by --overwrite
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+")  # files.atomic_write's temporary of NAME, left by a kill

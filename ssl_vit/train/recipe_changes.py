@@ -28,7 +28,7 @@ CHANGEABLE = (
     # length: the schedule is recomputed for the new length (the cosine stretches from the resumed step)
     "train.total_steps", "train.epochs", "data.num_samples",
     # logging, checkpointing, evaluation, where the run writes
-    "train.log_every", "train.checkpoint_every", "train.keep_last", "train.max_nonfinite", "train.log_with",
+    "train.log_every", "train.checkpoint_every", "train.keep_last", "train.record_samples", "train.max_nonfinite", "train.log_with",
     "train.project", "train.run_name", "train.collective_timeout_s",
     # read only when fp16 training starts without a saved scale (a resume continues the saved one)
     "train.fp16_loss_scale",
@@ -41,7 +41,7 @@ CHANGEABLE = (
     "data.max_bad_fraction", "data.max_pixels", "data.shard_errors", "data.check_unique_keys",
     "data.follow_symlinks",  # whether the same shards may be reached through links out of their folder
     # how long a remote shard may take (the same bytes arrive, or the read fails)
-    "data.remote_min_rate", "data.remote_rate_window_s", "data.remote_shard_deadline_s",
+    "data.remote_min_rate", "data.remote_rate_window_s", "data.remote_shard_deadline_s", "data.remote_cache_gb",
 )
 DATA_KEYS = ("data.train", "data.split")  # spellings of the data: free once its identity is proven the same
 FIXED = (

@@ -9,11 +9,13 @@
 The trainer knows only `loss, metrics = objective(images, labels)` and a `DataFeed` of uint8 batches
 `{"image", "label", "skipped"}`. One step is one optimizer update of `train.global_batch` images:
 `accumulation` micro-batches of the feed's batch per process. Around the loop, three collaborators keep their own
-concerns: the feed (`feed.py`: which batches, where each loader worker stands, every key once in the split), the
+concerns: the feed (`feed.py`: the batches due after a step, in the global order; every key once in the split), the
 precision (`precision.py`: autocast and fp16's loss scaling, a null object otherwise) and the session
 (`session.py`: lock, start plan, run files, trackers, exit report). A checkpoint is their component states
 beside the recipe (`checkpoint.py`); a resumed run restores them and the RNG states, so it draws the same batches
-and the same random numbers as the uninterrupted run (exactly, on CPU, with the same number of processes).
+and the same random numbers as the uninterrupted run (exactly, on CPU, with the same number of processes). On
+another number of processes, micro-batch or loader workers it trains on the same samples in every step
+(`data/global_order.py`); only the floating-point sums differ.
 
 Ranks agree before each micro-batch's collectives, in one host-side exchange (gloo, no device sync) that asks
 "did any rank's data stream fail?" and "did any rank get a stop signal?" together (`DataFeed.next`). A stop
@@ -43,12 +45,13 @@ from ..errors import ConfigError, PeerLost, UserError
 from ..files import append_line
 from . import checkpoint as ckpt
 from .agreement import HostAgreement, together
-from .feed import DataFeed, StoppedWaiting
+from .feed import DataFeed, StoppedWaiting, batch_tensors
 from .metrics import MetricsLog, MetricsWindow
 from .optim import build_optimizer, build_scheduler, step_unless
 from .precision import accelerate_precision, precision_for_run, report_launcher_disagreement, resolve_precision
 from .recipe_changes import describe as describe_changes
 from .run_dir import RESUMES_FILE, StartPlan
+from .sample_records import SampleRecorder
 from .session import RunFiles, RunSession, TrainResult
 from .signals import StopRequest
 
@@ -168,7 +171,8 @@ class Trainer:
     def _loop(self, start: int, run: Prepared, log: MetricsLog) -> TrainResult:
         """The steps from `start`, with a checkpoint at every `checkpoint_every` and on a stop request."""
         train, window = self.train, MetricsWindow(self.accelerator.device)
-        note = self.feed.open(start, lambda: ckpt.latest_checkpoint(self.ckpt_root))
+        note = self.feed.open(start, lambda: ckpt.latest_checkpoint(self.ckpt_root), accumulation=self.accumulation,
+                              recorder=self._recorder(start, run))
         if note:
             self.accelerator.print(note)
         last_ckpt: Path | None = None
@@ -179,14 +183,13 @@ class Trainer:
                     stopping = self._step(step, run, window, stop)
                 except StoppedWaiting as waited:
                     return self._stop_without_batch(step, saved, waited, run, log, window, stop)
+                self.feed.step_done(step)
                 log.advance()
                 boundary = step % train.checkpoint_every == 0 or step == self.total_steps
                 if step % train.log_every == 0 or boundary or stopping:
                     self._log(step, log, window)
                 if self.validation is not None and self.validation.every and step % self.validation.every == 0:
                     self._validate(step)
-                if boundary:
-                    self.feed.new_segment(step)  # the segment a run resumed from this checkpoint opens
                 if boundary or stopping:
                     last_ckpt, saved = self._save(step, run), step
                 if stopping:
@@ -226,7 +229,7 @@ class Trainer:
         model.train()
         loss_sum = torch.zeros((), device=acc.device)
         metric_sums: dict[str, torch.Tensor] = {}
-        data_wait, skipped = 0.0, 0
+        data_wait, skipped, counted = 0.0, 0, 0
         for micro in range(self.accumulation):
             t0 = time.perf_counter()
             try:
@@ -236,15 +239,16 @@ class Trainer:
                 raise
             data_wait += time.perf_counter() - t0
             skipped += int(batch.get("skipped", 0))
-            images = batch["image"].to(acc.device, non_blocking=True)
-            labels = batch["label"].to(acc.device, non_blocking=True)
+            images, labels, weight = batch_tensors(batch, acc.device)  # weight 0: an empty micro-batch's stand-in
             with acc.no_sync(model) if micro < self.accumulation - 1 else nullcontext():
                 with precision.autocast():
                     loss, metrics = run.forward(images, labels)
-                acc.backward(precision.scale(loss / self.accumulation))
-            loss_sum += loss.detach().float()
-            for key, value in metrics.items():
-                metric_sums[key] = metric_sums[key] + value.detach().float() if key in metric_sums else value.detach().float()
+                acc.backward(precision.scale(loss * (weight / self.accumulation)))
+            if weight:
+                counted += 1
+                loss_sum += loss.detach().float()
+                for key, value in metrics.items():
+                    metric_sums[key] = metric_sums[key] + value.detach().float() if key in metric_sums else value.detach().float()
         nonfinite_grad = torch.zeros((), device=acc.device)
         precision.unscale(run.optimizer)  # true-scale gradients before clipping and the step
         if self.optim.grad_clip is not None or precision.watches_overflow:
@@ -260,7 +264,7 @@ class Trainer:
         precision.update()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
-        n = self.accumulation
+        n = max(counted, 1)  # micro-batches with samples (a step of empty ones only logs a loss of 0)
         window.add(loss_sum / n, skip, {k: v / n for k, v in metric_sums.items()}, data_wait, skipped,
                    nonfinite=nonfinite, overflow=overflow)
         return stopping
@@ -295,15 +299,24 @@ class Trainer:
         if saved_world != acc.num_processes:
             acc.print(
                 f"resuming a {saved_world}-process checkpoint with {acc.num_processes} processes: the global batch "
-                f"stays {self.train.global_batch} (accumulation {self.accumulation}), the data order differs")
-        same_shape = saved_world == acc.num_processes
-        self.feed.load_state_dict(restored.components["feed"], restored.rank_components.get("feed") if same_shape else None,
-                                  step)
+                f"stays {self.train.global_batch} (accumulation {self.accumulation}), and so do the samples of every "
+                "step (the global order); the floating-point sums are ordered differently, so the weights will not "
+                "match a run on the old shape bit for bit")
+        self.feed.load_state_dict(restored.components["feed"], restored.rank_components.get("feed"), step)
         acc.print(f"resumed from {plan.checkpoint} at step {step}")
         if plan.changes:
             acc.print(f"the recipe changed on resume, from step {step + 1} on: {describe_changes(plan.changes)} "
                       f"(recorded in {Path(self.run.dir) / RESUMES_FILE})")
         return step
+
+    def _recorder(self, start: int, run: Prepared) -> SampleRecorder | None:
+        """This rank's writer of the samples record (`train.record_samples`), for this attempt (one id on all ranks)."""
+        if not self.train.record_samples:
+            return None
+        attempt = run.agreement.gather(time.time_ns())[0]  # rank 0's start time names the attempt
+        return SampleRecorder(Path(self.run.dir), attempt=attempt, rank=self.accelerator.process_index,
+                              world_size=self.accelerator.num_processes, global_batch=self.train.global_batch,
+                              start=start)
 
     def _save(self, step: int, run: Prepared) -> Path:
         """Every component's state into checkpoint `step`. Before it is written, the keys read since the last one
