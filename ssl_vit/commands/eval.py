@@ -91,8 +91,9 @@ def _shown(value) -> str:
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                        help="a run directory, trainer checkpoint, exported .safetensors, timm state dict, or "
-                             "random:MODEL[:SEED]; repeat to evaluate several side by side")
+                        help="a run directory, trainer checkpoint, exported .safetensors, timm state dict, Hugging "
+                             "Face / timm folder, Hub id hf-hub:ORG/NAME, or random:MODEL[:SEED]; repeat to evaluate "
+                             "several side by side")
     parser.add_argument("--random-init", action="append", default=[], metavar="MODEL",
                         help="also evaluate MODEL at random initialisation (same as --checkpoint random:MODEL)")
     parser.add_argument("--baseline", choices=["random"], default=None,

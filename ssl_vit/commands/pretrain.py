@@ -58,19 +58,28 @@ def periodic_eval(cfg: PretrainConfig, objective: torch.nn.Module, accelerator) 
     return Validation(cfg.eval.every, lambda step: evaluate_during_pretraining(objective.backbone, cfg, accelerator, step))
 
 
-def init_source(init_from: str) -> Path:
-    """The weights `model.init_from` names. A run directory, its `checkpoints/` or one checkpoint stands for that
-    checkpoint's `state.pt` (a run's latest, as `eval --checkpoint` and `export` read it: `locate_checkpoint`);
-    anything else is read as weights by `models.init_from`, which cannot know the trainer's layout."""
+def init_source(init_from: str) -> tuple[Path, str | None]:
+    """(the weights `model.init_from` names, how the log names them when not by that path). A Hugging Face Hub id
+    (`hf-hub:ORG/NAME`, or `ORG/NAME` when no such local path exists: `models/hub_weights.py`) is fetched into
+    huggingface_hub's cache now, before any work, and stands for that snapshot folder. A run directory, its
+    `checkpoints/` or one checkpoint stands for that checkpoint's `state.pt` (a run's latest, as `eval --checkpoint`
+    and `export` read it: `locate_checkpoint`); anything else is read as weights by `models.init_from`, which cannot
+    know the trainer's layout."""
+    from ..models.hub_weights import fetch, fetched_name, hub_id
     from ..train.checkpoint import STATE_FILE
     from ..train.restore import locate_checkpoint
 
+    hub = hub_id(init_from, "model.init_from")
+    if hub is not None:
+        folder = fetch(hub, "model.init_from")
+        return folder, fetched_name(hub, folder)
     path = Path(init_from)
     if not path.exists():
         raise ConfigError(f"model.init_from {init_from}: no such file or directory; give a run directory or checkpoint, "
-                          "an ssl-vit export, a timm file, a Hugging Face ViT folder or an MAE checkpoint-*.pth")
+                          "an ssl-vit export, a timm file, a Hugging Face ViT folder, an MAE checkpoint-*.pth or a "
+                          "Hugging Face Hub id hf-hub:ORG/NAME")
     found = locate_checkpoint(path, "model.init_from")
-    return found / STATE_FILE if found is not None else path
+    return (found / STATE_FILE if found is not None else path), None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.train:
         raise ConfigError(f"{args.config}: data.train is not set; pass data.train=/path/to/shards (a directory with "
                           "_info.json) or a URL list such as data.train='/data/train-{000000..000099}.tar'")
-    init_weights = init_source(cfg.model.init_from) if cfg.model.init_from else None
+    init_weights, init_name = init_source(cfg.model.init_from) if cfg.model.init_from else (None, None)
     import torch
     import torch.distributed as dist
 
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         if init_weights is not None and not resuming:
             from ..models.init_from import init_from  # a resumed run has its own weights: nothing to initialise
 
-            accelerator.print(init_from(init_weights, objective.backbone, objective))
+            accelerator.print(init_from(init_weights, objective.backbone, objective, name=init_name))
         flops = objective.flops_per_image(cfg.data.image_size) if hasattr(objective, "flops_per_image") else None
         make_stream = train_stream_factory(shards, cfg.data, seed=cfg.train.seed, rank=accelerator.process_index,
                                            world_size=accelerator.num_processes,

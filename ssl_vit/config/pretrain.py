@@ -34,12 +34,14 @@ class ModelConfig:
     """A registered backbone (`ssl_vit.models.list_models()`) and `ViTConfig` overrides (img_size, drop_path_rate…).
 
     `init_from`: start from existing weights instead of the random init — an `ssl-vit export` (file or folder), a
-    timm file (.safetensors / .pth), a Hugging Face ViT folder or an MAE `checkpoint-*.pth`; the architecture stays
-    this section's, and the weights must fit it (pos_embed is resampled to the grid)."""
+    timm file (.safetensors / .pth), a Hugging Face ViT folder, an MAE `checkpoint-*.pth`, a run directory or
+    checkpoint, or a Hugging Face Hub id (`hf-hub:ORG/NAME[@REVISION]`; `ORG/NAME` when no such local path exists:
+    models/hub_weights.py); the architecture stays this section's, and the weights must fit it (pos_embed is
+    resampled to the grid)."""
 
     name: str = "vit_base_patch16"  # a registered backbone: ssl_vit.models.list_models(), e.g. vit_small_patch16
     overrides: dict[str, Any] = field(default_factory=dict)  # ViTConfig changes, e.g. {drop_path_rate: 0.1}
-    init_from: str | None = None  # start from these weights (an export, timm, HF or MAE file) instead of a random init
+    init_from: str | None = None  # start from these weights (an export, timm, HF or MAE file, a run, a Hub id hf-hub:ORG/NAME) instead of a random init
 
 
 @dataclass

@@ -8,7 +8,9 @@ Accepted forms:
     `analyze` open it (`ssl_vit.train.restore.open_checkpoint`: its config.yaml, else the copy inside state.pt);
   - an exported backbone (`.safetensors` with its `.json`), which records its architecture;
   - a Hugging Face ViT folder or a timm folder (config.json + weights: `ssl-vit export --format hf|timm`'s, or
-    anybody's), whose config.json gives the architecture;
+    anybody's), whose config.json gives the architecture; or such a folder on the Hugging Face Hub, named
+    `hf-hub:ORG/NAME[@REVISION]` (or `ORG/NAME` when no such local path exists: `models/hub_weights.py`), read from
+    huggingface_hub's cache (fetched first unless HF_HUB_OFFLINE=1), labelled `ORG/NAME`;
   - any other timm- or Hugging-Face-layout ViT state dict (`.pth`, `.bin`, `.safetensors`) or MAE checkpoint
     (`checkpoint-*.pth`, decoder dropped), which does not:
     then `--model NAME` says what to build.
@@ -34,6 +36,7 @@ import torch
 from ssl_vit.errors import CheckpointError
 from ssl_vit.models import ViTConfig, VisionTransformer, model_config
 from ssl_vit.models.formats import folder_kind
+from ssl_vit.models.hub_weights import fetch, fetched_name, hub_id
 from ssl_vit.models.weights import load_backbone, read_folder, saved_config, suggest_model_name
 
 RANDOM = "random"
@@ -92,9 +95,15 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
     """Resolve a `--checkpoint` value (see the module docstring); every failure names what to pass instead."""
     if checkpoint.startswith(f"{RANDOM}:"):
         return _random(checkpoint, seed)
+    hub = hub_id(checkpoint, "--checkpoint")
+    if hub is not None:  # its snapshot in huggingface_hub's cache: a Hugging Face or timm folder
+        folder = fetch(hub, "--checkpoint")
+        return _from_weights(folder, model, seed, label=hub.name, spec=checkpoint,
+                             shown=f"{checkpoint} ({fetched_name(hub, folder)})")
     path = Path(checkpoint)
     if not path.exists():
-        raise CheckpointError(f"--checkpoint {checkpoint}: no such file or directory (or use random:MODEL[:SEED])")
+        raise CheckpointError(f"--checkpoint {checkpoint}: no such file or directory (or use random:MODEL[:SEED], or "
+                              "a Hugging Face Hub id hf-hub:ORG/NAME)")
     found = _trainer_checkpoint(path)
     if found is not None:
         return _from_trainer(found, model)
@@ -103,22 +112,27 @@ def resolve_backbone(checkpoint: str, model: str | None = None, seed: int = 0) -
             f"--checkpoint {path} is a directory but not a trainer run or checkpoint (no checkpoints/latest or "
             "state.pt), nor a Hugging Face / timm folder (no config.json); pass the weights file inside it"
         )
-    config = _model_config(model, checkpoint) if model else saved_config(path)
+    return _from_weights(path, model, seed, label=path.stem, spec=str(path), shown=str(path))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _from_weights(path: Path, model: str | None, seed: int, *, label: str, spec: str, shown: str) -> BackboneSource:
+    """Weights in a file or a Hugging Face / timm folder: the architecture from what they record, else `--model`."""
+    config = _model_config(model, spec) if model else saved_config(path)
     if config is None:
         hint = _guess(path)
         raise CheckpointError(
-            f"--checkpoint {path} holds bare weights without the model's configuration; pass --model NAME"
+            f"--checkpoint {shown} holds bare weights without the model's configuration; pass --model NAME"
             f"{hint} (see `ssl-vit models` or ssl_vit.models.list_models())"
         )
     weights = read_folder(path)[0] if path.is_dir() else path  # a folder changes when its weights do
     record = _export_record(path)
     train_seed, crop_pct = record.get("train_seed"), record.get("crop_pct")
-    return BackboneSource(path.stem, str(path), _file_fingerprint(weights, model), config, path, seed,
+    return BackboneSource(label, spec, _file_fingerprint(weights, model), config, path, seed,
                           train_seed=train_seed if isinstance(train_seed, int) else None,
                           crop_pct=float(crop_pct) if isinstance(crop_pct, (int, float)) else None)
 
 
-# ------------------------------------------------------------------------------------------------ helpers
 def _random(checkpoint: str, default_seed: int) -> BackboneSource:
     _, _, rest = checkpoint.partition(":")
     name, _, seed_text = rest.partition(":")

@@ -6,11 +6,12 @@
 
 Any source `load_backbone` reads: an ssl_vit export (file or hf / timm folder), a timm file (.safetensors,
 .pth, a training checkpoint holding `state_dict`), a Hugging Face ViT folder, an MAE `checkpoint-*.pth`, a
-trainer checkpoint's `state.pt`. A run directory or checkpoint directory is resolved to that `state.pt` by the
-command (`commands/pretrain.py: init_source`), as `eval --checkpoint` and `export` resolve it: models/ does not
-know the trainer's layout. The
-recipe decides the architecture; the weights must fit it: `pos_embed` is resampled when the patch grid differs,
-and a different width, depth or patch size fails with one line naming the key and the model that fits.
+trainer checkpoint's `state.pt`. The command resolves the rest first (`commands/pretrain.py: init_source`), as
+`eval --checkpoint` does: a run directory or checkpoint directory to that `state.pt` (models/ does not know the
+trainer's layout), a Hugging Face Hub id (`hf-hub:ORG/NAME`, or `ORG/NAME` when no such local path exists) to the
+snapshot folder `hub_weights.fetch` brings into huggingface_hub's cache. The recipe decides the architecture; the
+weights must fit it: `pos_embed` is resampled when the patch grid differs, and a different width, depth or patch
+size fails with one line naming the key and the model that fits.
 """
 from __future__ import annotations
 
@@ -23,22 +24,24 @@ from .vit import VisionTransformer
 from .weights import LoadReport, load_backbone_with_report
 
 
-def init_from(source: str | Path, backbone: VisionTransformer, owner: nn.Module | None = None) -> str:
+def init_from(source: str | Path, backbone: VisionTransformer, owner: nn.Module | None = None, *,
+              name: str | None = None) -> str:
     """Load `source`'s backbone weights into `backbone` in place; returns the one-line report.
 
     `owner` is the module that holds the backbone as `owner.backbone` (an objective): its other tensors
-    ([MASK], the prediction or classification head) are reported as new, in the owner's names.
+    ([MASK], the prediction or classification head) are reported as new, in the owner's names. `name` is how the
+    report names the source when its path is not what the user wrote (a Hub id's snapshot: `hub_weights.fetched_name`).
     """
     _, report = load_backbone_with_report(source, backbone, strict=True)
     new = [f"backbone.{k}" if owner is not None else k for k in report.missing]
     if owner is not None:
         new = [k for k in owner.state_dict() if not k.startswith("backbone.")] + new
-    return report_line(report, new)
+    return report_line(report, new, name)
 
 
-def report_line(report: LoadReport, new: list[str]) -> str:
+def report_line(report: LoadReport, new: list[str], name: str | None = None) -> str:
     """One line for the log: counts, and the new and dropped keys grouped by module (`head.* ×4`)."""
-    return (f"init_from {report.source}: loaded {len(report.loaded)} tensors; new {_grouped(new)}; "
+    return (f"init_from {name or report.source}: loaded {len(report.loaded)} tensors; new {_grouped(new)}; "
             f"dropped {_grouped(report.dropped)}")
 
 
