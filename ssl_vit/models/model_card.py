@@ -2,23 +2,26 @@
 training length, the objective, the evaluation results that exist for the checkpoint, how to load the weights in
 each library, and the ViT paper's citation. Facts come in as plain data (`CardFacts`); nothing is looked up here.
 
-The front matter is the Hub's model card metadata (what `huggingface_hub.ModelCardData` reads and writes:
-`model-index` with one result per evaluation protocol and test set, `datasets`, `base_model`, `license`), written
-here as plain YAML so an export needs no `huggingface_hub` (the `hub` extra is for `--push-to-hub` only); the tests
-load every card with `huggingface_hub.ModelCard` and check its `model-index` round-trips unchanged. Local paths
-never reach a card: `local_names` cuts each absolute path to its last component (the folder or file name).
+The front matter is the Hub's model card metadata: `model-index` with one result per test accuracy, its protocol
+named, `datasets` and `base_model` (Hub ids only), `license`. `card_data` states it once, in the keywords of
+`huggingface_hub.ModelCardData` and `EvalResult`; `front_matter` has huggingface_hub's `ModelCardData.to_yaml`
+write it where huggingface_hub is installed (the `hub` extra), else `_plain_front_matter` — so an export needs no
+huggingface_hub — which tests/test_card_metadata.py holds equal to huggingface_hub's output, character for
+character, on the same data. Local paths never reach a card: `local_names` cuts each absolute path to its last
+component (the folder or file name).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..errors import CheckpointError
 from .formats import Preprocessing
 from .formats.timm import timm_architecture, timm_has_size, timm_model_args
+from .hub_weights import hub_id
 from .vit import ViTConfig
 
 VIT_BIBTEX = """@inproceedings{dosovitskiy2021an,
@@ -42,7 +45,6 @@ _TARGETS = {
 # (`https://host/…`, `hf://…`, after `:` or `/`); runs to the next separator (`:` starts a split).
 _LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?(?:/[^\s,;:'\"`()\[\]<>|]+)+/?")
 _HUB_DATASET = re.compile(r"^hf://datasets/([\w.-]+/[\w.-]+)")
-HUB_PREFIX = "hf-hub:"
 
 
 def local_names(text: str) -> str:
@@ -50,15 +52,14 @@ def local_names(text: str) -> str:
     return _LOCAL_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
 
 
-def hub_id(source: str | None) -> str | None:
-    """The Hub repo id a weights source names (`hf-hub:org/name`, or `org/name` that is no local path), else None."""
-    if not source:
+def base_model(init_from: str | None) -> str | None:
+    """The Hub repository `model.init_from` named (`hf-hub:ORG/NAME`, or `ORG/NAME` that is no local path here:
+    the rule `hub_weights.hub_id` applies when the weights are read), else None."""
+    try:
+        found = hub_id(init_from, "model.init_from") if init_from else None
+    except CheckpointError:  # malformed: the pretraining refused it, so no weights came from it
         return None
-    if source.startswith(HUB_PREFIX):
-        return source[len(HUB_PREFIX):].split("@")[0] or None
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not Path(source).exists():
-        return source
-    return None
+    return found.repo_id if found else None
 
 
 def hub_dataset(spec: str) -> str | None:
@@ -106,9 +107,12 @@ class CardFacts:
     repo_id: str | None = None
 
 
-def card_metadata(facts: CardFacts) -> dict:
-    """The card's front matter, in the Hub's schema (`huggingface_hub.ModelCardData.to_dict()` gives it back)."""
-    front: dict[str, Any] = {
+def card_data(facts: CardFacts) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What the front matter says, once: `huggingface_hub.ModelCardData`'s keywords in the order the card lists
+    them, and one `EvalResult`'s keywords per test accuracy (the model-index). The protocol is named on the metric:
+    the Hub groups a model-index by task type and dataset (`eval_results_to_model_index`), not by task name, so a
+    protocol named there would be merged away."""
+    fields: dict[str, Any] = {
         "library_name": LIBRARY[facts.fmt],
         "license": facts.license,
         "pipeline_tag": "image-feature-extraction",
@@ -117,31 +121,56 @@ def card_metadata(facts: CardFacts) -> dict:
     }
     datasets = [d for d in (hub_dataset(facts.data_spec),) if d]
     if datasets:
-        front["datasets"] = datasets
-    if hub_id(facts.init_from):
-        front["base_model"] = hub_id(facts.init_from)
-    if facts.eval_scores:
-        front["model-index"] = [{"name": facts.repo_id.split("/")[-1] if facts.repo_id else facts.title,
-                                 "results": _model_index_results(facts.eval_scores)}]
-    return front
+        fields["datasets"] = datasets
+    if base_model(facts.init_from):
+        fields["base_model"] = base_model(facts.init_from)
+    results = [{"task_type": "image-classification", "task_name": "Image classification",
+                "dataset_type": s.dataset, "dataset_name": s.dataset, "dataset_split": s.split,
+                "metric_type": "accuracy", "metric_value": s.value, "metric_name": f"{s.protocol} ({s.metric})"}
+               for s in facts.eval_scores]
+    if results:
+        fields["model_name"] = facts.repo_id.split("/")[-1] if facts.repo_id else facts.title
+    return fields, results
 
 
-def _model_index_results(scores: list[EvalScore]) -> list[dict]:
-    """One result per test data, each metric named by its protocol: the Hub groups a model-index by task type and
-    dataset (`huggingface_hub.eval_results_to_model_index`), not by task name, so a protocol named there would be
-    merged away; named on the metric it round-trips unchanged."""
-    grouped: dict[tuple, list[EvalScore]] = {}
-    for score in scores:
-        grouped.setdefault((score.dataset, score.split), []).append(score)
-    return [{"task": {"type": "image-classification", "name": "Image classification"},
-             "dataset": {"name": dataset, "type": dataset, **({"split": split} if split else {})},
-             "metrics": [{"type": "accuracy", "value": s.value, "name": f"{s.protocol} ({s.metric})"} for s in group]}
-            for (dataset, split), group in grouped.items()]
+def front_matter(facts: CardFacts) -> str:
+    """The YAML between the card's `---` lines, written by huggingface_hub's `ModelCardData` where it is
+    installed, else by `_plain_front_matter` (held equal to it by the tests)."""
+    fields, results = card_data(facts)
+    try:
+        from huggingface_hub import EvalResult, ModelCardData
+    except ImportError:
+        return _plain_front_matter(fields, results)
+    data = ModelCardData(**fields, eval_results=[EvalResult(**r) for r in results] or None)
+    return data.to_yaml(original_order=list(fields))
+
+
+def _plain_front_matter(fields: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """`ModelCardData(**fields, eval_results=…).to_yaml(original_order=list(fields))` without huggingface_hub:
+    the fields in their order, then `model-index` as `eval_results_to_model_index` builds it (one entry per
+    task type, dataset and split; keys that are None left out), dumped as huggingface_hub's `yaml_dump` dumps."""
+    meta = {k: v for k, v in fields.items() if k != "model_name"}
+    if results:
+        grouped: dict[tuple, list[dict[str, Any]]] = {}
+        for r in results:
+            grouped.setdefault((r["task_type"], r["dataset_type"], r["dataset_split"]), []).append(r)
+        meta["model-index"] = [{"name": fields["model_name"], "results": [
+            {"task": {"type": group[0]["task_type"], "name": group[0]["task_name"]},
+             "dataset": _without_none({"name": group[0]["dataset_name"], "type": group[0]["dataset_type"],
+                                       "split": group[0]["dataset_split"]}),
+             "metrics": [{"type": r["metric_type"], "value": r["metric_value"], "name": r["metric_name"]}
+                         for r in group]}
+            for group in grouped.values()]}]
+    return yaml.dump(meta, sort_keys=False, allow_unicode=True).strip()
+
+
+def _without_none(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if v is not None}
 
 
 def render_model_card(facts: CardFacts) -> str:
     sections = [
-        "---\n" + yaml.safe_dump(card_metadata(facts), sort_keys=False, allow_unicode=True) + "---",
+        f"---\n{front_matter(facts)}\n---",
         f"# {facts.title}",
         _summary(facts),
         "## Model\n\n" + _model_table(facts),
