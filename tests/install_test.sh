@@ -2,7 +2,10 @@
 # The installed package is the product: build the wheel, install it with its dependencies into a fresh venv,
 # and use it as a new user would, from an empty directory outside the checkout (no PYTHONPATH, no recipes/ at
 # hand): list and show recipes, build shards with ssl-vit-shards, pretrain by recipe name, a ViT-B/16 dry run,
-# and the quick demo. Part of `make test` (after pytest); prints one line per check and a closing count.
+# and the quick demo with its artefacts (the README's "From the wheel"). Part of `make test` (after pytest); prints
+# one line per check and a closing count. Packages come as pip is configured: torch from the local CPU wheel, the
+# rest from the local indexes or PyPI (the [demo] extra's are all in the local index; webdataset, braceexpand and
+# simplejpeg are in no local set, so a fresh install needs PyPI).
 #
 #   bash tests/install_test.sh            # PY=python3.11 to choose the interpreter of the fresh venv
 set -euo pipefail
@@ -98,7 +101,38 @@ expect "dry run: the batch arithmetic" "$WORK/last.log" "^batch +128 per device 
 expect "dry run: the memory estimate" "$WORK/last.log" "^memory +vit_base_patch16 .* peak [0-9.]+ GiB per device$"
 check "the dry run wrote nothing" test ! -e runs/vit_b16_mean_color
 
+# The wheel's quick start, as the README's "From the wheel" gives it: the [demo] extra installed above, the
+# demo in a folder of the user's; it says where its report is, its report's links all resolve, and it writes
+# nothing outside --workdir (no checkout, no recipes/ here: only what the wheel ships).
+ls -A >"$WORK/before-demo.txt"
 check "ssl-vit demo --quick" ssl-vit demo --quick --workdir demo
+cp "$WORK/last.log" "$WORK/demo.log"
+expect "the demo names its report" "$WORK/demo.log" "^report: demo/report\.md$"
+expect "the demo names its summary" "$WORK/demo.log" "^summary: demo/summary\.json$"
 expect "the demo's report" demo/report.md "10-shot: pretrained [0-9.]+% vs random init [0-9.]+%"
+check "the demo's artefacts" python - <<'EOF'
+import json, re, sys
+from pathlib import Path
+demo = Path("demo")
+made = ["report.md", "summary.json", "fewshot.png", "shards/_info.json", "pretrain/config.yaml",
+        "pretrain/metrics.jsonl", "pretrain/checkpoints/latest", "eval/comparison.md", "analysis/analysis.md",
+        "analysis/figure7.png", "analysis/masked_prediction.png"]
+missing = [name for name in made if not (demo / name).is_file()]
+latest = (demo / "pretrain/checkpoints/latest").read_text().strip() if not missing else ""
+if latest and not (demo / "pretrain/checkpoints" / latest).is_dir():
+    missing.append(f"pretrain/checkpoints/{latest} (named by latest)")
+for page in ("report.md", "analysis/analysis.md"):
+    if (demo / page).is_file():
+        for link in re.findall(r"\]\(([^)\s#]+)\)", (demo / page).read_text()):
+            if "://" not in link and not ((demo / page).parent / link).exists():
+                missing.append(f"{link} (linked from {page})")
+summary = json.loads((demo / "summary.json").read_text()) if (demo / "summary.json").is_file() else {}
+for arm in ("pretrained", "random_init"):
+    if not isinstance(summary.get(arm, {}).get("fewshot", {}).get("10"), float):
+        missing.append(f"summary.json: {arm}.fewshot.10")
+print("\n".join(missing) or "all there")
+sys.exit(bool(missing))
+EOF
+check "the demo wrote nothing outside --workdir" sh -c "ls -A | grep -vx demo | diff '$WORK/before-demo.txt' -"
 
 echo "install test: $passed passed, 0 failed in $((SECONDS - start)) s"
