@@ -12,7 +12,9 @@ PACKAGES = ("ssl_vit", "data_tools")
 # Environment variables product code may read: what `accelerate launch` / torchrun set, and the thread count.
 RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "RANK", "WORLD_SIZE",
                # set by the launchers: torch's elastic agent, `accelerate launch`, `ssl-vit launch`
-               "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION", "SSL_VIT_SUPERVISOR_DIR"}
+               "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION", "SSL_VIT_SUPERVISOR_DIR",
+               # where ssl_vit keeps what it can rebuild (member indexes, remote-shard copies): a user's choice
+               "SSL_VIT_CACHE_DIR", "XDG_CACHE_HOME"}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

@@ -52,6 +52,9 @@ ALLOWED = {
     # /dev/null is opened for writing only to put it under the standard streams of a terminal that hung up (writes
     # to the terminal fail with EIO from then on); no file is written.
     ("ssl_vit/train/hangup.py", "quiet_if_hung_up"),
+    # A remote shard's `.NAME.lock` is opened for append only to flock it while one process fetches the copy (the
+    # copy itself is files.atomic_write's); nothing is written into it.
+    ("ssl_vit/data/remote_copy.py", "local_copy"),
 }
 
 OPEN_MODULES = {"io", "gzip", "bz2", "lzma", "codecs", "tarfile"}  # `MODULE.open(path, mode)`

@@ -35,7 +35,7 @@ from ssl_vit.errors import DataError
 
 from ..files import atomic_write, make_dir
 from .promises import key_hash
-from .shards import _KEY_EXT, _META, REBUILD, group_samples
+from .shards import _KEY_EXT, _META, REBUILD, ShardUnreadable, group_samples
 from .tarstream import BLOCK, TarError, iter_members
 
 FORMAT = 1  # bump when a row's meaning changes: old cache files are then never read
@@ -139,8 +139,9 @@ def build_index(stream, url: str) -> np.ndarray:
             end = counted.offset  # iter_members has read this member's data and padding
         if key is not None:
             close(key)
-    except (TarError, OSError) as exc:
-        raise DataError(f"cannot index shard {url}: {type(exc).__name__}: {exc}; {REBUILD}") from None
+    except (TarError, OSError) as exc:  # unreadable, as a sequential read finds it (data.shard_errors decides)
+        raise ShardUnreadable(f"shard {url} is unreadable after {len(rows)} samples ({type(exc).__name__}: {exc}); "
+                              f"{REBUILD}") from None
     return np.asarray(rows, dtype=np.int64).reshape(-1, _COLUMNS)  # (N, 4)
 
 

@@ -10,6 +10,7 @@ so it needs no key string: member m of shard i is the m-th sample of the shard t
 """
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from . import remote_copy
 from .member_index import ShardIndex, read_sample, shard_index
 from .remote import RetryPolicy
 from .remote_waits import ReadInterrupted
-from .shards import ShardUnreadable, open_url
+from .shards import REBUILD, ShardUnreadable, open_url
 from .spec import ShardSet, is_local, local_path
 from .split import Holdout
 from .split_keys import part_record
@@ -39,13 +40,30 @@ class ShardAccess:
         self._files: OrderedDict[int, object] = OrderedDict()
         self._records: list[dict] = []
 
-    def counts(self) -> list[int]:
+    def counts(self, skip_unreadable: bool = False) -> list[int]:
         """How many samples of each shard are trained on: `_info.json`'s lengths when nothing is held out, else
-        (or when it has none) counted from every shard's index (which builds or fetches what is missing)."""
+        (or when it has none) counted from every shard's index (which builds or fetches what is missing). A shard
+        unreadable then counts 0 with a warning when `skip_unreadable` (`data.shard_errors: skip`), else raises."""
         lengths = self.shards.shard_lengths
         if self.holdout is None and lengths is not None:
-            return [int(n) for n in lengths]
-        return [len(self.kept(i)) for i in range(len(self.shards.urls))]
+            counts = [int(n) for n in lengths]
+        else:
+            counts = [self._count(i, skip_unreadable) for i in range(len(self.shards.urls))]
+        if sum(counts) == 0:
+            urls = ", ".join(self.shards.urls[:3]) + (", …" if len(self.shards.urls) > 3 else "")
+            kept = " the holdout keeps" if self.holdout is not None else ""
+            raise DataError(f"the training shards {urls} hold no sample{kept} to train on; check the data spec")
+        return counts
+
+    def _count(self, shard: int, skip_unreadable: bool) -> int:
+        try:
+            return len(self.kept(shard))
+        except ShardUnreadable as err:
+            if not skip_unreadable:
+                raise
+            print(f"warning: shard {self.shards.urls[shard]} is left out of the training order (its samples are "
+                  f"unknown: no _info.json counts them): {err}", file=sys.stderr, flush=True)
+            return 0
 
     def index(self, shard: int) -> ShardIndex:
         index = self._indexes.get(shard)
@@ -120,4 +138,6 @@ class ShardAccess:
         except (DataError, ReadInterrupted):
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to fetch means the shard is unreadable
-            raise ShardUnreadable(f"cannot fetch shard {url}: {type(exc).__name__}: {exc}") from None
+            advice = getattr(exc, "advice", None) or REBUILD  # a remote error may know what helps (a slow link)
+            raise ShardUnreadable(f"shard {url} is unreadable after 0 samples ({type(exc).__name__}: {exc}); "
+                                  f"{advice}") from None

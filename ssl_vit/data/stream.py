@@ -172,7 +172,7 @@ def build_train_stream(
     _check_pillow()
     resolved = resolve_spec(shards, split)
     counts = ShardAccess(resolved, holdout=holdout, policy=options.remote_policy(),
-                         remote_cache_bytes=int(options.remote_cache_gb * 1e9)).counts()
+                         remote_cache_bytes=int(options.remote_cache_gb * 1e9)).counts(options.shard_errors == "skip")
     place = TrainPlace(seed=seed, rank=rank, world_size=world_size, start_step=start_step, accumulation=accumulation)
     dataset = TrainReader(resolved, options, place, holdout, counts)
     stream = Stream(dataset, resolved, num_workers=options.num_workers, pin_memory=options.pin_memory)
