@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("ssl_vit.commands.analyze", "figures and reports of a trained backbone"),
     "demo": ("ssl_vit.commands.demo", "the end-to-end demo on a small dataset"),
     "study": ("ssl_vit.commands.study", "a grid of targets × corruption rates × seeds, each against its own random init"),
+    "samples": ("ssl_vit.commands.samples", "which samples each epoch of a run trained on (train.record_samples)"),
     "estimate-memory": ("ssl_vit.commands.estimate_memory", "peak memory of one training step per device, estimated without a GPU"),
     "recipes": ("ssl_vit.commands.recipes", "list the shipped recipes, print one (show NAME) or its file (path NAME)"),
 }
