@@ -123,7 +123,7 @@ def test_a_dead_loader_worker_is_one_line_naming_the_checkpoint_to_continue_from
     take(feed, 2)
     with pytest.raises(DataError, match=r"^a data loader worker died \(DataLoader worker \(pid 123\) is killed by signal: "
                                         r"Killed\.\); the usual cause is the out-of-memory killer: lower "
-                                        r"data.num_workers or data.shuffle_buffer, then run the same command with "
+                                        r"data.num_workers, then run the same command with "
                                         rf"--resume auto \(it continues from {tmp_path}/checkpoints/step_0000004\)$"):
         take(feed, 1)
     assert feed.worker_death(ValueError("other")) is None

@@ -154,7 +154,7 @@ class DataFeed:
         since = f"from {last}" if last is not None else "from step 0: no checkpoint yet"
         return DataError(
             f"a data loader worker died ({' '.join(str(err).split())[:160]}); the usual cause is the out-of-memory "
-            f"killer: lower data.num_workers or data.shuffle_buffer, then run the same command with --resume auto "
+            f"killer: lower data.num_workers, then run the same command with --resume auto "
             f"(it continues {since})")
 
     # ---------------------------------------------------------------------------------------- the keys
