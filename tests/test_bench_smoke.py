@@ -36,7 +36,7 @@ def run_bench(script: str, *args: str, timeout: int = 120) -> dict:
 
 
 # Benchmarks whose test asserts nothing that depends on their timing: they start with the module and run while
-# the step and reader benchmarks do (each is one process at one thread). data.py and fast_forward.py compare
+# the step and reader benchmarks do (each is one process at one thread). data.py and exactly_once.py compare
 # timings with thresholds: they run alone, after these have been collected.
 BACKGROUND = {"test_loader_vs_gpu_quick_reports_loader_and_step_rates": "loader_vs_gpu.py",
               "test_memory_quick_counts_parameters_and_adamw_state_exactly": "memory.py"}
@@ -158,8 +158,13 @@ def test_data_quick_reports_stream_and_build_ratios():
 
 
 @pytest.mark.timeout(120)
-def test_fast_forward_quick_reports_per_sample_costs() -> None:
-    out = run_bench("fast_forward.py", "--quick", "--json", "--no-record")
-    us = out["us_per_sample"]
-    assert out["ratio"] == pytest.approx(us["decode"] / us["fast-forward"]) and out["ratio"] > 1
-    assert out["skip_vs_decode"] == pytest.approx((us["read"] + us["decode"]) / (us["read"] + us["fast-forward"]))
+def test_exactly_once_quick_compares_with_the_stream_before_and_measures_the_shuffle() -> None:
+    out = run_bench("exactly_once.py", "--quick", "--json", "--no-record")
+    assert out["ratio"] == pytest.approx(out["now_images_per_cpu_s"] / out["before_images_per_cpu_s"])
+    assert out["now_images_per_cpu_s"] > 0 and out["before_images_per_cpu_s"] > 0 and out["index_ms_per_shard"] > 0
+    q = out["shuffle"]
+    uniform = q["stored class by class / uniform permutation"]["distinct_classes_per_16"]
+    assert 15.5 < uniform < 16  # 16 draws of 1,000 classes: 15.88 expected
+    assert q["stored shuffled (the build's default) / global order, shuffle_buffer 10,000"]["distinct_classes_per_16"] > 15.5
+    # class-sorted shards: a window of ~8 shards holds ~8 classes, so fewer distinct classes than uniform
+    assert q["stored class by class / global order, shuffle_buffer 10,000"]["distinct_classes_per_16"] < uniform

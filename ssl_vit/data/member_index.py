@@ -2,8 +2,8 @@
 
 The exactly-once train order (`global_order.py`) needs random access: the sample at a global position is a given
 member of a given shard, whichever rank and loader worker reads it. A tar has no table of contents, so each
-shard's is built once by reading it through (`build_index`: the same tar parser and checks as every read,
-`tarstream.py`) and cached:
+shard's is built once by walking its headers (`build_index`: the same tar parser and checks as every read,
+`tarstream.py`; a local file's data are seeked past) and cached:
 
     index = shard_index("/data/in1k/train-000000.tar", expected=1251)   # built on first use, then cached
     index.starts[i], index.ends[i]     # byte range of sample i: its (pax) headers, files and padding
@@ -129,7 +129,7 @@ def build_index(stream, url: str) -> np.ndarray:
         rows.append((start, end, key_hash(key), _as_int64(holdout_number(key))))
 
     try:
-        for name, _ in iter_members(counted, max_member=0):  # data read past, never kept
+        for name, _ in iter_members(counted, max_member=0):  # data seeked (or read) past, never kept
             match = _KEY_EXT.match(name)
             member_key = None if match is None or _META.match(name) else match.group(1)
             if member_key is not None and member_key != key:
@@ -243,6 +243,16 @@ class _Counting:
         data = self.stream.read(n)
         self.offset += len(data)
         return data
+
+    def seekable(self) -> bool:
+        """A local file: the files' data are seeked past, not read (only the headers are)."""
+        seekable = getattr(self.stream, "seekable", None)
+        return bool(callable(seekable) and seekable())
+
+    def seek(self, n: int, whence: int) -> None:
+        assert whence == 1  # relative: past a member's data
+        self.stream.seek(n, 1)
+        self.offset += n
 
 
 def _as_int64(value: int) -> int:

@@ -98,7 +98,12 @@ def _read(stream: BinaryIO, n: int, offset: int, at_boundary: bool = False) -> b
 
 
 def _discard(stream: BinaryIO, n: int, offset: int) -> None:
-    """Read past n bytes, 1 MiB at a time."""
+    """Read past n bytes, 1 MiB at a time; a stream that can seek (a local shard being indexed) seeks past them
+    (a file shorter than that then ends at the next header, as a truncated archive)."""
+    seekable = getattr(stream, "seekable", None)
+    if callable(seekable) and seekable():
+        stream.seek(n, 1)
+        return
     while n > 0:
         step = min(n, 1 << 20)
         _read(stream, step, offset)
