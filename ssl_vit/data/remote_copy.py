@@ -53,6 +53,7 @@ def local_copy(url: str, *, sha256: str | None, policy: RetryPolicy, limit: int,
     path = folder / copy_name(url, sha256)
     if path.is_file():
         os.utime(path)  # recently used
+        _evict(folder, limit, keep=path)  # the bound holds at every use, not only after a fetch
         return path
     deadline = time.monotonic() + (policy.deadline if policy.deadline is not None else 3600.0)
     with open(folder / f".{path.name}.lock", "a+b") as lock:
