@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-floors test-slurm demo venv clean bench gpu-wheels
+.PHONY: test test-floors test-slurm demo demo-packages venv clean bench gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,8 +43,25 @@ test-slurm: $(STAMP)
 	command -v slurmctld >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m slurm tests/test_slurm.py
 
-demo: $(STAMP)
-	$(BIN)/python -m ssl_vit demo --workdir runs/demo
+# The demo: `make demo` on Unicode's emoji in colour (two Debian packages, installed here when this is root with
+# apt, otherwise the target stops with the one command to run); `make demo DATA=digits` on the grey digits.
+DATA ?= emoji
+DEMO_PACKAGES := fonts-noto-color-emoji unicode-data
+DEMO_FILES := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf /usr/share/unicode/emoji/emoji-test.txt
+APT_INSTALL := apt-get install -y --no-install-recommends $(DEMO_PACKAGES)
+
+demo: $(STAMP) $(if $(filter emoji,$(DATA)),demo-packages)
+	$(BIN)/python -m ssl_vit demo --data $(DATA) --workdir runs/demo$(if $(filter-out emoji,$(DATA)),_$(DATA))
+
+demo-packages:
+	@for f in $(DEMO_FILES); do test -f $$f || missing=yes; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		$(APT_INSTALL) || { apt-get update && $(APT_INSTALL); }; \
+	else \
+		echo "make demo draws Unicode's emoji from two Debian packages; install them with:  sudo $(APT_INSTALL)" \
+			"(or run the grey control: make demo DATA=digits)" >&2; exit 2; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/data.py && $(BIN)/python bench/step.py && $(BIN)/python bench/loader_vs_gpu.py

@@ -38,7 +38,7 @@ def demo_on_own_shards(request, tmp_path_factory) -> Iterator[tuple[Path, Backgr
 @pytest.mark.timeout(240)
 def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     work = tmp_path / "demo"
-    assert main(["demo", "--workdir", str(work), "--quick"]) == 0
+    assert main(["demo", "--workdir", str(work), "--quick", "--data", "digits"]) == 0
     assert str(work / "report.md") in capsys.readouterr().out
 
     summary = json.loads((work / "summary.json").read_text())
@@ -47,6 +47,7 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
         assert set(summary[run]["fewshot"]) == {"1", "5", "10", "25"}
         values = list(summary[run]["fewshot"].values()) + [summary[run]["linear"], summary[run]["knn"]]
         assert all(isinstance(v, float) and 0.0 <= v <= 100.0 for v in values), values
+    assert all(isinstance(v, float) for v in summary["raw_pixels"]["fewshot"].values())  # the reference to beat
 
     report = (work / "report.md").read_text()
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -64,8 +65,11 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     assert re.search(r"5-shot: pretrained \d+\.\d% vs random init \d+\.\d%", report)
     assert "QUICK run" in report
 
+    assert report.startswith("# ssl_vit demo: masked patch prediction on scikit-learn's handwritten digits")
+    assert "CC BY 4.0" in report and summary["data"]["name"] == "digits"
+
     # Running it again resumes every stage instead of starting over.
-    assert main(["demo", "--workdir", str(work), "--quick"]) == 0
+    assert main(["demo", "--workdir", str(work), "--quick", "--data", "digits"]) == 0
 
 
 def test_demo_needs_both_train_and_test(tmp_path, capsys):
@@ -79,8 +83,8 @@ def test_demo_runs_on_the_users_own_shards(demo_on_own_shards):
     done = background.finish(timeout=230)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((work / "summary.json").read_text())
-    assert set(summary) == {"pretrained", "random_init"}
-    assert not (work / "images").exists()  # no digits when the user brings shards
+    assert set(summary) == {"pretrained", "random_init", "raw_pixels", "data"}
+    assert not (work / "images").exists() and not (work / "images_emoji").exists()  # none of ours with the user's
     assert (work / "report.md").is_file() and (work / "analysis" / "figure7.png").is_file()
 
 

@@ -1,16 +1,20 @@
 """`ssl-vit demo`: the whole pipeline end to end, ending in a report people would rather look at than read.
 
-    make demo                                   # digits from scikit-learn, ~10 minutes on 2 CPU cores
+    make demo                                   # Unicode's emoji in colour, ~9 minutes on 2 shared CPU cores
+    ssl-vit demo --data digits --workdir runs/demo_digits                        # the grey control
     ssl-vit demo --train /data/x:train --test /data/x:test --workdir runs/mine   # your own shards
 
 Every stage goes through the same entry points users call (`ssl-vit-shards build/verify`, `ssl-vit pretrain`,
 `ssl-vit eval`, `ssl-vit analyze`), so the demo proves those, not a shortcut:
 
-1. images: the digits written as a real `<class>/` image folder (skipped when --train/--test are given);
+1. images: --data (`ssl_vit/demo/datasets.py`: the emoji from two Debian packages, or scikit-learn's digits)
+   written as a real `<class>/` image folder (skipped when --train/--test are given);
 2. shards: `ssl-vit-shards build` + `verify` for both splits;
-3. pretraining: masked patch prediction on the train split, labels unused (`recipes/demo/digits.yaml`);
+3. pretraining: masked patch prediction on the train split, labels unused (`recipes/demo/emoji.yaml`, or
+   `digits.yaml`);
 4. evaluation: few-shot, linear probe and kNN of the pretrained backbone and of the same architecture at its
-   own random initialisation (same seed), on the test split (`recipes/demo/eval.yaml`);
+   own random initialisation (same seed), on the test split (`recipes/demo/eval.yaml`); and the same few-shot
+   protocol on the raw pixels, the reference a backbone has to beat;
 5. analysis: Figure 7 and the masked-prediction picture; then `report.md` and `summary.json`.
 
 Each stage is resumable: running the command again reuses finished shards, continues pretraining from its
@@ -43,10 +47,18 @@ QUICK_EVAL = ["fewshot.seeds=1", "linear.weight_decays=[1.0e-3]", "linear.max_it
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", default="runs/demo", help="where images, shards, runs and the report go")
+    parser.add_argument("--data", default=None, choices=("emoji", "digits"),
+                        help="the images the demo builds itself: emoji (colour, the default; from the Debian packages "
+                             "fonts-noto-color-emoji and unicode-data) or digits (grey, the control)")
+    parser.add_argument("--source-root", default=None, metavar="DIR",
+                        help="where the emoji's packages are installed (default /: DIR/usr/share/fonts/truetype/noto/"
+                             "NotoColorEmoji.ttf and DIR/usr/share/unicode/emoji/emoji-test.txt)")
     parser.add_argument("--train", default=None, metavar="SPEC",
-                        help="your own labelled training shards (e.g. /data/x:train); default: the digits")
+                        help="your own labelled training shards (e.g. /data/x:train); default: the --data images")
     parser.add_argument("--test", default=None, metavar="SPEC", help="your own labelled test shards")
-    parser.add_argument("--recipe", default="demo/digits", help="the pretraining recipe (a file or a shipped name)")
+    parser.add_argument("--recipe", default=None,
+                        help="the pretraining recipe (a file or a shipped name); default: the data's, demo/emoji or "
+                             "demo/digits")
     parser.add_argument("--eval-recipe", default="demo/eval", help="the evaluation recipe (a file or a shipped name)")
     parser.add_argument("--quick", action="store_true", help="a few steps only (for tests): artefacts, not results")
     parser.add_argument("--overwrite", action="store_true",
@@ -58,31 +70,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.settings import arm_settings, check_overrides
+    from ..analysis.study import pixel_reference
+    from ..demo.datasets import DATASETS, DEFAULT
     from ..demo.report import write_demo_report
     from ..demo.workdir import claim, started_afresh
     from ..eval.results import read_pair
+    from ..recipe_files import resolve_recipe
 
-    if (args.train is None) != (args.test is None):
-        raise ConfigError("give both --train and --test (your own shards), or neither (the digits demo)")
+    data = _data(args)
+    recipe = args.recipe or (data or DATASETS[DEFAULT]).recipe
     check_overrides(args.overrides, "demo")
     work = Path(args.workdir)
     with in_workdir(work, "the demo"):
         make_dir(work, "--workdir")
-    if args.train is None:
-        train, test = digit_shards(work)
+    if data is not None:
+        train, test = demo_shards(work, data, Path(args.source_root or "/"))
     else:
         train, test = args.train, args.test
     pretrain_overrides = [*(QUICK_PRETRAIN if args.quick else []), *args.overrides]
     eval_overrides = QUICK_EVAL if args.quick else []
     pretrain_dir = work / "pretrain"
-    settings = arm_settings(recipe=args.recipe, overrides=pretrain_overrides, eval_recipe=args.eval_recipe,
+    settings = arm_settings(recipe=recipe, overrides=pretrain_overrides, eval_recipe=args.eval_recipe,
                             eval_overrides=eval_overrides, train=train, test=test, output_dir=str(pretrain_dir))
     with in_workdir(work, "the demo"):
         afresh = claim(work, settings, overwrite=args.overwrite)
 
     _stage("pretraining (masked patch prediction, labels unused)")
     try:
-        call_command(["pretrain", "--config", args.recipe, *(["--overwrite"] if afresh else ["--resume", "auto"]),
+        call_command(["pretrain", "--config", recipe, *(["--overwrite"] if afresh else ["--resume", "auto"]),
                       f"data.train={train}", *pretrain_overrides, f"output_dir={pretrain_dir}"], workdir=work)
     except Stopped:
         started_afresh(work)  # it stopped after a checkpoint of the new settings: the next run resumes that
@@ -94,19 +109,43 @@ def run(args: argparse.Namespace) -> int:
     call_command(["eval", "all", "--checkpoint", str(pretrain_dir), "--baseline", "random", "--train", train,
                   "--test", test, "--config", args.eval_recipe, "--out", str(eval_dir), *eval_overrides], workdir=work)
     pretrained, random_init = read_pair(eval_dir)
+    _stage("reference: the same few-shot protocol on the raw pixels")
+    with in_workdir(work, "the raw-pixel reference"):
+        pixels = pixel_reference(train, test, str(resolve_recipe(args.eval_recipe, "eval")), eval_overrides)
 
     analysis_dir = work / "analysis"
     _stage("analysis: Figure 7 and the masked-prediction picture")
     call_command(["analyze", str(pretrain_dir), "--images", test, "--out", str(analysis_dir), "--num-images", "32"],
                  workdir=work)
 
-    summary = {"pretrained": _summary(pretrained), "random_init": _summary(random_init)}
+    summary = {"pretrained": _summary(pretrained), "random_init": _summary(random_init),
+               "raw_pixels": {"fewshot": _summary(pixels)["fewshot"]},
+               "data": {"name": data.name, "licence": data.licence} if data is not None else {"name": train}}
     with in_workdir(work, "the demo's report"):
         atomic_write(work / "summary.json", json.dumps(summary, indent=2) + "\n")
-        report = write_demo_report(work, pretrained=pretrained, random_init=random_init, summary=summary,
-                                   pretrain_dir=pretrain_dir, analysis_dir=analysis_dir, quick=args.quick)
+        report = write_demo_report(work, pretrained=pretrained, random_init=random_init, pixels=pixels,
+                                   data=data, pretrain_dir=pretrain_dir, analysis_dir=analysis_dir, quick=args.quick)
     print(f"\nreport: {report}\nsummary: {work / 'summary.json'}")
     return 0
+
+
+def _data(args: argparse.Namespace):
+    """The image set the demo builds itself (a `DemoData`), or None when the user brings --train and --test."""
+    from ..demo.datasets import DATASETS, DEFAULT
+
+    if (args.train is None) != (args.test is None):
+        raise ConfigError("give both --train and --test (your own shards), or neither (the demo builds its own "
+                          "images: --data emoji or digits)")
+    if args.train is not None:
+        if args.data is not None or args.source_root is not None:
+            raise ConfigError("--data and --source-root choose the images the demo builds itself; with --train and "
+                              "--test it uses your shards: give one or the other")
+        return None
+    data = DATASETS[args.data or DEFAULT]
+    if args.source_root is not None and data.name != "emoji":
+        raise ConfigError(f"--source-root is where the emoji's Debian packages are; --data {data.name} does not read "
+                          "it (scikit-learn ships the digits)")
+    return data
 
 
 def _stage(text: str) -> None:
@@ -162,19 +201,27 @@ def in_workdir(workdir: Path | None, stage: str):
 
 
 def digit_shards(work: Path) -> tuple[str, str]:
-    """The digits as an image folder, then as verified shards (`ssl-vit-shards build` + `verify`)."""
+    """The digits as verified shards under `work` (the study's default data)."""
+    from ..demo.datasets import DATASETS
+
+    return demo_shards(work, DATASETS["digits"], Path("/"))
+
+
+def demo_shards(work: Path, data, source_root: Path) -> tuple[str, str]:
+    """A demo data set (`ssl_vit/demo/datasets.py`) as an image folder, then as verified shards
+    (`ssl-vit-shards build` + `verify`)."""
     from data_tools.cli import run as shards_run
 
-    from ..demo.digits import write_digit_folders
-
-    _stage("images: scikit-learn's handwritten digits as a <class>/ folder of 32×32 PNGs")
-    with in_workdir(work, "the digits' images"):
-        counts = write_digit_folders(work / "images")
-    print(f"train {counts['train']} images, test {counts['test']} images under {work / 'images'}", file=sys.stderr)
-    shards = work / "shards"
+    images, shards = data.folders(work)
+    _stage(f"images: {data.title}, as a <class>/ folder of 32×32 PNGs")
+    with in_workdir(work, f"the {data.name} images"):
+        counts = data.write(images, source_root)
+    skipped = f" ({counts['skipped']} not drawn as one picture, skipped)" if counts["skipped"] else ""
+    print(f"train {counts['train']} images, test {counts['test']} images of {counts['classes']} classes under "
+          f"{images}{skipped}\nlicence: {data.licence}", file=sys.stderr)
     _stage("shards: ssl-vit-shards build + verify")
     for split in ("train", "test"):
-        argv = ["build", str(work / "images" / split), str(shards), "--split", split, "--max-count", "500"]
+        argv = ["build", str(images / split), str(shards), "--split", split, "--max-count", "500"]
         with in_workdir(work, "`ssl-vit-shards build`"):
             shards_run(argv)
     with in_workdir(work, "`ssl-vit-shards verify`"):

@@ -16,6 +16,8 @@ from ..errors import UserError
 from ..files import atomic_write, make_dir
 
 IMAGE_SIZE = 32
+LICENCE = ("UCI's Optical Recognition of Handwritten Digits (E. Alpaydin, C. Kaynak), shipped in scikit-learn as "
+           "load_digits: CC BY 4.0")
 
 
 def _load_digits():

@@ -8,8 +8,10 @@ import yaml
 from ..analysis.plots import plot_fewshot
 from ..analysis.report import write_report
 
-# The demo's goal, from the project's issue: paired with its own random init, at least this many points.
-GOALS = {"10": 3.0, "5": 5.0}
+# The demo's goals (issue #28): paired with its own random init, at least this many points at 5 and 10 shots;
+# and above least squares on the raw pixels at 10 shots.
+GOALS = {"5": 5.0, "10": 5.0}
+PIXEL_GOAL_SHOTS = "10"
 
 TARGET_WHY = (
     "**Why per-patch normalised `pixels`.** `ssl-vit study` pretrained every target (3-bit mean colour, 4×4 "
@@ -23,6 +25,14 @@ TARGET_WHY = (
     "did not beat its own random init here at any shot count. Rerun with `objective.kwargs.target=mean_color` "
     "to compare."
 )
+COLOUR_TARGET = (
+    "**Why the 3-bit mean colour.** The paper's target for colour images: each corrupted patch's mean colour, one "
+    "of 512 classes. The digits' study chose per-patch normalised pixels, but on grey digits the mean colour has 8 "
+    "classes to choose from. On these emoji, one pretraining seed of each target, compared on a held-out part of the "
+    "training split (test unread), favoured the mean colour: 38.0% vs 34.3% at 10 shots (docs/demo.md). One seed "
+    "is not a study: `ssl-vit study` on the colour set decides. Rerun with `objective.kwargs.target=pixels "
+    "\"objective.kwargs.target_kwargs={normalize: true}\"` to compare."
+)
 
 
 def _fmt(value) -> str:
@@ -33,20 +43,37 @@ def _gain(a, b) -> str:
     return "–" if a is None or b is None else f"{a - b:+.1f}"
 
 
-def _rows(pretrained: dict, random_init: dict) -> list[dict]:
+def _with_std(metrics: dict, key: str) -> str:
+    std = metrics.get(f"{key}_std")
+    return _fmt(metrics.get(key)) + (f" ± {std:.1f}" if std is not None and metrics.get(key) is not None else "")
+
+
+def _rows(pretrained: dict, random_init: dict, pixels: dict) -> list[dict]:
     names = [(f"fewshot/{s}shot", f"few-shot, {s} per class") for s in ("1", "5", "10", "25")]
     names += [("linear/top1", "linear probe top-1"), ("knn/k20_top1", "kNN (k=20) top-1")]
     rows = []
     for key, label in names:
         a, b = pretrained.get(key), random_init.get(key)
-        std_a, std_b = pretrained.get(f"{key}_std"), random_init.get(f"{key}_std")
         rows.append({
             "metric (%)": label,
-            "pretrained": _fmt(a) + (f" ± {std_a:.1f}" if std_a is not None else ""),
-            "random init": _fmt(b) + (f" ± {std_b:.1f}" if std_b is not None else ""),
+            "pretrained": _with_std(pretrained, key),
+            "random init": _with_std(random_init, key),
             "gain": _gain(a, b),
+            "raw pixels + least squares": _with_std(pixels, key),
         })
     return rows
+
+
+def _pixel_verdict(pretrained: dict, pixels: dict, steps: int) -> str:
+    shots = PIXEL_GOAL_SHOTS
+    a, p = pretrained.get(f"fewshot/{shots}shot"), pixels.get(f"fewshot/{shots}shot")
+    if a is None or p is None:
+        return f"- {shots}-shot against raw pixels + least squares: not measured."
+    if a > p:
+        return (f"- {shots}-shot against raw pixels + least squares: {a:.1f}% vs {p:.1f}% ({a - p:+.1f}) — meets the "
+                "goal: the pretrained features hold more than a linear model reads off the pixels.")
+    return (f"- {shots}-shot against raw pixels + least squares: {a:.1f}% vs {p:.1f}% ({a - p:+.1f}) — misses the "
+            f"goal: at this budget ({steps} steps) the pretrained features do not beat the pixels themselves.")
 
 
 def _verdicts(pretrained: dict, random_init: dict) -> list[str]:
@@ -74,16 +101,17 @@ def _verdicts(pretrained: dict, random_init: dict) -> list[str]:
     return lines
 
 
-def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, summary: dict, pretrain_dir: Path,
+def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, pixels: dict, data, pretrain_dir: Path,
                       analysis_dir: Path, quick: bool) -> Path:
+    """`work/report.md`; `data` is the `DemoData` the demo built (None for the user's own shards)."""
     config = yaml.safe_load((pretrain_dir / "config.yaml").read_text())
     target = config["objective"]["kwargs"].get("target", "mean_color")
     normalised = bool((config["objective"]["kwargs"].get("target_kwargs") or {}).get("normalize"))
     steps = config["train"]["total_steps"]
     batch = config["train"]["global_batch"]
     figures = {"Few-shot accuracy against shots": plot_fewshot(
-        {"pretrained (MPP)": pretrained, "random init": random_init}, work / "fewshot.png",
-        title="Few-shot least squares on frozen features")}
+        {"pretrained (MPP)": pretrained, "random init": random_init, "raw pixels": pixels}, work / "fewshot.png",
+        title="Few-shot least squares: frozen features and raw pixels")}
     for name, file in (("Training loss and target error/accuracy", "training_curves.png"),
                        ("Figure 7 (as in the ViT paper)", "figure7.png"),
                        ("Masked prediction", "masked_prediction.png"),
@@ -98,8 +126,9 @@ def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, summar
         f"{batch} images (target `{target}`{' per-patch normalised' if normalised else ''}, {int(config['objective']['kwargs'].get('corruption_rate', 0.5) * 100)}% "
         "of patches corrupted: 80% [MASK], 10% another patch, 10% kept), labels unused. Evaluated on frozen, "
         "mean-pooled patch features against the same architecture at its own random initialisation (same seed).",
-        "**Measured against the goal.**\n" + "\n".join(_verdicts(pretrained, random_init)),
-        TARGET_WHY if (target, normalised) == ("pixels", True) else f"**Target.** `{target}`, as configured.",
+        "**Measured against the goals.**\n" + "\n".join(
+            [*_verdicts(pretrained, random_init), _pixel_verdict(pretrained, pixels, steps)]),
+        _target_note(data, target, normalised),
         "**How to read the figures.** Few-shot: closed-form least squares onto {-1, 1}^10 from k labelled "
         "images per class, L2 chosen on those k alone (leave-one-out; GCV at 1 shot), mean ± std over draws; "
         "big_vision's fixed-L2 protocol (the paper's code) is in `eval/comparison.md` as `_fixed_l2`. Figure 7: principal components of the "
@@ -111,9 +140,20 @@ def write_demo_report(work: Path, *, pretrained: dict, random_init: dict, summar
         "Files: `summary.json` (the headline figures), `eval/comparison.md` (every metric), "
         "`analysis/analysis.md`, `pretrain/metrics.jsonl`.",
     ]
-    return write_report(work, title="ssl_vit demo: masked patch prediction on handwritten digits",
+    if data is not None:
+        notes.insert(1, f"**Data.** {data.title}. Licence: {data.licence}.")
+    return write_report(work, title=f"ssl_vit demo: masked patch prediction on {data.title if data else 'your shards'}",
                         summary={"model": config["model"]["name"], "target": target, "steps": steps,
                                  "global batch": batch, "data": config["data"]["train"]},
-                        figures=figures, tables=[{"title": "Pretrained vs random init (test split)",
-                                                  "rows": _rows(pretrained, random_init)}],
+                        figures=figures, tables=[{"title": "Pretrained vs random init vs raw pixels (test split)",
+                                                  "rows": _rows(pretrained, random_init, pixels)}],
                         notes=notes, filename="report.md")
+
+
+def _target_note(data, target: str, normalised: bool) -> str:
+    """Why this target, where a measurement says why (the digits' study; the colour runs); else just its name."""
+    if data is not None and data.name == "emoji" and target == "mean_color":
+        return COLOUR_TARGET
+    if (data is None or data.name == "digits") and (target, normalised) == ("pixels", True):
+        return TARGET_WHY
+    return f"**Target.** `{target}`, as configured."
