@@ -156,7 +156,7 @@ def checks_off():
     no per-sample promise check, and libjpeg-turbo's lenient mode."""
     import simplejpeg
 
-    from ssl_vit.data import decode, stream
+    from ssl_vit.data import decode, train_reader
 
     class Unchecked:
         def __init__(self, class_names) -> None:
@@ -168,6 +168,9 @@ def checks_off():
         def checked(self, samples, hashes=None):
             return samples  # no key hashes recorded either: the split-wide check gets empty records
 
+        def check_label(self, sample) -> None:
+            pass
+
     def size(data: bytes, max_pixels: int | None = None) -> tuple[int, int]:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data, strict=False)
         return width, height
@@ -175,12 +178,12 @@ def checks_off():
     def lenient(data: bytes, *, min_width: int = 0, min_height: int = 0):
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=min_width, min_height=min_height, strict=False)
 
-    saved = stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg
-    stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg = Unchecked, size, lenient
+    saved = train_reader.SamplePromises, decode.jpeg_size, decode.decode_jpeg
+    train_reader.SamplePromises, decode.jpeg_size, decode.decode_jpeg = Unchecked, size, lenient
     try:
         yield
     finally:
-        stream.SamplePromises, decode.jpeg_size, decode.decode_jpeg = saved
+        train_reader.SamplePromises, decode.jpeg_size, decode.decode_jpeg = saved
 
 
 def images_per_cpu_s(stream, count: int) -> float:
