@@ -66,7 +66,7 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     argv = ["study", "--workdir", str(work), "--train", f"{data}:train", "--test", f"{data}:validation",
             "--targets", "pixels", "mean_color", "--rates", "0.5", "--seeds", "0", "1", "--shots", "1", "2",
             "--draws", "2", "--holdout", "0.3", "--select-on", "fewshot/2shot_train_holdout",
-            "--recipe", "recipes/pretrain/smoke.yaml", "--eval-recipe", "recipes/eval/smoke.yaml",
+            "--recipe", "pretrain/smoke", "--eval-recipe", "eval/smoke",  # shipped names, as a wheel user writes
             "train.total_steps=2", "train.global_batch=8", "data.batch_size=8", "optim.warmup_steps=1",
             "train.checkpoint_every=2", "train.log_every=1"]
     assert main(argv) == 0

@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..analysis import study
     from ..analysis.settings import check_overrides
+    from ..recipe_files import resolve_recipe
     from .demo import call_command, digit_shards
 
     if (args.train is None) != (args.test is None):
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.select_on.endswith("_train_holdout"):
         raise ConfigError(f"--select-on {args.select_on}: select on a *_train_holdout metric, never on test")
     check_overrides(args.overrides, "study")
+    args.recipe = str(resolve_recipe(args.recipe, "demo"))  # a shipped name or a file: the file from here on
+    args.eval_recipe = str(resolve_recipe(args.eval_recipe, "eval"))
     arms = study.grid(args.targets, args.rates, args.seeds)
     work = Path(args.workdir)
     make_dir(work, "--workdir")
