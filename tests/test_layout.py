@@ -14,7 +14,9 @@ RUNTIME_ENV = {"LOCAL_WORLD_SIZE", "OMP_NUM_THREADS", "RANK", "WORLD_SIZE",
                # set by the launchers: torch's elastic agent, `accelerate launch`, `ssl-vit launch`
                "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "ACCELERATE_MIXED_PRECISION", "SSL_VIT_SUPERVISOR_DIR",
                # where ssl_vit keeps what it can rebuild (member indexes, remote-shard copies): a user's choice
-               "SSL_VIT_CACHE_DIR", "XDG_CACHE_HOME"}
+               "SSL_VIT_CACHE_DIR", "XDG_CACHE_HOME",
+               # the user's credentials for gated https shards, and the hosts each may go to (data/remote_auth.py)
+               "HF_TOKEN", "HF_ENDPOINT", "SSL_VIT_HTTP_TOKEN", "SSL_VIT_HTTP_TOKEN_HOSTS"}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:

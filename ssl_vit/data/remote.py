@@ -26,7 +26,13 @@ object's end (`finish()` reads past the tar's end-of-archive padding to it). A m
 a `DataError` that neither a retry nor `shard_errors=skip` hides: the shard's samples have been handed on, and
 the shard is not the one the index describes (replaced on the server, or spliced by one that ignored If-Range).
 
-s3:// URLs go through the AWS CLI, which retries by itself.
+Tokens. A request carries `Authorization: Bearer` only where `remote_auth.py` allows it (HF_TOKEN to the Hub,
+SSL_VIT_HTTP_TOKEN to the hosts listed for it), decided again at every redirect; a 401 or 403 fails at once
+with one line naming the variable to set.
+
+`RemoteStream` holds what every remote object's stream shares (the retry loop, the sha256, `finish`); `HTTPStream`
+is http(s)'s, `remote_fsspec.FsspecStream` that of `hf://`, `gs://` and other fsspec URLs. s3:// URLs go through
+the AWS CLI, which retries by itself.
 """
 from __future__ import annotations
 
@@ -40,11 +46,12 @@ from dataclasses import dataclass
 
 from ssl_vit.errors import DataError
 
+from . import remote_auth
 from .remote_waits import (BLOCK_S, RATE_ADVICE, OverDeadline, ReadInterrupted, RemoteReadError, TooSlow, Waits,
                            allow_reads, interrupt_reads, opener)
 
-__all__ = ["RETRY", "ChecksumMismatch", "HTTPStream", "ReadInterrupted", "RemoteReadError", "RetryPolicy",
-           "ShardChanged", "allow_reads", "fetch", "interrupt_reads", "is_http"]
+__all__ = ["RETRY", "ChecksumMismatch", "HTTPStream", "ReadInterrupted", "RemoteReadError", "RemoteStream",
+           "RetryPolicy", "ShardChanged", "allow_reads", "fetch", "interrupt_reads", "is_http"]
 
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(\d+|\*)")
@@ -87,9 +94,12 @@ def is_http(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 
 
-class HTTPStream(io.RawIOBase):
-    """A readable byte stream of one URL that reconnects and resumes on transient errors, from the same object
-    only, and checks the object's sha256 at its end when given one (see the module's docstring)."""
+class RemoteStream(io.RawIOBase):
+    """A readable byte stream of one remote object that reconnects and resumes on transient errors, from the same
+    object only, and checks the object's sha256 at its end when given one (see the module's docstring).
+
+    A subclass says how to connect at `offset` (`_connect`), read (`_read_some`), let go of a connection (`_drop`),
+    whether it holds one (`_connected`), and which errors are final (`_final`)."""
 
     def __init__(self, url: str, policy: RetryPolicy | None = None, *, sha256: str | None = None) -> None:
         super().__init__()
@@ -99,15 +109,10 @@ class HTTPStream(io.RawIOBase):
         self.offset = 0  # bytes delivered so far
         self.retries = 0  # reconnections made (for the tests and the log)
         self._hash = hashlib.sha256()  # of the bytes delivered
-        self._validator: tuple[str, str] | None = None  # ("ETag" or "Last-Modified", value) of the object read
-        self._size: int | None = None  # the object's length, when its answer gave one
         self._ended = False
         self._failures = 0  # failed attempts in a row without progress
         self._progress = False  # data delivered since the last failure
-        self._response: http.client.HTTPResponse | None = None
         self._waits = self.policy.waits(url)
-        self._opener = opener(self._waits)
-        self._call(lambda: None)  # connect now: a dead URL fails at open, like a missing file
 
     def readable(self) -> bool:
         return True
@@ -156,29 +161,23 @@ class HTTPStream(io.RawIOBase):
                 f"says {self.sha256[:16]}…: the server's file is not the one the index describes (replaced, or "
                 "spliced by a server that ignored If-Range); put the right file back or rebuild the index")
 
-    def _read_some(self, n: int) -> bytes:
-        response = self._response
-        data = response.read(n)
-        if not data and n != 0 and response.length:  # EOF before Content-Length: the connection dropped
-            raise http.client.IncompleteRead(b"", response.length)
-        return data
-
     def _call(self, action):
         """Run `action` with a connection, reconnecting after transient errors (see the module doc)."""
         with self._waits as waits:
             while True:
                 try:
-                    if self._response is None:
+                    if not self._connected():
                         self._connect()
                     return action()
                 except (ReadInterrupted, OverDeadline, ShardChanged):
                     raise
-                except urllib.error.HTTPError as err:
-                    if err.code not in _TRANSIENT_STATUS:
-                        raise RemoteReadError(f"HTTP {err.code} {err.reason} for {self.url}") from None
+                except Exception as err:  # noqa: BLE001 - `_final` sorts them: final ones raise, the rest retry
+                    final = self._final(err)
+                    if final is err:
+                        raise
+                    if final is not None:
+                        raise final from None
                     last: Exception = err
-                except (OSError, http.client.HTTPException) as err:  # reset, refused, silence, too slow, cut body
-                    last = err
                 self._drop()
                 progressed = waits.passed_window if isinstance(last, TooSlow) else self._progress
                 self._failures = 1 if progressed else self._failures + 1
@@ -193,7 +192,57 @@ class HTTPStream(io.RawIOBase):
             return RemoteReadError(f"{self.url}: {self._failures} attempts in a row fell below the minimum rate at "
                                    f"byte {self.offset:,} (last: {last})", advice=RATE_ADVICE)
         return RemoteReadError(f"{self.url}: {self._failures} attempts failed at byte {self.offset} "
-                               f"(last: {type(last).__name__}: {last})")
+                               f"(last: {type(last).__name__}: {one_line(last)})")
+
+    def _connected(self) -> bool:
+        raise NotImplementedError
+
+    def _connect(self) -> None:
+        raise NotImplementedError
+
+    def _read_some(self, n: int) -> bytes:
+        raise NotImplementedError
+
+    def _drop(self) -> None:
+        raise NotImplementedError
+
+    def _final(self, err: Exception) -> BaseException | None:
+        """The error to raise for `err` (itself, or one that explains it), or None when it is transient."""
+        raise NotImplementedError
+
+
+class HTTPStream(RemoteStream):
+    """An http(s) object's `RemoteStream`: ranged retries with If-Range, the token `remote_auth` allows."""
+
+    def __init__(self, url: str, policy: RetryPolicy | None = None, *, sha256: str | None = None) -> None:
+        self._response: http.client.HTTPResponse | None = None  # first: `close` may run on a failed __init__
+        super().__init__(url, policy, sha256=sha256)
+        self._validator: tuple[str, str] | None = None  # ("ETag" or "Last-Modified", value) of the object read
+        self._size: int | None = None  # the object's length, when its answer gave one
+        self._opener = opener(self._waits, remote_auth.TokenRedirects())
+        self._call(lambda: None)  # connect now: a dead URL fails at open, like a missing file
+
+    def _connected(self) -> bool:
+        return self._response is not None
+
+    def _read_some(self, n: int) -> bytes:
+        response = self._response
+        data = response.read(n)
+        if not data and n != 0 and response.length:  # EOF before Content-Length: the connection dropped
+            raise http.client.IncompleteRead(b"", response.length)
+        return data
+
+    def _final(self, err: Exception) -> BaseException | None:
+        if isinstance(err, urllib.error.HTTPError):
+            if err.code in _TRANSIENT_STATUS:
+                return None
+            answered = getattr(err, "url", None) or self.url  # after a redirect, the URL that answered
+            advice = remote_auth.advice(answered, err.code) if err.code in (401, 403) else None
+            where = self.url if answered == self.url else f"{self.url} (redirected to {answered})"
+            return RemoteReadError(f"HTTP {err.code} {err.reason} for {where}", advice=advice)
+        if isinstance(err, (OSError, http.client.HTTPException)):  # reset, refused, silence, too slow, cut body
+            return None
+        return err
 
     def _connect(self) -> None:
         self._waits.new_attempt()
@@ -203,8 +252,9 @@ class HTTPStream(io.RawIOBase):
             headers["Range"] = f"bytes={self.offset}-"
             if self._validator is not None:
                 headers["If-Range"] = self._validator[1]
-        response = self._opener.open(urllib.request.Request(self.url, headers=headers),
-                                     timeout=min(self.policy.timeout, BLOCK_S))
+        request = urllib.request.Request(self.url, headers=headers)
+        remote_auth.authorize(request)
+        response = self._opener.open(request, timeout=min(self.policy.timeout, BLOCK_S))
         self._response = response  # closed by `_drop` if what follows fails
         if not self.offset:
             self._validator, self._size = _validator(response), response.length
@@ -269,12 +319,19 @@ def _validator(response: http.client.HTTPResponse) -> tuple[str, str] | None:
     return ("Last-Modified", modified) if modified else None
 
 
-def fetch(url: str, limit: int = 64 << 20) -> bytes:
-    """The whole body of a small remote file (an `_info.json`), retried like a shard."""
-    with HTTPStream(url) as stream:
+def fetch(url: str, limit: int = 64 << 20, stream_class: type[RemoteStream] = HTTPStream) -> bytes:
+    """The whole body of a small remote file (an `_info.json`), retried like a shard (`stream_class`: http(s) here,
+    `remote_fsspec.FsspecStream` for fsspec URLs)."""
+    with stream_class(url) as stream:
         data = stream.read(limit + 1)
         while len(data) <= limit and (more := stream.read(limit + 1 - len(data))):
             data += more
     if len(data) > limit:
         raise RemoteReadError(f"{url} is larger than {limit} bytes; not an _info.json")
     return data
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An error's text on one line, at most `limit` characters (some libraries' messages span many lines)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

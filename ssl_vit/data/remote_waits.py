@@ -1,4 +1,5 @@
-"""Every wait of a remote read has a deadline and yields to a stop request (`remote.HTTPStream` reads through here).
+"""Every wait of a remote read has a deadline and yields to a stop request (`remote.HTTPStream` reads through here;
+`remote_fsspec.FsspecStream` accounts its waits for a reader thread's chunks to the same `Waits`).
 
 Why not socket timeouts alone: a timeout bounds one `recv`, so a server that trickles a byte every few seconds
 never trips it, and a read blocked for the whole timeout does not notice that the process was asked to stop.
@@ -148,9 +149,10 @@ class Waits:
             self.check()
 
 
-def opener(waits: Waits) -> urllib.request.OpenerDirector:
-    """urllib's opener (redirects, proxies from the environment, https) whose responses read through `waits`."""
-    return urllib.request.build_opener(_HTTPHandler(waits), _HTTPSHandler(waits))
+def opener(waits: Waits, *handlers: urllib.request.BaseHandler) -> urllib.request.OpenerDirector:
+    """urllib's opener (redirects, proxies from the environment, https) whose responses read through `waits`;
+    `handlers` replace or add to urllib's own (`remote_auth.TokenRedirects` for the redirects)."""
+    return urllib.request.build_opener(_HTTPHandler(waits), _HTTPSHandler(waits), *handlers)
 
 
 class _Watched:

@@ -91,7 +91,8 @@ def read_shard(
     except ReadInterrupted:
         raise
     except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
-        raise ShardUnreadable(f"cannot open shard {url}: {exc}; check the path or URL in the data spec") from None
+        advice = getattr(exc, "advice", None) or "check the path or URL in the data spec"  # a remote error may know
+        raise ShardUnreadable(f"cannot open shard {url}: {exc}; {advice}") from None
     count = 0
     closed = False
     try:

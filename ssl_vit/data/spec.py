@@ -166,7 +166,8 @@ def _from_remote_info(url: str, split: str | None) -> ShardSet:
     try:
         text = fetch(url).decode("utf-8")
     except (RemoteReadError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the shard index {url}: {exc}") from None
+        advice = getattr(exc, "advice", None)
+        raise DataError(f"cannot read the shard index {url}: {exc}" + (f"; {advice}" if advice else "")) from None
     base = url[: -len(INFO_FILE)]
     return _from_index(text, url, split, lambda name: base + "/".join(quote(part) for part in name.split("/")))
 
