@@ -8,10 +8,11 @@ rebuilding or re-downloading it, not trained around. Single bad *samples* are a 
 skipped and counted downstream (`stages.BadSampleTally`).
 
 Shards may be gzip-compressed (`.tar.gz`, recognised by their first bytes); remote http(s) shards are read
-through `remote.HTTPStream`, which retries transient errors, resumes from the same object only, and checks the
-shard's sha256 from `_info.json` at its end (a mismatch is a broken promise, never skipped). Nothing is extracted to disk: a member is (name, bytes) in memory, and its name only splits into the
-sample's key and extension. A key is an opaque string, kept as the archive spells it (a member
-`../../x.jpg` is sample `../../x`), and nothing in ssl_vit uses a key as a file name.
+through `remote.HTTPStream`, `hf://`, `gs://` and other fsspec URLs through `remote_fsspec.FsspecStream`: both
+retry transient errors, resume from the same object only, and check the shard's sha256 from `_info.json` at its
+end (a mismatch is a broken promise, never skipped). Nothing is extracted to disk: a member is (name, bytes) in
+memory, and its name only splits into the sample's key and extension. A key is an opaque string, kept as the
+archive spells it (a member `../../x.jpg` is sample `../../x`), and nothing in ssl_vit uses a key as a file name.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from webdataset.gopen import gopen
 from data_tools.shard_files import open_shard_file
 from ssl_vit.errors import DataError
 
-from .remote import ChecksumMismatch, HTTPStream, ReadInterrupted, RetryPolicy, is_http
+from .remote import ChecksumMismatch, HTTPStream, ReadInterrupted, RemoteStream, RetryPolicy, is_http
+from .remote_fsspec import BackendMissing, FsspecStream, is_fsspec
 from .spec import is_local, local_path
 from .tarstream import iter_members
 
@@ -34,14 +36,17 @@ REBUILD = "rebuild it with `ssl-vit-shards` (or re-download it), or drop it from
 
 
 def open_url(url: str, *, sha256: str | None = None, policy: RetryPolicy | None = None) -> Any:
-    """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` (retries and limits from
-    `policy`, resumes, checks `sha256`), s3 through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest
-    through webdataset's openers. A local file is opened only if it is a regular file (`open_shard_file`: a FIFO or
-    a device swapped in after the data spec was checked is refused, never read)."""
+    """A readable byte stream for a shard URL: http(s) through `remote.HTTPStream` and fsspec URLs (`hf://`,
+    `gs://`, …) through `remote_fsspec.FsspecStream` (both: retries and limits from `policy`, resumes, check
+    `sha256` in `finish()`), s3 through the AWS CLI (webdataset 1.0.2 has no s3 opener), the rest through
+    webdataset's openers. A local file is opened only if it is a regular file (`open_shard_file`: a FIFO or a
+    device swapped in after the data spec was checked is refused, never read)."""
     if is_local(url):
         return open_shard_file(local_path(url))
     if is_http(url):
         return HTTPStream(url, policy, sha256=sha256)
+    if is_fsspec(url):
+        return FsspecStream(url, policy, sha256=sha256)
     if url.startswith("s3://"):
         url = f"pipe:aws s3 cp {shlex.quote(url)} -"
     return gopen(url)
@@ -88,7 +93,7 @@ def read_shard(
     """
     try:
         stream = open_url(url, sha256=sha256, policy=policy)
-    except ReadInterrupted:
+    except (ReadInterrupted, BackendMissing):
         raise
     except Exception as exc:  # noqa: BLE001 - any opener failure means the same thing to the user
         advice = getattr(exc, "advice", None) or "check the path or URL in the data spec"  # a remote error may know
@@ -103,7 +108,7 @@ def read_shard(
             if count % stride == offset:
                 yield sample
             count += 1
-        if isinstance(stream, HTTPStream):
+        if isinstance(stream, RemoteStream):
             stream.finish()  # to the object's end: its sha256
         closed = True
         stream.close()  # a pipe: URL reports its command's exit status here

@@ -2,17 +2,33 @@
 
 A data spec is one string (or a list of them) that says where the shards are:
 
-- a directory holding `_info.json` (written by `ssl-vit-shards`) plus a split name: `resolve_spec("/data/in1k",
-  "train")`. Two shorthands name the split inside the string: `"/data/in1k:train"`, and `"/data/in1k/_info.json"`
-  (split from the argument, or the only split the file has);
-- a remote index, `"https://host/in1k/_info.json"` or `"https://host/in1k/_info.json:train"`: its shards are the
-  URLs beside it, with its counts and class names (fetched with the same retries as shards, `remote.py`);
+- a directory holding `_info.json` (written by `ssl-vit-shards`, or timm's WebDataset layout, below) plus a split
+  name: `resolve_spec("/data/in1k", "train")`. Two shorthands name the split inside the string:
+  `"/data/in1k:train"`, and `"/data/in1k/_info.json"` (split from the argument, or the only split the file has);
+- a remote index, `"https://host/in1k/_info.json"` or `"https://host/in1k/_info.json:train"`, also through fsspec
+  (`"hf://datasets/timm/imagenet-1k-wds/_info.json:train"`): its shards are the URLs beside it, with its counts and
+  class names (fetched with the same retries as shards, `remote.py`);
 - a brace-expanded URL list: `"/data/train-{000000..000099}.tar"`, `"pipe:curl -s https://host/x-{0..9}.tar"`,
-  `"https://host/x-{0..9}.tar"`, `"s3://bucket/x-{0..9}.tar"` (http(s) through `remote.HTTPStream`, which
-  retries and resumes; s3 through the AWS CLI; the rest through webdataset's openers). Shards may be `.tar.gz`. A URL list knows no sample count: pass `num_samples=` when the trainer needs an epoch length.
+  `"https://host/x-{0..9}.tar"`, `"s3://bucket/x-{0..9}.tar"`, `"gs://bucket/x-{0..9}.tar"` (http(s) through
+  `remote.HTTPStream`, which retries and resumes; `hf://`, `gs://` and other fsspec URLs through
+  `remote_fsspec.FsspecStream`, which does the same; s3 through the AWS CLI; the rest through webdataset's
+  openers). Shards may be `.tar.gz`. A URL list knows no sample count: pass `num_samples=` when the trainer needs
+  an epoch length.
+
+timm's WebDataset layout (`timm/imagenet-1k-wds` on the Hugging Face Hub, timm's `ReaderWds`) is read as it is:
+its index is `_info.json` (or `info.json`, the name timm's own shard writer gives it, used when there is no
+`_info.json`), `{"name": …, "splits": {NAME: {"name", "num_samples", "filenames", "shard_lengths",
+"alt_label"}}}`, and its samples hold `jpg`, `cls` (the label, ASCII digits) and `json`. `filenames` entries may
+be brace patterns (`"imagenet1k-train-{0000..1023}.tar"`), expanded in order. It lists no classes, so labels are
+not checked against a class list; the feature protocols (k-NN, linear, few-shot) size their heads from the labels
+they see (the largest + 1, over train and test), and fine-tuning and the MAE linear probe, which need the count
+before, ask for `data.num_classes` / `linear.num_classes` (1000 for ImageNet-1k) by name. A split whose labels
+come from a field of each sample's json (`alt_label`, timm's `train_12k` of ImageNet-22k) is refused by name:
+ssl_vit reads `cls`.
 
 Local shards are checked here, so a typo fails at once with the missing file's name rather than later inside
-a worker process, and so is what they are: a shard must be a regular file (a FIFO, device or socket, which an
+a worker process (and so are the libraries fsspec URLs need: `remote_fsspec.check_backend`), and so is what they
+are: a shard must be a regular file (a FIFO, device or socket, which an
 unpacked archive can hold, would make a reader wait or read for ever), and one that leads out of its folder
 through a symlink is refused unless `follow_symlinks` (`data.follow_symlinks=true`): see
 `data_tools/shard_files.py`, which the reader asks again when it opens the file. Remote URLs are checked when
@@ -20,7 +36,8 @@ they are opened.
 
 The counts of an `_info.json` must add up before anything is read: `num_samples` and every `shard_lengths`
 entry are whole numbers ≥ 0, one length per file, summing to `num_samples`, and `num_classes` (when given) is
-the number of `class_names`. What the shards really hold is checked as they are read (`shards.read_shard`, per
+the number of `class_names`. Each broken promise is one line naming the file, the split and the key. What
+the shards really hold is checked as they are read (`shards.read_shard`, per
 shard; `promises.SplitCount`, the whole split when `_info.json` gives no `shard_lengths`).
 
 `pipe:` commands and remote URLs are taken only from the spec itself (the user's recipe or command line). An
@@ -43,11 +60,14 @@ import braceexpand
 from data_tools.shard_files import MISSING, NOT_REGULAR, shard_file_problem
 from ssl_vit.errors import DataError
 
-from .remote import RemoteReadError, fetch
+from .remote import HTTPStream, RemoteReadError, fetch, is_http
+from .remote_fsspec import FsspecStream, check_backend, is_fsspec, protocols
 
 INFO_FILE = "_info.json"
+INFO_NAMES = (INFO_FILE, "info.json")  # ours and timm's Hub copies; timm's shard writer names it info.json
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-_REMOTE_INFO = re.compile(r"(https?://\S+/_info\.json)(?::([\w.\-]+))?")  # URL[:split]
+_REMOTE_INFO = re.compile(r"([A-Za-z][\w+.\-:]*://\S+/_?info\.json)(?::([\w.\-]+))?")  # URL[:split]
+REINDEX = "fix it, download it again, or rebuild the shards with `ssl-vit-shards`"
 
 
 @dataclass(frozen=True)
@@ -81,15 +101,15 @@ def resolve_spec(
     if not isinstance(spec, str):
         return _url_list([u for s in spec for u in _expand(str(s))], num_samples, str(list(spec)), follow_symlinks)
     remote = _REMOTE_INFO.fullmatch(spec)
-    if remote is not None:
+    if remote is not None and (is_http(remote.group(1)) or is_fsspec(remote.group(1))):
         shards = _from_remote_info(remote.group(1), remote.group(2) or split)
         return shards if num_samples is None else _with_count(shards, num_samples, remote.group(1))
-    directory, split = _directory_of(spec, split)
+    directory, split, index = _directory_of(spec, split)
     if directory is None:
         _check_named_directory(spec)
         return _url_list(_expand(spec), num_samples, spec, follow_symlinks)
-    shards = _from_info(directory, split, follow_symlinks)
-    return shards if num_samples is None else _with_count(shards, num_samples, str(directory / INFO_FILE))
+    shards, info_path = _from_info(directory, split, follow_symlinks, index)
+    return shards if num_samples is None else _with_count(shards, num_samples, str(info_path))
 
 
 def _expand(spec: str) -> list[str]:
@@ -110,20 +130,21 @@ def local_path(url: str) -> Path:
     return Path(re.sub(r"^file://?", "/", url) if url.startswith("file:") else url)
 
 
-def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None]:
-    """(directory, split) for the directory forms of a spec; (None, split) for a URL list."""
+def _directory_of(spec: str, split: str | None) -> tuple[Path | None, str | None, str | None]:
+    """(directory, split, the index's file name when the spec names it) for the directory forms of a spec;
+    (None, split, None) for a URL list."""
     if "{" in spec or "}" in spec:
-        return None, split
+        return None, split, None
     if Path(spec).is_dir():
-        return Path(spec), split
+        return Path(spec), split, None
     head, sep, tail = spec.rpartition(":")
     if sep and head and re.fullmatch(r"[\w.\-]+", tail) and Path(head).is_dir():
         # The split written into the spec is the more specific choice: it wins over the `split` argument,
         # which recipes fill with a default ("train", "validation").
-        return Path(head), tail
-    if is_local(spec) and Path(spec).name == INFO_FILE and Path(spec).is_file():
-        return Path(spec).parent, split
-    return None, split
+        return Path(head), tail, None
+    if is_local(spec) and Path(spec).name in INFO_NAMES and Path(spec).is_file():
+        return Path(spec).parent, split, Path(spec).name
+    return None, split, None
 
 
 _SHARD_FILE = re.compile(r"\.(tar|tar\.gz|tgz)$")
@@ -139,36 +160,42 @@ def _check_named_directory(spec: str) -> None:
     if not path.exists() and ":" in spec:
         head, _, tail = spec.rpartition(":")
         path = local_path(head) if head and re.fullmatch(r"[\w.\-]+", tail) else path
-    if path.exists() or path.name == INFO_FILE or _SHARD_FILE.search(path.name):
+    if path.exists() or path.name in INFO_NAMES or _SHARD_FILE.search(path.name):
         return
     raise DataError(f"data directory {path} does not exist (data spec {spec!r}); give the folder `ssl-vit-shards` "
                     f"built, holding {INFO_FILE}, or a list of .tar shards")
 
 
-def _from_info(directory: Path, split: str | None, follow_symlinks: bool = False) -> ShardSet:
-    info_path = directory / INFO_FILE
-    if not info_path.is_file():
+def _from_info(directory: Path, split: str | None, follow_symlinks: bool = False,
+               name: str | None = None) -> tuple[ShardSet, Path]:
+    """The ShardSet of `split` in `directory`'s index (`name`, or the first of INFO_NAMES there), and its path."""
+    found = [directory / name] if name else [directory / n for n in INFO_NAMES if (directory / n).is_file()]
+    if not found or not found[0].is_file():
         raise DataError(
             f"{directory} has no {INFO_FILE}: build shards there with `ssl-vit-shards`, or give a brace-expanded "
             f"shard list such as '{directory}/train-{{000000..000009}}.tar'"
         )
+    info_path = found[0]
     try:
         text = info_path.read_text()
-    except OSError as exc:
-        raise DataError(f"{info_path} is not readable ({exc}); rebuild it with `ssl-vit-shards`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{info_path} is not readable ({exc}); {REINDEX}") from None
     shards = _from_index(text, str(info_path), split, lambda name: str(directory / name))
     _check_files(shards.urls, str(info_path), lambda url: directory, follow_symlinks)
-    return shards
+    return shards, info_path
 
 
 def _from_remote_info(url: str, split: str | None) -> ShardSet:
-    """An `_info.json` given as an http(s) URL: its shards are the URLs beside it, with its counts and classes."""
+    """An index given as an http(s) or fsspec URL: its shards are the URLs beside it, with its counts and classes."""
+    http = is_http(url)
     try:
-        text = fetch(url).decode("utf-8")
+        text = fetch(url, stream_class=HTTPStream if http else FsspecStream).decode("utf-8")
     except (RemoteReadError, UnicodeDecodeError) as exc:
         advice = getattr(exc, "advice", None)
         raise DataError(f"cannot read the shard index {url}: {exc}" + (f"; {advice}" if advice else "")) from None
-    base = url[: -len(INFO_FILE)]
+    base = url[: url.rindex("/") + 1]
+    if not http:  # fsspec paths are plain paths: a name is appended as it is spelled
+        return _from_index(text, url, split, lambda name: base + name)
     return _from_index(text, url, split, lambda name: base + "/".join(quote(part) for part in name.split("/")))
 
 
@@ -179,7 +206,7 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
         if not isinstance(splits, dict) or not all(isinstance(e, dict) for e in splits.values()):
             raise TypeError("'splits' must map split names to mappings")
     except (ValueError, RecursionError, KeyError, TypeError) as exc:  # not JSON, wrong shape
-        raise DataError(f"{where} is not a valid shard index ({exc!r}); rebuild it with `ssl-vit-shards`") from None
+        raise DataError(f"{where} is not a valid shard index ({exc!r}); {REINDEX}") from None
     if split is None and len(splits) == 1:
         split = next(iter(splits))
     if split not in splits:
@@ -194,14 +221,20 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
         count = _count(entry["num_samples"]) if entry.get("num_samples") is not None else None
         names = _class_names(entry["class_names"]) if entry.get("class_names") is not None else None
         sums = tuple(str(x) for x in entry["sha256"]) if isinstance(entry.get("sha256"), list) else None
+        relabel = _alt_label(entry.get("alt_label"))
     except _BadEntry as exc:
-        raise DataError(f"{where}: split {split!r} {exc}; fix it or rebuild it with `ssl-vit-shards`") from None
+        raise DataError(f"{where}: split {split!r} {exc}; {REINDEX}") from None
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"{where}: split {split!r} lacks or mangles {exc}; {REINDEX}") from None
+    if relabel:
+        plain = sorted(name for name, e in splits.items() if not e.get("alt_label"))
         raise DataError(
-            f"{where}: split {split!r} lacks or mangles {exc}; rebuild it with `ssl-vit-shards`"
-        ) from None
+            f"{where}: split {split!r} takes its labels from the field {relabel!r} of each sample's json (timm's "
+            f"alt_label; its shard_lengths count only the samples labelled there), and ssl_vit reads labels from "
+            f"the cls member only: use a split without alt_label ({', '.join(plain) or 'none listed'})")
+    filenames = _expand_names(filenames, where, split)
     if not filenames:
-        raise DataError(f"{where}: split {split!r} lists no shard files; rebuild it with `ssl-vit-shards`")
+        raise DataError(f"{where}: split {split!r} lists no shard files; {REINDEX}")
     if lengths is not None and len(lengths) != len(filenames):
         raise DataError(f"{where}: split {split!r} lists {len(filenames)} files but {len(lengths)} shard_lengths")
     if lengths is not None and count is not None and sum(lengths) != count:
@@ -211,13 +244,36 @@ def _from_index(text: str, where: str, split: str | None, locate) -> ShardSet:
     urls = tuple(locate(name) for name in filenames)
     _check_listed_once(urls, where)
     if names is not None and len(set(names)) != len(names):
-        raise DataError(f"{where}: split {split!r} lists a class name twice; rebuild it with `ssl-vit-shards`")
+        raise DataError(f"{where}: split {split!r} lists a class name twice; {REINDEX}")
     if names is not None and entry.get("num_classes") is not None and entry["num_classes"] != len(names):
         raise DataError(f"{where}: split {split!r} num_classes {entry['num_classes']!r} != the {len(names)} "
-                        "class_names; rebuild it with `ssl-vit-shards`")
+                        f"class_names; {REINDEX}")
     if sums is not None and len(sums) != len(filenames):
         sums = None  # a hand-edited index: fall back to the files' sizes and dates where checksums are wanted
     return ShardSet(urls, count if count is not None else (sum(lengths) if lengths else None), lengths, names, sums)
+
+
+def _expand_names(filenames: list, where: str, split: str) -> list:
+    """`filenames` with each brace pattern (`"imagenet1k-train-{0000..1023}.tar"`) expanded in place, in order."""
+    out: list = []
+    for name in filenames:
+        if isinstance(name, str) and ("{" in name or "}" in name):
+            try:
+                out += braceexpand.braceexpand(name)
+            except ValueError as exc:  # unbalanced braces
+                raise DataError(f"{where}: split {split!r} lists shard pattern {name!r}: {exc}; {REINDEX}") from None
+        else:
+            out.append(name)
+    return out
+
+
+def _alt_label(value: object) -> str | None:
+    """timm's `alt_label`: absent, null or "" for a split labelled by `cls`, else the json field its labels are in."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _BadEntry(f"alt_label is {str(value)[:60]!r}, not the name of a json field")
+    return value
 
 
 def _check_plain_name(name: object, info_path: str, split: str) -> None:
@@ -242,6 +298,12 @@ def _url_list(urls: list[str], num_samples: int | None, spec: str, follow_symlin
         raise DataError(f"{urls[0]} is a directory without {INFO_FILE}: build shards there with `ssl-vit-shards`")
     _check_files(urls, f"data spec {spec!r}", lambda url: local_path(url).parent, follow_symlinks)
     _check_listed_once(urls, f"data spec {spec!r}")
+    first_of: dict[tuple[str, ...], str] = {}
+    for url in urls:
+        if is_fsspec(url):
+            first_of.setdefault(tuple(protocols(url)), url)
+    for url in first_of.values():
+        check_backend(url)  # one per protocol chain: fsspec and its libraries are installed
     return ShardSet(tuple(urls), num_samples)
 
 
