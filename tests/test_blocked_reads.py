@@ -30,17 +30,16 @@ STUCK_READS = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
     from ssl_vit.cli import main
-    from ssl_vit.data import stream
+    from ssl_vit.data.shard_access import ShardAccess
 
-    marker, real = Path(sys.argv[1]), stream.read_shard
+    marker, real = Path(sys.argv[1]), ShardAccess.read
 
-    def read_shard(url, **kwargs):  # blocks inside the read once the marker names this rank, as on a hung mount
-        for sample in real(url, **kwargs):
-            while marker.exists() and os.environ.get("RANK", "0") in marker.read_text().split():
-                time.sleep(3600)
-            yield sample
+    def read(self, shard, member):  # blocks inside the read once the marker names this rank, as on a hung mount
+        while marker.exists() and os.environ.get("RANK", "0") in marker.read_text().split():
+            time.sleep(3600)
+        return real(self, shard, member)
 
-    stream.read_shard = read_shard
+    ShardAccess.read = read
     sys.exit(main(sys.argv[2:]))
 """)
 

@@ -153,3 +153,37 @@ def test_the_trainer_stays_on_one_screen():
     assert "scaling is None" not in source and "LossScaling" not in source.replace("`precision.LossScaling`", "")
     fit = inspect.getsource(Trainer.fit)
     assert len(fit.splitlines()) <= 50
+
+
+class _Slow(torch.utils.data.IterableDataset):
+    """A loader worker that takes 3 s for its first batch (a stuck read, shortened)."""
+
+    def __iter__(self):
+        import time
+
+        time.sleep(3)
+        while True:
+            yield {"image": torch.zeros(1), "label": torch.zeros(1)}
+
+
+@pytest.mark.timeout(60)
+def test_a_loader_that_gives_no_batch_for_minutes_names_the_rank_and_its_workers_with_their_stacks(capfd, monkeypatch):
+    from ssl_vit.data.spec import ShardSet
+    from ssl_vit.data.stream import Stream
+    from ssl_vit.train import stall_report
+
+    monkeypatch.setattr(stall_report.shutil, "which", lambda name: None)  # CI has no py-spy: the hint is the line
+    feed = DataFeed(lambda start: Stream(_Slow(), ShardSet(("x.tar",)), num_workers=1, pin_memory=False),
+                    batch_size=1)
+    feed.stall_s = 0.5
+    feed.open(0)
+    try:
+        batch, _ = feed.next(HostAgreement())  # still arrives: the report does not end the wait
+        pids = [w.pid for w in feed._stream._iterator._workers]
+    finally:
+        feed.close()
+    err = capfd.readouterr().err
+    assert batch["image"].shape == (1,)
+    assert err.count("warning: rank 0: no batch from the data loader for") == 1  # once per batch
+    assert f"(loader worker pids: {pids[0]})" in err and "batch_wait.py" in err  # this process's threads
+    assert f"--- loader worker {pids[0]}: install py-spy (pip install py-spy) to see its stack" in err

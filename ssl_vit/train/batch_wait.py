@@ -10,6 +10,10 @@ merely slow keeps the step (and its checkpoint); after that the wait ends withou
 the step up (`feed.StoppedWaiting`).
 
 The helper thread calls `next()` only when asked, so batches are drawn exactly as before, one per request.
+
+A wait that lasts `STALL_S` with no stop requested is reported once (`on_stall(seconds)`: the feed names the rank
+and its loader workers and prints their stacks, `stall_report.py`), so a loader stuck where no deadline reaches
+explains itself instead of leaving a silent job; the wait goes on (a first remote fetch may be slow).
 """
 from __future__ import annotations
 
@@ -21,13 +25,15 @@ from typing import Any
 
 POLL_S = 0.1  # how often a waiting main thread looks at the stop request
 GRACE_S = 5.0  # how long a batch may still take once a stop is requested
+STALL_S = 300.0  # a wait this long, with no stop requested, is reported (once per batch)
 
 
 class BatchWait:
     """`next(batches)` on a helper thread, waited for until it arrives or a stop request has waited `GRACE_S`."""
 
-    def __init__(self, batches: Iterator, grace_s: float = GRACE_S) -> None:
-        self.grace_s = grace_s
+    def __init__(self, batches: Iterator, grace_s: float = GRACE_S, stall_s: float = STALL_S,
+                 on_stall: Callable[[float], None] | None = None) -> None:
+        self.grace_s, self.stall_s, self.on_stall = grace_s, stall_s, on_stall
         self._batches = batches
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
@@ -45,12 +51,17 @@ class BatchWait:
             self._requests.put(True)
             self._pending = True
         stop_seen: float | None = None
+        began, reported = time.monotonic(), False
         while True:
             try:
                 ok, value = self._results.get(timeout=POLL_S)
             except queue.Empty:
                 if stop_seen is None and stop_requested():
                     stop_seen = time.monotonic()
+                waited = time.monotonic() - began
+                if not reported and stop_seen is None and waited >= self.stall_s and self.on_stall is not None:
+                    reported = True
+                    self.on_stall(waited)
                 if stop_seen is not None and time.monotonic() - stop_seen >= self.grace_s:
                     return False, None
                 continue

@@ -30,7 +30,8 @@ all-reduce for ever; a loader worker killed from outside is that error as one li
 A stop request is honoured even while a read is blocked: the wait for a batch looks at it (`batch_wait.py`),
 and a batch that has not come `GRACE_S` after it is given up. The ranks agree on that too (a rank without its
 batch makes every rank raise `StoppedWaiting` at the same micro-batch); the stuck loader workers are killed,
-and a remote read in this process is interrupted (`remote.interrupt_reads`).
+and a remote read in this process is interrupted (`remote.interrupt_reads`). A wait of `STALL_S` with no stop
+requested is reported with the rank, its loader workers and their stacks (`stall_report.py`).
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ from ..data.split_keys import PartsRead, SplitKeyLedger
 from ..errors import DataError
 from .sample_records import SampleRecorder
 from .agreement import HostAgreement, raise_on_every_rank, together
-from .batch_wait import GRACE_S, BatchWait
+from .batch_wait import GRACE_S, STALL_S, BatchWait
 from .signals import StopRequest
+from .stall_report import report_stall
 
 StreamFactory = Callable[[int], Iterable[dict[str, torch.Tensor]]]
 ORDER = "global-1"  # the data order checkpoints are written in (`data/global_order.py`)
@@ -78,7 +80,7 @@ class DataFeed:
         self._stream: Iterable | None = None
         self._batches: Iterator | None = None
         self._wait: BatchWait | None = None  # `next(self._batches)` on a helper thread, which a stop can give up
-        self.grace_s = GRACE_S
+        self.grace_s, self.stall_s = GRACE_S, STALL_S
         self._start = 0  # the step the open stream started after
         self._accumulation = 1
         self._due: int | None = None  # the micro-batch number the next batch must carry (streams that number them)
@@ -194,11 +196,17 @@ class DataFeed:
         allow_reads()  # a stream given up before (an earlier run in this process) interrupted them
         self._stream = self.make_stream(self._start)
         self._batches = iter(self._stream)
-        self._wait = BatchWait(self._batches, self.grace_s)
+        self._wait = BatchWait(self._batches, self.grace_s, self.stall_s, self._report_stall)
         self._due, self._step_samples = self._start * self._accumulation, []
         shards = getattr(self._stream, "shards", None)  # a `data.stream.Stream` knows its ShardSet
         if self._count is None and shards is not None:
             self._count = SplitCount(shards.num_samples, len(shards.urls))
+
+    def _report_stall(self, waited: float) -> None:
+        """No batch for `stall_s` and no stop requested: name this rank and its loader workers, with their stacks."""
+        workers = getattr(getattr(self._stream, "_iterator", None), "_workers", None) or []
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        report_stall(rank, waited, [w.pid for w in workers if w.pid is not None])
 
     def _end(self, how: str) -> None:
         if self._wait is not None:
