@@ -58,7 +58,8 @@ def test_data_max_pixels_and_shard_errors_reach_the_train_stream(tmp_path: Path)
 
     write_shards(tmp_path, unique_samples(4), shard_size=4)
     cfg = load_config(SMOKE, [f"data.train={tmp_path}", "data.max_pixels=1000", "data.shard_errors=skip"])
-    stream = train_stream_factory(resolve_spec(str(tmp_path), "train"), cfg.data, seed=0, rank=0, world_size=1)(0)
+    stream = train_stream_factory(resolve_spec(str(tmp_path), "train"), cfg.data, seed=0, rank=0, world_size=1,
+                                  global_batch=cfg.data.batch_size)(0)
     options = stream._loader.dataset.o
     assert (options.max_pixels, options.shard_errors) == (1000, "skip")
     with pytest.raises(ConfigError, match=r"data.max_pixels must be a positive number of pixels or null, got 0"):
