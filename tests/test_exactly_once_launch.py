@@ -2,12 +2,17 @@
 between checkpoints and resumed on 3 (another micro-batch, accumulation and loader workers), and a run on 3
 processes killed with `kill -9` and resumed on 1: each finished epoch of the samples record holds every sample
 once, and every step's global batch equals the uninterrupted one-process run's (`ssl-vit samples --against`).
-Weights are not compared: across shapes the floating-point sums are ordered differently (the README's one limit)."""
+Weights are not compared: across shapes the floating-point sums are ordered differently (the README's one limit).
+
+Where the first run stops is fixed, not raced: it runs through `HOLD`, which makes the reads of every step after
+`hold` wait (a hung mount, as the trainer sees it), so the signal or the kill always lands after step `hold` on
+any machine. (It once raced: on a fast machine all 12 steps were done before the SIGTERM arrived.)"""
 from __future__ import annotations
 
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -21,6 +26,23 @@ BIN = Path(sys.executable).parent
 # 50 samples in shards of 16, 16, 16 and 2; 12 a step: 144 positions, two finished epochs and most of a third
 RUN = {"train.total_steps": 12, "train.checkpoint_every": 4, "train.log_every": 1, "optim.warmup_steps": 2,
        "train.global_batch": 12, "data.shuffle_buffer": 20, "train.record_samples": True}
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from ssl_vit.cli import main
+    from ssl_vit.data.train_reader import TrainPlace
+
+    hold, real = int(sys.argv[1]), TrainPlace.micro_positions
+
+    def micro_positions(self, micro, batch_size):  # no read of a step after `hold` ever starts
+        while micro // self.accumulation >= hold:
+            time.sleep(3600)
+        return real(self, micro, batch_size)
+
+    TrainPlace.micro_positions = micro_positions
+    sys.exit(main(sys.argv[2:]))
+""")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +60,8 @@ def whole(uneven, tmp_path_factory) -> Path:
 
 
 def launch(processes: int, data: Path, run_dir: Path, *, batch: int, workers: int, resume: bool = False,
-           supervised: bool = False) -> list[str]:
+           supervised: bool = False, hold: int | None = None) -> list[str]:
+    """The command of one run; with `hold`, through `HOLD` (written beside `run_dir`), stopping after step `hold`."""
     overrides = smoke_overrides(data, run_dir, **RUN, **{"data.batch_size": batch, "data.num_workers": workers})
     if processes == 1:
         command = [sys.executable]
@@ -47,12 +70,19 @@ def launch(processes: int, data: Path, run_dir: Path, *, batch: int, workers: in
                    "--main_process_port", str(free_port())]
         if supervised:
             command = [str(BIN / "ssl-vit"), "launch", *command]
-    return [*command, "-m", "ssl_vit", "pretrain", "--config", str(SMOKE), *overrides,
+    if hold is None:
+        entry = ["-m", "ssl_vit"]
+    else:
+        script = run_dir.parent / "hold.py"
+        script.write_text(HOLD)
+        entry = [str(script), str(hold)]
+    return [*command, *entry, "pretrain", "--config", str(SMOKE), *overrides,
             *(["--resume", "auto"] if resume else [])]
 
 
 def run_until_step(command: list[str], run_dir: Path, step: int) -> subprocess.Popen:
-    """Start `command`; return once metrics.jsonl holds `step` steps (the job still running)."""
+    """Start `command` (held after `step`); return once metrics.jsonl holds `step` steps and no more come for
+    2 s (the job still running, waiting for the held reads)."""
     proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 300
@@ -60,6 +90,8 @@ def run_until_step(command: list[str], run_dir: Path, step: int) -> subprocess.P
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no training within 300 s"
         time.sleep(0.2)
+    time.sleep(2)
+    assert len(metrics.read_text().splitlines()) == step and proc.poll() is None, "the run went past its hold"
     return proc
 
 
@@ -84,14 +116,16 @@ def assert_exactly_once_as(run_dir: Path, whole: Path) -> None:
 @pytest.mark.timeout(900)
 def test_sigterm_on_two_processes_then_a_resume_on_three_trains_each_epoch_once(uneven, whole, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_until_step(launch(2, uneven, run_dir, batch=6, workers=1, supervised=True), run_dir, 5)
+    proc = run_until_step(launch(2, uneven, run_dir, batch=6, workers=1, supervised=True, hold=6), run_dir, 6)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out[-3000:]
-    stopped = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    assert 5 <= stopped < 12, out[-2000:]
+    assert "stopped by SIGTERM at step 6" in out, out[-3000:]  # between the checkpoints of steps 4 and 8
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step_")) == [
+        "step_0000004", "step_0000006"]
     out = finish(launch(3, uneven, run_dir, batch=2, workers=2, resume=True))  # 3 × 2 × 2 accumulation = 12
     assert "resuming a 2-process checkpoint with 3 processes" in out
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_0000006'} at step 6" in out, out[-3000:]
     assert_exactly_once_as(run_dir, whole)
 
 
@@ -99,12 +133,13 @@ def test_sigterm_on_two_processes_then_a_resume_on_three_trains_each_epoch_once(
 @pytest.mark.timeout(900)
 def test_kill_9_on_three_processes_then_a_resume_on_one_trains_each_epoch_once(uneven, whole, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_until_step(launch(3, uneven, run_dir, batch=4, workers=0), run_dir, 6)
+    proc = run_until_step(launch(3, uneven, run_dir, batch=4, workers=0, hold=6), run_dir, 6)
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     for p in tree:
-        p.kill()  # SIGKILL to every process of the job: no handler runs, the last checkpoint (step 4 or 8) stands
+        p.kill()  # SIGKILL to every process of the job: no handler runs, the checkpoint of step 4 stands
     psutil.wait_procs(tree, timeout=30)
     proc.communicate(timeout=30)
     out = finish(launch(1, uneven, run_dir, batch=6, workers=1, resume=True))  # 6 × 2 accumulation = 12
     assert "resuming a 3-process checkpoint with 1 processes" in out
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_0000004'} at step 4" in out, out[-3000:]
     assert_exactly_once_as(run_dir, whole)
