@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ssl_vit.analysis.study import Arm, comparisons, grid, paired_interval, select, summarise
+from ssl_vit.analysis.study import (Arm, compared_intervals, comparisons, grid, l2_at_grid_top, multiplicity,
+                                    paired_interval, select, summarise)
 from ssl_vit.errors import ConfigError
 
 
@@ -54,6 +55,29 @@ def test_summary_selection_and_comparisons_from_known_figures():
     assert row["comparison"] == "pixels @ 50% − mean_color @ 50%" and row["10-shot"].startswith("+9.0 [")
 
 
+def test_multiplicity_counts_every_interval_and_those_that_exclude_zero():
+    """2 configurations × 2 shot counts of gains, 1 comparison × 2 shot counts: 6 intervals. By construction the
+    pixels gain +20 at every seed (excludes zero), the mean colour gains 0, +1, −1 (includes zero), and pixels −
+    mean colour is +20, +19, +21 (excludes zero): 2 gains and 2 comparisons exclude zero."""
+    results = {}
+    for seed, wobble in zip((0, 1, 2), (0.0, 1.0, -1.0)):
+        rnd = {"fewshot/1shot": 10.0, "fewshot/5shot": 30.0}
+        results[Arm("pixels", 0.5, seed)] = ({"fewshot/1shot": 30.0, "fewshot/5shot": 50.0}, rnd)
+        results[Arm("mean_color", 0.5, seed)] = ({"fewshot/1shot": 10.0 + wobble, "fewshot/5shot": 30.0 + wobble}, rnd)
+    summary = summarise(results, shots=[1, 5])
+    compared = compared_intervals(results, [1, 5])
+    assert [r["comparison"] for r in compared] == ["pixels @ 50% − mean_color @ 50%"]
+    assert compared[0]["intervals"][5][0] == pytest.approx(20.0)
+    assert multiplicity(summary, compared) == {"computed": 6, "gains": 4, "comparisons": 2, "exclude_zero": 4}
+
+
+def test_l2_at_grid_top_only_where_every_draw_of_every_arm_and_init_chose_it():
+    pre = {"fewshot/1shot_log2_l2": 10.0, "fewshot/5shot_log2_l2": 10.0, "fewshot/10shot_log2_l2": 7.4}
+    init = {"fewshot/1shot_log2_l2": 10.0, "fewshot/5shot_log2_l2": 9.8, "fewshot/10shot_log2_l2": 10.0}
+    results = {Arm("pixels", 0.5, 0): (pre, dict(pre)), Arm("pixels", 0.5, 1): (dict(pre), init)}
+    assert l2_at_grid_top(results, [1, 5, 10, 25]) == [1]  # 5: one init's draws averaged 9.8; 25: not recorded
+
+
 @pytest.mark.timeout(600)
 def test_tiny_study_end_to_end(tmp_path, capsys):
     from ssl_vit.cli import main
@@ -85,6 +109,12 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert len(list((work / "cache").glob("*"))) == 2 * (4 + 2)  # train + test features of 4 arms and 2 inits
     report = (work / "study.md").read_text()
     assert "reference: raw pixels + least squares" in report and "random init (paired baseline)" in report
+    counted = record["intervals"]  # 2 configurations × 2 shot counts of gains, 1 comparison × 2 shot counts
+    assert counted["computed"] == 6 and counted["gains"] == 4 and counted["comparisons"] == 2
+    assert f"**Multiplicity.** 6 95% intervals above (4 gains over the random init, 2 comparisons); " \
+           f"{counted['exclude_zero']} exclude zero." in report
+    top = record["l2_at_grid_top"]  # whichever shot counts it holds, the report says exactly those
+    assert (f"**L2 at {', '.join(map(str, top))} shot(s).**" in report) if top else ("**L2 at" not in report)
     assert (work / "study_fewshot.png").is_file()
     # a rerun reads the finished arms back instead of training again
     capsys.readouterr()

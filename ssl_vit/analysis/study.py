@@ -244,8 +244,9 @@ def select(summary: Mapping[str, dict], select_on: str = SELECT_ON) -> str | Non
     return max(scored, key=scored.get) if scored else None
 
 
-def comparisons(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[dict]:
-    """The paper's questions, paired by seed: mean colour vs 4×4 vs pixels (at each rate), 50% vs 15% (each target)."""
+def compared_intervals(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[dict]:
+    """The paper's questions, paired by seed: mean colour vs 4×4 vs pixels (at each rate), 50% vs 15% (each target).
+    Per pair: its label, the number of common seeds, and per shot count (mean, low, high) of the difference."""
     by = {(a.target, a.rate, a.seed): m[0] for a, m in results.items()}
     targets = list(dict.fromkeys(a.target for a in results))
     rates = list(dict.fromkeys(a.rate for a in results))
@@ -257,17 +258,54 @@ def comparisons(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) 
         common = [s for s in seeds if (ta, ra, s) in by and (tb, rb, s) in by]
         if len(common) < 2:
             continue
-        row = {"comparison": f"{ta} @ {round(ra * 100)}% − {tb} @ {round(rb * 100)}%", "seeds": len(common)}
+        row = {"comparison": f"{ta} @ {round(ra * 100)}% − {tb} @ {round(rb * 100)}%", "seeds": len(common),
+               "intervals": {}}
         for k in shots:
             key = f"fewshot/{k}shot"
             if all(key in by[(ta, ra, s)] and key in by[(tb, rb, s)] for s in common):
-                row[f"{k}-shot"] = _interval([by[(ta, ra, s)][key] for s in common], [by[(tb, rb, s)][key] for s in common])
+                row["intervals"][k] = paired_interval([by[(ta, ra, s)][key] for s in common],
+                                                      [by[(tb, rb, s)][key] for s in common])
         rows.append(row)
     return rows
 
 
-def _interval(a: Sequence[float], b: Sequence[float]) -> str:
-    mean, lo, hi = paired_interval(a, b)
+def comparisons(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[dict]:
+    """`compared_intervals` as table rows: `mean [low, high]` per shot count."""
+    return [{"comparison": row["comparison"], "seeds": row["seeds"],
+             **{f"{k}-shot": _format_interval(v) for k, v in row["intervals"].items()}}
+            for row in compared_intervals(results, shots)]
+
+
+def multiplicity(summary: Mapping[str, dict], compared: Sequence[dict]) -> dict[str, int]:
+    """How many 95% intervals the report prints (gains over the init, comparisons) and how many exclude zero: with
+    many intervals, some exclude zero by chance alone (about 1 in 20 where nothing differs), which the reader of a
+    single exclusion needs to know."""
+    gains = [cell["gain"] for e in summary.values() for cell in e["shots"].values() if "gain" in cell]
+    compares = [v for row in compared for v in row["intervals"].values()]
+    both = gains + compares
+    return {"computed": len(both), "gains": len(gains), "comparisons": len(compares),
+            "exclude_zero": sum(1 for _, lo, hi in both if lo > 0 or hi < 0)}
+
+
+def l2_at_grid_top(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[int]:
+    """The shot counts at which every draw of every arm and init chose the L2 grid's top (the recorded
+    `fewshot/{k}shot_log2_l2` is the mean over draws, so it equals the top only if every draw chose it): there
+    the selected-L2 figure is the fixed-L2 protocol's (big_vision's 2^10), and a reader should know that."""
+    from ..eval.fewshot import FIXED_L2, L2_GRID
+
+    if max(L2_GRID) != FIXED_L2:
+        return []
+    top = math.log2(FIXED_L2)
+    found = []
+    for k in shots:
+        chosen = [m.get(f"fewshot/{k}shot_log2_l2") for pair in results.values() for m in pair]
+        if chosen and all(c is not None and c == top for c in chosen):
+            found.append(k)
+    return found
+
+
+def _format_interval(interval: tuple[float, float, float]) -> str:
+    mean, lo, hi = interval
     return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
@@ -285,8 +323,7 @@ def table_rows(summary: Mapping[str, dict], reference: Mapping[str, float] | Non
             if cell is None:
                 continue
             row[f"{k}-shot"] = _pm(cell["pretrained"])
-            row[f"{k}-shot gain [95% CI]"] = (f"{cell['gain'][0]:+.1f} [{cell['gain'][1]:+.1f}, {cell['gain'][2]:+.1f}]"
-                                              if "gain" in cell else "–")
+            row[f"{k}-shot gain [95% CI]"] = _format_interval(cell["gain"]) if "gain" in cell else "–"
         rows.append(row)
     first = next(iter(summary.values()), None)
     if first is not None:  # the random init: per seed the same weights in every configuration
@@ -316,7 +353,10 @@ def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], ref
 
     summary = summarise(results, shots)
     chosen = select(summary, select_on)
+    compared = compared_intervals(results, shots)
+    counted, at_top = multiplicity(summary, compared), l2_at_grid_top(results, shots)
     record = {"summary": summary, "selected": chosen, "select_on": select_on, "reference_raw_pixels": reference,
+              "intervals": counted, "l2_at_grid_top": at_top,
               "arms": {a.name: {"pretrained": m[0], "random_init": m[1],
                                 **({"folder": str(folders[a])} if folders and a in folders else {})}
                        for a, m in results.items()}}
@@ -329,11 +369,11 @@ def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], ref
         curves["raw pixels"] = {k: v for k, v in reference.items() if "_" not in k}  # fewshot/{k}shot only
     figures = {"Few-shot curve per configuration (mean over seeds)":
                plot_fewshot(curves, work / "study_fewshot.png", title="Few-shot accuracy, k labels per class")} if curves else {}
-    compared = comparisons(results, shots)
     tables = [{"title": "Pretrained few-shot accuracy (%, mean ± std over seeds) and gain over its own random init "
                         "(points, paired by seed, mean [95% CI])", "rows": table_rows(summary, reference, shots)}]
     if compared:
-        tables.append({"title": "Configurations compared, paired by seed (points, mean [95% CI])", "rows": compared})
+        tables.append({"title": "Configurations compared, paired by seed (points, mean [95% CI])",
+                       "rows": comparisons(results, shots)})
     k = select_on.removeprefix("fewshot/").split("shot")[0]
     held = {c: e["shots"][k]["train_holdout"] for c, e in summary.items() if "train_holdout" in e["shots"].get(k, {})}
     if held:
@@ -346,6 +386,17 @@ def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], ref
         f"**Selection.** {'`' + chosen + '`' if chosen else 'none (no train-holdout figures)'}, by the best mean "
         f"`{select_on}`: shots from the training split minus a held-out part, scored on that part. Test was not read.",
     ]
+    if counted["computed"]:
+        notes.append(
+            f"**Multiplicity.** {counted['computed']} 95% intervals above ({counted['gains']} gains over the "
+            f"random init, {counted['comparisons']} comparisons); {counted['exclude_zero']} exclude zero. Where "
+            f"nothing differs, about 1 in 20 excludes zero by chance ({counted['computed'] / 20:.1f} of these): one "
+            "exclusion alone is weak evidence, and an interval that includes zero means not shown at this scale, "
+            "not no effect.")
+    if at_top:
+        notes.append(
+            f"**L2 at {', '.join(map(str, at_top))} shot(s).** Every draw of every arm and init chose the L2 grid's "
+            "top (2^10) there, so the selected-L2 figure equals the fixed-L2 protocol's (big_vision's 2^10).")
     if note:
         notes.append(note)
     return write_report(work, title="ssl_vit study: MPP targets × corruption rates × seeds",
