@@ -33,6 +33,16 @@ from trainer_fixtures import REPO, SMOKE, cli_env, smoke_overrides
 from ssl_vit.train.signals import StopRequest
 
 
+@pytest.fixture(autouse=True)
+def sighup_as_a_terminal_leaves_it():
+    """SIGHUP at its default for these tests and the processes they start, which inherit it: a suite run under
+    `nohup` (SIGHUP ignored) would pass that on, and the trainer and the supervisor rightly keep nohup's choice,
+    so every hangup test failed there (`nohup make test`, as the tests were once run here)."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
