@@ -167,7 +167,7 @@ def test_a_demo_rerun_with_other_settings_is_one_line_naming_the_workdir(tmp_pat
     before = sorted(p.name for p in (work / "pretrain" / "checkpoints").iterdir())
 
     for changed, named in ((["train.total_steps=6"], "train.total_steps: 4 → 6"),
-                           (["objective.kwargs.corruption_rate=0.15"], "objective.kwargs.corruption_rate: 0.5 → 0.15")):
+                           (["objective.kwargs.corruption_rate=0.3"], "objective.kwargs.corruption_rate: 0.15 → 0.3")):
         assert main(demo(work, data, *changed)) == 2
         (line,) = error_lines(capsys.readouterr().err)
         assert line == (f"error: --workdir {work} holds a demo of other settings ({named}); pass --overwrite to "
