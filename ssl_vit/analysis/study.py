@@ -271,9 +271,13 @@ def compared_intervals(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence
 
 def comparisons(results: Mapping[Arm, tuple[dict, dict]], shots: Sequence[int]) -> list[dict]:
     """`compared_intervals` as table rows: `mean [low, high]` per shot count."""
+    return comparison_rows(compared_intervals(results, shots))
+
+
+def comparison_rows(compared: Sequence[dict]) -> list[dict]:
+    """Rows of `compared_intervals`, formatted for the report's table."""
     return [{"comparison": row["comparison"], "seeds": row["seeds"],
-             **{f"{k}-shot": _format_interval(v) for k, v in row["intervals"].items()}}
-            for row in compared_intervals(results, shots)]
+             **{f"{k}-shot": _format_interval(v) for k, v in row["intervals"].items()}} for row in compared]
 
 
 def multiplicity(summary: Mapping[str, dict], compared: Sequence[dict]) -> dict[str, int]:
@@ -373,7 +377,7 @@ def write_study_report(work: Path, results: Mapping[Arm, tuple[dict, dict]], ref
                         "(points, paired by seed, mean [95% CI])", "rows": table_rows(summary, reference, shots)}]
     if compared:
         tables.append({"title": "Configurations compared, paired by seed (points, mean [95% CI])",
-                       "rows": comparisons(results, shots)})
+                       "rows": comparison_rows(compared)})
     k = select_on.removeprefix("fewshot/").split("shot")[0]
     held = {c: e["shots"][k]["train_holdout"] for c, e in summary.items() if "train_holdout" in e["shots"].get(k, {})}
     if held:
