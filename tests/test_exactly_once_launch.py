@@ -9,6 +9,7 @@ Where the first run stops is fixed, not raced: it runs through `HOLD`, which mak
 any machine. (It once raced: on a fast machine all 12 steps were done before the SIGTERM arrived.)"""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -86,12 +87,17 @@ def run_until_step(command: list[str], run_dir: Path, step: int) -> subprocess.P
     proc = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     metrics, deadline = run_dir / "metrics.jsonl", time.monotonic() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no training within 300 s"
-        time.sleep(0.2)
-    time.sleep(2)
-    assert len(metrics.read_text().splitlines()) == step and proc.poll() is None, "the run went past its hold"
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no training within 300 s"
+            time.sleep(0.2)
+        time.sleep(2)
+        assert len(metrics.read_text().splitlines()) == step and proc.poll() is None, "the run went past its hold"
+    except BaseException:  # a held job left behind would sleep for an hour: end its whole session
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     return proc
 
 
